@@ -1,0 +1,58 @@
+"""Contraction theory for implicit networks ``x = σ(Ax + Bu + b)`` in non-Euclidean norms.
+
+Norms and log-norms, optimal weights, well-posedness conditions, step sizes and
+contraction factors, Lipschitz bounds and certified radii, and projections onto the
+well-posed polytope. Plain numpy (cvxpy for the semidefinite and reference programs).
+"""
+
+from ._conditions import CONDITIONS, ConditionResult, WellposednessReport, lben_value, wellposedness
+from ._examples import EXAMPLES, example
+from ._lipschitz import certified_radius, lipschitz_bound
+from ._norms import induced_norm, log_norm, mu_1, mu_2, mu_inf, vector_norm
+from ._projection import project_mu_inf, project_norm_inf
+from ._steps import (
+    METHODS,
+    contraction_factor,
+    error_bound,
+    iteration_bound,
+    optimal_alpha,
+    resolvent_matrix,
+)
+from ._weights import (
+    is_irreducible,
+    metzler_majorant,
+    optimal_weights,
+    spectral_abscissa,
+    spectral_radius,
+)
+
+__all__ = [
+    "CONDITIONS",
+    "ConditionResult",
+    "EXAMPLES",
+    "METHODS",
+    "WellposednessReport",
+    "certified_radius",
+    "contraction_factor",
+    "error_bound",
+    "example",
+    "induced_norm",
+    "is_irreducible",
+    "iteration_bound",
+    "lben_value",
+    "lipschitz_bound",
+    "log_norm",
+    "metzler_majorant",
+    "mu_1",
+    "mu_2",
+    "mu_inf",
+    "optimal_alpha",
+    "optimal_weights",
+    "project_mu_inf",
+    "project_norm_inf",
+    "resolvent_matrix",
+    "spectral_abscissa",
+    "spectral_radius",
+    "vector_norm",
+    "wellposedness",
+]

@@ -1,0 +1,124 @@
+"""Exact Euclidean projections onto {μ_{∞,η}(A) ≤ γ} and {‖A‖_∞ ≤ κ}, by sorting.
+
+Notes
+-----
+Both sets are products over rows. For row ``i`` with free coordinate ``t`` (the diagonal,
+for μ∞) and weighted entries ``v`` (weights ``w_j = η_j/η_i``), the projection onto
+``f·t + Σ_j w_j |v_j| ≤ c`` is, by the KKT conditions with multiplier ``τ ≥ 0``,
+``t ← t − f τ`` and ``v_j ← sign(v_j) max(|v_j| − τ w_j, 0)``, where ``τ`` is the root of
+the decreasing piecewise-linear function
+
+    g(τ) = f (t − f τ) − c + Σ_j w_j max(|v_j| − τ w_j, 0).
+
+Its breakpoints are ``b_j = |v_j| / w_j``. Sorting them in decreasing order,
+``g(b_k) < 0`` exactly for the entries that stay nonzero, so the active count is the
+number of negative ``g(b_k)``, and on that segment ``g`` is linear:
+``τ = (f t − c + Σ_active w_j |v_j|) / (f² + Σ_active w_j²)``. O(n log n) per row, all
+rows at once; no bisection.
+
+References
+----------
+J. Duchi et al., "Efficient projections onto the ℓ1-ball for learning in high
+dimensions", ICML 2008 (the unweighted, no-free-coordinate case).
+S. Jafarpour et al., "Robust Implicit Networks via Non-Euclidean Contractions", NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import as_finite_scalar, as_matrix, as_square_matrix, as_weights
+
+__all__ = ["project_mu_inf", "project_norm_inf"]
+
+
+def _shrink_rows(t, V, W, c, f):
+    """Solve the row problems; ``t`` (rows,), ``V``/``W`` (rows, k), ``c`` scalar, ``f`` in {0, 1}.
+
+    Returns the multipliers ``τ`` (rows,), zero for rows already feasible.
+    """
+    absV = np.abs(V)
+    excess = f * t + (W * absV).sum(axis=1) - c
+    tau = np.zeros(t.shape[0])
+    rows = np.flatnonzero(excess > 0)
+    if rows.size == 0:
+        return tau
+    absV, W, t = absV[rows], W[rows], t[rows]
+    b = absV / W
+    order = np.argsort(-b, axis=1, kind="stable")
+    b = np.take_along_axis(b, order, axis=1)
+    w2 = np.take_along_axis(W, order, axis=1) ** 2
+    S2 = np.cumsum(w2, axis=1)
+    S1 = np.cumsum(w2 * b, axis=1)  # Σ w_j |v_j| over the k largest breakpoints
+    zeros = np.zeros((rows.size, 1))
+    S1_ex = np.hstack([zeros, S1[:, :-1]])
+    S2_ex = np.hstack([zeros, S2[:, :-1]])
+    base = f * t - c
+    g_at_b = base[:, None] + S1_ex - b * (f * f + S2_ex)
+    active = (g_at_b < 0).sum(axis=1)
+    S1_full = np.hstack([zeros, S1])
+    S2_full = np.hstack([zeros, S2])
+    idx = np.arange(rows.size)
+    tau[rows] = (base + S1_full[idx, active]) / (f * f + S2_full[idx, active])
+    return np.maximum(tau, 0.0)
+
+
+def _split(A: np.ndarray):
+    n = A.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    return np.diagonal(A).copy(), A[off].reshape(n, n - 1), off
+
+
+def project_mu_inf(A, gamma: float, eta=None) -> np.ndarray:
+    """Euclidean (Frobenius) projection of ``A`` onto ``{A : μ_{∞,η}(A) ≤ γ}``.
+
+    Parameters
+    ----------
+    A : array_like, shape (n, n)
+    gamma : float
+        Bound on the ℓ∞ log-norm (any real; ``γ < 1`` gives well-posedness).
+    eta : array_like, shape (n,), optional
+        Weights (default all ones).
+
+    Returns
+    -------
+    ndarray, shape (n, n)
+        The projection (a new array; feasible rows are unchanged).
+
+    Notes
+    -----
+    Row ``i``: keep it when ``a_ii + Σ_{j≠i} |a_ij| η_j/η_i ≤ γ``; otherwise
+    ``a_ii ← a_ii − τ``, ``a_ij ← sign(a_ij) max(|a_ij| − τ η_j/η_i, 0)`` with the unique
+    ``τ > 0`` restoring equality (see the module notes).
+    """
+    A = as_square_matrix(A).astype(np.float64)
+    gamma = as_finite_scalar(gamma, "gamma")
+    n = A.shape[0]
+    eta = as_weights(eta, n)
+    t, V, off = _split(A)
+    if eta is None:
+        W = np.ones_like(V)
+    else:
+        W = (eta[None, :] / eta[:, None])[off].reshape(n, n - 1)
+    tau = _shrink_rows(t, V, W, gamma, 1.0)
+    out = np.empty_like(A)
+    out[off] = (np.sign(V) * np.maximum(np.abs(V) - tau[:, None] * W, 0.0)).ravel()
+    np.fill_diagonal(out, t - tau)
+    return out
+
+
+def project_norm_inf(A, kappa: float) -> np.ndarray:
+    """Euclidean projection of ``A`` onto ``{A : ‖A‖_∞ ≤ κ}`` (an ℓ1 ball per row).
+
+    Parameters
+    ----------
+    A : array_like, shape (n, m)
+        Any real matrix (not necessarily square).
+    kappa : float
+        Radius, ``κ ≥ 0``.
+    """
+    A = as_matrix(A).astype(np.float64)
+    kappa = as_finite_scalar(kappa, "kappa", low=0.0)
+    tau = _shrink_rows(np.zeros(A.shape[0]), A, np.ones_like(A), kappa, 0.0)
+    return np.sign(A) * np.maximum(np.abs(A) - tau[:, None], 0.0)
+

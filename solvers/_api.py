@@ -1,0 +1,354 @@
+"""The front door: ``solve`` and ``solve_adjoint`` validate, check guarantees, dispatch
+to an engine and build the result. No iteration happens here."""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+import warnings
+
+import numpy as np
+
+import contraction
+from contraction._validation import as_finite_scalar, as_square_matrix
+
+from ._activations import IDENTITY, get_activation
+from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
+
+__all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
+
+METHODS = contraction.METHODS
+#: The adjoint equation is linear; these methods have a guaranteed ℓ1 iteration for it.
+ADJOINT_METHODS = ("picard", "average", "anderson")
+ENGINES = ("numpy", "numba", "cuda")
+_ENGINE_MODULES = {"numpy": "._numpy_engine", "numba": "._numba_engine", "cuda": "._cuda_engine"}
+_F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def _engine(name: str):
+    if not isinstance(name, str) or name not in ENGINES:
+        raise TypeError(f"unknown engine {name!r}; choose from {ENGINES}")
+    module = importlib.import_module(_ENGINE_MODULES[name], __package__)
+    if name == "cuda":
+        module.require_gpu()
+    return module
+
+
+def _check_int(x, name: str, low: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {x!r}")
+    if x < low:
+        raise ValueError(f"{name} must be >= {low}, got {x}")
+    return int(x)
+
+
+def _as_batch(W, n: int, name: str, dtype=None) -> tuple[np.ndarray, bool]:
+    """Return ``(W as (batch, n), was_1d)``; raise ``ValueError`` naming ``name``."""
+    try:
+        arr = np.asarray(W)
+    except Exception as exc:
+        raise ValueError(f"{name} must be a numeric array: {exc}") from None
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim not in (1, 2) or arr.shape[-1] != n:
+        raise ValueError(f"{name} must have shape ({n},) or (batch, {n}) to match A, got {arr.shape}")
+    if arr.ndim == 2 and arr.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(f"{name} must be finite; non-finite entries at {np.argwhere(bad)[:5].tolist()}")
+    was_1d = arr.ndim == 1
+    arr = np.atleast_2d(arr)
+    return np.ascontiguousarray(arr, dtype=dtype), was_1d
+
+
+def _dtype(A: np.ndarray, W) -> np.dtype:
+    w = np.asarray(W)
+    both32 = A.dtype == np.float32 and w.dtype == np.float32
+    return np.dtype(np.float32 if both32 else np.float64)
+
+
+def _guarantee_message(A: np.ndarray, method: str, alpha: float) -> str | None:
+    """``None`` when ``method`` with step ``alpha`` provably converges, else why not."""
+    base = "average" if method == "anderson" else method
+    factor = contraction.contraction_factor(A, alpha, base)
+    if factor < 1.0:
+        return None
+    if base in ("peaceman_rachford", "douglas_rachford"):
+        mu2 = contraction.mu_2(A)
+        if mu2 < 1.0:
+            return None  # monotone (l2) guarantee, any alpha > 0
+    eta, _ = contraction.optimal_weights(A)
+    weighted = contraction.contraction_factor(A, alpha, base, eta=eta)
+    if weighted < 1.0:
+        return None
+    best = min(factor, weighted)
+    msg = (
+        f"method {method!r} with alpha={alpha:.4g} is not guaranteed to converge: its worst-case "
+        f"l-inf contraction factor is {best:.4g} >= 1 (margin {1 - best:.3g})"
+    )
+    abscissa = contraction.spectral_abscissa(contraction.metzler_majorant(A))
+    if abscissa >= 1.0:
+        msg += f"; A is not well-posed in any weighted l-inf norm: alpha(ceil(A)) = {abscissa:.4g} >= 1 (margin {1 - abscissa:.3g})"
+    elif base == "picard":
+        norm = contraction.induced_norm(A, np.inf)
+        msg += (
+            f"; picard needs ||A||_inf < 1 (here {norm:.4g}, margin {1 - norm:.3g}) or every a_ii >= 0 "
+            f"(min a_ii = {np.diagonal(A).min():.4g}); use method='average' (alpha* = "
+            f"{contraction.optimal_alpha(A):.4g})"
+        )
+    else:
+        msg += f"; the guaranteed step is alpha <= {contraction.optimal_alpha(A, base):.4g}"
+    if base in ("peaceman_rachford", "douglas_rachford"):
+        msg += f"; the monotone (l2) guarantee needs mu_2(A) < 1, here {contraction.mu_2(A):.4g}"
+    return msg
+
+
+def _alpha(A, method, alpha, methods):
+    if not isinstance(method, str) or method not in methods:
+        raise TypeError(f"unknown method {method!r}; choose from {methods}")
+    if method == "picard":
+        if alpha is not None and alpha != 1.0:
+            raise ValueError(f"alpha must be 1 (or None) for picard, got {alpha}; use method='average'")
+        return 1.0
+    if alpha is None:
+        return contraction.optimal_alpha(A, method)
+    return as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
+
+
+def _tolerances(atol, rtol, max_iter, memory, dtype, check):
+    atol = as_finite_scalar(atol, "atol", low=0.0)
+    rtol = as_finite_scalar(rtol, "rtol", low=0.0)
+    max_iter = _check_int(max_iter, "max_iter", 0)
+    memory = _check_int(memory, "memory", 1)
+    if check and dtype == np.float32 and 0.0 < atol + rtol < 4 * _F32_EPS:
+        warnings.warn(
+            f"atol + rtol = {atol + rtol:.1e} is below float32 resolution ({_F32_EPS:.1e}); "
+            "expect MAX_ITER: loosen the tolerance or use float64",
+            UserWarning,
+            stacklevel=3,
+        )
+    return atol, rtol, max_iter, memory
+
+
+def _overall(codes: np.ndarray) -> Status:
+    return Status(int(codes.max())) if codes.size else Status.SUCCESS
+
+
+def _error_bound(A: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    mu = contraction.mu_inf(A)
+    if mu < 1.0:
+        return residual / (1.0 - max(0.0, mu))
+    eta, mu_eta = contraction.optimal_weights(A)
+    if mu_eta >= 1.0:
+        return np.full_like(residual, np.inf)
+    # ‖e‖_∞ ≤ max η ‖e‖_∞,η ≤ max η · r_η / (1 − max(0, μ_η)), and r_η ≤ r / min η.
+    return residual * (eta.max() / eta.min()) / (1.0 - max(0.0, mu_eta))
+
+
+def solve(
+    A,
+    W,
+    method: str = "average",
+    alpha=None,
+    atol: float = 1e-8,
+    rtol: float = 0.0,
+    max_iter: int = 1000,
+    activation="relu",
+    x0=None,
+    engine: str = "numba",
+    record: bool = False,
+    *,
+    memory: int = 5,
+    raise_on_failure: bool = False,
+    check: bool = True,
+) -> FixedPointResult:
+    """Solve the equilibrium equation ``x = σ(A x + w)`` for one input or a batch.
+
+    Parameters
+    ----------
+    A : array_like, shape (n, n)
+    W : array_like, shape (n,) or (batch, n)
+        Injected inputs ``w = B u + b`` (row-major batch).
+    method : {"average", "picard", "forward_backward", "peaceman_rachford",
+              "douglas_rachford", "anderson"}
+    alpha : float, optional
+        Step size; default :func:`contraction.optimal_alpha` of the method.
+    atol, rtol : float
+        Stop a sample when ``‖σ(Ax + w) − x‖_∞ ≤ atol + rtol ‖x‖_∞`` (the same rule for
+        every method, evaluated on the method's current equilibrium candidate).
+    max_iter : int
+        Most steps per sample.
+    activation : str, (str, float) or Activation
+        ``relu``, ``leaky_relu`` (with slope), ``hard_tanh``, ``tanh``, ``softplus``.
+    x0 : array_like, optional
+        Start (same shape as ``W``; default zeros).
+    engine : {"numba", "numpy", "cuda"}
+    record : bool
+        Keep the residual of every iteration in ``result.history``.
+    memory : int
+        Anderson memory.
+    raise_on_failure : bool
+        Raise :class:`NoConvergence` (carrying the result) instead of returning a failure.
+    check : bool
+        Check the method's convergence guarantee first and warn
+        (:class:`NotGuaranteedWarning`) with the violated condition and its margin.
+
+    Returns
+    -------
+    FixedPointResult
+
+    Notes
+    -----
+    Converged samples stop being updated. A sample whose residual grows by
+    ``1e6`` over its first value is ``DIVERGED``; NaN/Inf iterates are ``NONFINITE``.
+    The error bound is ``r / (1 − max(0, μ∞(A)))`` (with optimal weights when only
+    ``α(⌈A⌉) < 1``).
+
+    References
+    ----------
+    S. Jafarpour et al., "Robust Implicit Networks via Non-Euclidean Contractions", NeurIPS 2021.
+    """
+    A_in = as_square_matrix(A)
+    n = A_in.shape[0]
+    act = get_activation(activation)
+    alpha = _alpha(A_in, method, alpha, METHODS)
+    eng = _engine(engine)
+    dtype = _dtype(A_in, W)
+    Wb, was_1d = _as_batch(W, n, "W", dtype)
+    A_ = np.ascontiguousarray(A_in, dtype=dtype)
+    if x0 is None:
+        X0 = np.zeros_like(Wb)
+    else:
+        X0, x0_1d = _as_batch(x0, n, "x0", dtype)
+        if X0.shape != Wb.shape or x0_1d != was_1d:
+            raise ValueError(f"x0 must have the shape of W {np.shape(W)}, got {np.shape(x0)}")
+    atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
+    A64 = A_.astype(np.float64)
+    if check:
+        msg = _guarantee_message(A64, method, alpha)
+        if msg:
+            warnings.warn(msg, NotGuaranteedWarning, stacklevel=2)
+    MinvT = np.zeros((0, 0), dtype)
+    if method in ("peaceman_rachford", "douglas_rachford"):
+        M = contraction.resolvent_matrix(A64, alpha)
+        try:
+            MinvT = np.ascontiguousarray(np.linalg.inv(M).T, dtype=dtype)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"(1 + alpha) I - alpha A is singular for alpha={alpha}: choose another alpha"
+            ) from None
+    accept = contraction.contraction_factor(A64, alpha, "average") if method == "anderson" else 1.0
+    accept = accept if accept < 1.0 else 1.0
+    X, iters, res, codes, hist = eng.run(
+        method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
+        atol, rtol, max_iter, 0, MinvT, memory, accept, record,
+    )
+    result = FixedPointResult(
+        x=X[0] if was_1d else X,
+        converged=codes == Status.SUCCESS,
+        status=_overall(codes),
+        iterations=iters,
+        residual=res,
+        alpha=float(alpha),
+        method=method,
+        engine=engine,
+        activation=act.name,
+        history=hist,
+        error_bound=_error_bound(A64, res),
+        sample_status=codes,
+    )
+    if raise_on_failure and not result.success:
+        raise NoConvergence(result)
+    return result
+
+
+def solve_adjoint(
+    A,
+    Z,
+    G,
+    method: str = "average",
+    alpha=None,
+    atol: float = 1e-8,
+    rtol: float = 0.0,
+    max_iter: int = 1000,
+    activation="relu",
+    lam0=None,
+    engine: str = "numba",
+    record: bool = False,
+    *,
+    memory: int = 5,
+    raise_on_failure: bool = False,
+    check: bool = True,
+):
+    """Solve the adjoint equation ``λ = G + (λ ⊙ σ'(Z)) A`` (row-batch form).
+
+    With ``z* = A x* + w`` and upstream gradient ``g = ∂L/∂x*``, ``v = λ ⊙ σ'(z*)`` gives
+    ``∂L/∂A = vᵀ x*`` (summed over the batch), ``∂L/∂w = v`` and ``∂L/∂u = v B``.
+
+    Parameters
+    ----------
+    A : array_like, shape (n, n)
+    Z : array_like, shape (n,) or (batch, n)
+        Pre-activations ``A x* + w`` at the equilibrium.
+    G : array_like, same shape as ``Z``
+        Upstream gradients.
+    method : {"average", "picard", "anderson"}
+    atol, rtol : float
+        Stop when ``‖G + (λ ⊙ σ'(Z)) A − λ‖_1 ≤ atol + rtol ‖λ‖_1`` per sample.
+    Other parameters as in :func:`solve`.
+
+    Returns
+    -------
+    lam : ndarray, shape of ``G``
+    result : AdjointResult
+
+    Notes
+    -----
+    The averaged adjoint map has column-form Jacobian ``(1 − α) I + α Aᵀ D``, whose ℓ1 norm
+    equals the ℓ∞ norm of ``(1 − α) I + α D A``: it contracts in ``‖·‖_1`` (the dual norm)
+    with the same factor and the same ``α*`` as the forward iteration.
+    """
+    A_in = as_square_matrix(A)
+    n = A_in.shape[0]
+    act = get_activation(activation)
+    alpha = _alpha(A_in, method, alpha, ADJOINT_METHODS)
+    eng = _engine(engine)
+    dtype = _dtype(A_in, G)
+    Gb, was_1d = _as_batch(G, n, "G", dtype)
+    Zb, z_1d = _as_batch(Z, n, "Z", np.float64)
+    if Zb.shape != Gb.shape or z_1d != was_1d:
+        raise ValueError(f"Z must have the shape of G {np.shape(G)}, got {np.shape(Z)}")
+    D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
+    if lam0 is None:
+        L0 = np.zeros_like(Gb)
+    else:
+        L0, l_1d = _as_batch(lam0, n, "lam0", dtype)
+        if L0.shape != Gb.shape or l_1d != was_1d:
+            raise ValueError(f"lam0 must have the shape of G {np.shape(G)}, got {np.shape(lam0)}")
+    atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
+    A64 = A_in.astype(np.float64)
+    if check:
+        msg = _guarantee_message(A64, method, alpha)
+        if msg:
+            warnings.warn("adjoint: " + msg, NotGuaranteedWarning, stacklevel=2)
+    accept = contraction.contraction_factor(A64, alpha, "average") if method == "anderson" else 1.0
+    accept = accept if accept < 1.0 else 1.0
+    lam, iters, res, codes, hist = eng.run(
+        method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
+        atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,
+    )
+    result = AdjointResult(
+        converged=codes == Status.SUCCESS,
+        status=_overall(codes),
+        iterations=iters,
+        residual=res,
+        alpha=float(alpha),
+        method=method,
+        engine=engine,
+        history=hist,
+        sample_status=codes,
+    )
+    if raise_on_failure and not result.success:
+        raise NoConvergence(result)
+    return (lam[0] if was_1d else lam), result

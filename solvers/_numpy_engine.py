@@ -1,0 +1,211 @@
+"""The numpy engine: the readable specification every compiled engine is tested against.
+
+One loop driver (:func:`run`) owns the iteration count, the stopping rule, the divergence
+and non-finite checks and the per-sample freezing; each method supplies only its state
+(``init``), its candidate equilibrium (``candidate``) and its update (``advance``).
+
+The problem is ``x = σ((x ⊙ d) M + w)`` row-wise: the forward equation has ``M = Aᵀ`` and
+no ``d``; the adjoint equation ``λ = g + (λ ⊙ σ'(z)) A`` has ``M = A``, ``d = σ'(z)`` and
+the identity activation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _activations as act
+from ._result import Status
+
+__all__ = ["run", "DIVERGENCE_RATIO"]
+
+#: A sample is declared diverged when its residual exceeds its first residual by this factor.
+DIVERGENCE_RATIO = 1e6
+
+
+class _Problem:
+    def __init__(self, Mat, W, D, code, slope, norm):
+        self.Mat, self.W, self.D, self.code, self.slope, self.norm_ord = Mat, W, D, code, slope, norm
+
+    def map(self, X, idx):
+        """``(T(X), Z)`` with ``Z = (X ⊙ d) M + w`` and ``T = σ(Z)``."""
+        S = X if self.D is None else X * self.D[idx]
+        Z = S @ self.Mat + self.W[idx]
+        return act.value(self.code, self.slope, Z), Z
+
+    def prox(self, V, alpha):
+        return act.prox(self.code, self.slope, alpha, V)
+
+    def norm(self, R):
+        return np.abs(R).max(axis=1) if self.norm_ord == 0 else np.abs(R).sum(axis=1)
+
+
+class _Averaged:
+    """``x⁺ = (1 − α) x + α T(x)`` (picard is α = 1)."""
+
+    def __init__(self, problem, alpha, **_):
+        self.p, self.alpha = problem, alpha
+
+    def init(self, X0, idx):
+        return {"x": X0.copy()}
+
+    def candidate(self, state):
+        return state["x"]
+
+    def advance(self, state, X, T, Z, r, idx):
+        return {"x": X + self.alpha * (T - X)}
+
+
+class _ForwardBackward(_Averaged):
+    """``x⁺ = prox_{αf}((1 − α) x + α (A x + w))``."""
+
+    def advance(self, state, X, T, Z, r, idx):
+        return {"x": self.p.prox((1 - self.alpha) * X + self.alpha * Z, self.alpha)}
+
+
+class _Splitting:
+    """Peaceman–Rachford (``average=False``) or Douglas–Rachford on the splitting variable u.
+
+    ``x = prox_{αf}(u)``, ``v = 2x − u``, ``y = M⁻¹ (v + α w)`` with ``M = (1 + α) I − α A``;
+    PR: ``u⁺ = 2y − v``; DR: ``u⁺ = (u + 2y − v)/2 = u + y − x``. Started at ``u0 = (1 − α) x0 + α (A x0 + w)``
+    so that ``x0 = x*`` gives ``u0 = u*``.
+    """
+
+    def __init__(self, problem, alpha, MinvT, average, **_):
+        self.p, self.alpha, self.MinvT, self.average = problem, alpha, MinvT, average
+
+    def init(self, X0, idx):
+        _, Z0 = self.p.map(X0, idx)
+        return {"u": (1 - self.alpha) * X0 + self.alpha * Z0}
+
+    def candidate(self, state):
+        return self.p.prox(state["u"], self.alpha)
+
+    def advance(self, state, X, T, Z, r, idx):
+        U = state["u"]
+        V = 2 * X - U  # reflected resolvent of f: C_G(u)
+        Y = (V + self.alpha * self.p.W[idx]) @ self.MinvT  # resolvent of the affine part
+        return {"u": U + Y - X if self.average else 2 * Y - V}
+
+
+class _Anderson:
+    """Type-II Anderson acceleration of the averaged map ``g(x) = x + α (T(x) − x)``.
+
+    Safeguard: a candidate is accepted only when its residual is at most ``accept`` times
+    the last accepted residual (``accept`` = the averaged factor when < 1, else 1); otherwise
+    the iterate falls back to ``g`` of the last accepted point, which is accepted unchecked,
+    and the history restarts. Least squares by regularised normal equations.
+    """
+
+    def __init__(self, problem, alpha, memory, accept, **_):
+        self.p, self.alpha, self.m, self.accept = problem, alpha, memory, accept
+
+    def init(self, X0, idx):
+        b, n = X0.shape
+        return {
+            "x": X0.copy(),
+            "g": np.zeros_like(X0),
+            "f": np.zeros_like(X0),
+            "r": np.full(b, np.inf),
+            "forced": np.ones(b, dtype=bool),
+            "dF": np.zeros((b, self.m, n), X0.dtype),
+            "dG": np.zeros((b, self.m, n), X0.dtype),
+            "count": np.zeros(b, dtype=np.int64),
+            "pos": np.zeros(b, dtype=np.int64),
+        }
+
+    def candidate(self, state):
+        return state["x"]
+
+    def advance(self, state, X, T, Z, r, idx):
+        s = {k: v.copy() for k, v in state.items()}
+        accept = s["forced"] | (r <= self.accept * s["r"])
+        rej = ~accept
+        # Rejected: fall back to the plain step from the last accepted point.
+        s["x"][rej] = s["g"][rej]
+        s["forced"][rej] = True
+        s["count"][rej] = 0
+        a = np.flatnonzero(accept)
+        G = X[a] + self.alpha * (T[a] - X[a])
+        F = G - X[a]
+        has_prev = np.isfinite(s["r"][a])
+        for j, row in enumerate(a):
+            if has_prev[j]:
+                p = s["pos"][row]
+                s["dF"][row, p] = F[j] - s["f"][row]
+                s["dG"][row, p] = G[j] - s["g"][row]
+                s["pos"][row] = (p + 1) % self.m
+                s["count"][row] = min(s["count"][row] + 1, self.m)
+            k = s["count"][row]
+            x_new = G[j]
+            if k > 0:
+                dF, dG = s["dF"][row, :k], s["dG"][row, :k]
+                H = dF @ dF.T
+                H += (ANDERSON_REG * np.trace(H) / k + np.finfo(np.float64).tiny) * np.eye(k)
+                gamma = np.linalg.solve(H, dF @ F[j])
+                x_new = G[j] - gamma @ dG
+            s["x"][row] = x_new
+        s["g"][a], s["f"][a], s["r"][a] = G, F, r[a]
+        s["forced"][a] = False
+        return s
+
+
+#: Relative Tikhonov regularisation of Anderson's normal equations.
+ANDERSON_REG = 1e-10
+
+_STEPS = {
+    "picard": lambda p, **kw: _Averaged(p, **kw),
+    "average": lambda p, **kw: _Averaged(p, **kw),
+    "forward_backward": lambda p, **kw: _ForwardBackward(p, **kw),
+    "peaceman_rachford": lambda p, **kw: _Splitting(p, average=False, **kw),
+    "douglas_rachford": lambda p, **kw: _Splitting(p, average=True, **kw),
+    "anderson": lambda p, **kw: _Anderson(p, **kw),
+}
+
+
+def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
+    """Iterate ``method`` until every sample meets ``r ≤ atol + rtol‖x‖`` or stops otherwise.
+
+    Returns ``(X, iterations, residual, codes, history)``; ``codes`` are :class:`Status`
+    values per sample.
+    """
+    problem = _Problem(Mat, W, D, code, slope, norm)
+    step = _STEPS[method](problem, alpha=alpha, MinvT=MinvT, memory=memory, accept=accept)
+    batch = W.shape[0]
+    active = np.arange(batch)
+    state = step.init(X0, active)
+    X = X0.copy()
+    iters = np.zeros(batch, dtype=np.int64)
+    res = np.zeros(batch)
+    codes = np.full(batch, -1, dtype=np.int8)
+    r_first = np.zeros(batch)
+    hist = []
+    for k in range(max_iter + 1):
+        sub = {key: v[active] for key, v in state.items()}
+        Xa = step.candidate(sub)
+        T, Z = problem.map(Xa, active)
+        r = problem.norm(T - Xa).astype(np.float64)
+        if k == 0:
+            r_first[active] = r
+        tol = atol + rtol * problem.norm(Xa)
+        c = np.full(active.size, -1, dtype=np.int8)
+        c[~np.isfinite(r)] = Status.NONFINITE
+        c[(c < 0) & (r <= tol)] = Status.SUCCESS
+        c[(c < 0) & (r > DIVERGENCE_RATIO * r_first[active])] = Status.DIVERGED
+        if k == max_iter:
+            c[c < 0] = Status.MAX_ITER
+        X[active], res[active], iters[active] = Xa, r, k
+        if record:
+            h = np.full(batch, np.nan)
+            h[active] = r
+            hist.append(h)
+        go = c < 0
+        codes[active[~go]] = c[~go]
+        if go.any():
+            new = step.advance({key: v[go] for key, v in sub.items()}, Xa[go], T[go], Z[go], r[go], active[go])
+            for key, v in new.items():
+                state[key][active[go]] = v
+        active = active[go]
+        if active.size == 0:
+            break
+    history = np.array(hist) if record else None
+    return X, iters, res, codes, history

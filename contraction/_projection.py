@@ -56,6 +56,10 @@ def _shrink_rows(t, V, W, c, f):
     base = f * t - c
     g_at_b = base[:, None] + S1_ex - b * (f * f + S2_ex)
     active = (g_at_b < 0).sum(axis=1)
+    if f == 0:
+        # Without a free coordinate an infeasible row has τ* ≤ b_1; at τ* = b_1 (radius 0)
+        # g(b_1) = 0 is not counted, but the first segment's formula still gives the root.
+        active = np.maximum(active, 1)
     S1_full = np.hstack([zeros, S1])
     S2_full = np.hstack([zeros, S2])
     idx = np.arange(rows.size)

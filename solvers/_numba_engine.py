@@ -10,7 +10,8 @@ its converged members.
 
 from __future__ import annotations
 
-import numba
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -30,6 +31,9 @@ METHOD_CODES = {
 _TINY = float(np.finfo(np.float64).tiny)
 
 
+# The scalar helpers use ``math`` only, so the CUDA engine can call them from device code.
+
+
 @njit(cache=True, inline="always")
 def act_value(code, slope, z):
     if code == 0:
@@ -39,9 +43,9 @@ def act_value(code, slope, z):
     if code == 2:
         return min(max(z, -1.0), 1.0)
     if code == 3:
-        return np.tanh(z)
+        return math.tanh(z)
     if code == 4:
-        return max(z, 0.0) + np.log1p(np.exp(-abs(z)))
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
     return z
 
 
@@ -54,10 +58,10 @@ def act_derivative(code, slope, z):
     if code == 2:
         return 1.0 if abs(z) <= 1.0 else 0.0
     if code == 3:
-        t = np.tanh(z)
+        t = math.tanh(z)
         return 1.0 - t * t
     if code == 4:
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
+        return 0.5 * (1.0 + math.tanh(0.5 * z))
     return 1.0
 
 
@@ -122,7 +126,7 @@ def _anderson_step(s, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt
         forced[s] = True
         cnt[s] = 0
         return
-    has_prev = rp[s] < np.inf
+    has_prev = rp[s] < math.inf
     if has_prev:
         p = pos[s]
         for i in range(n):

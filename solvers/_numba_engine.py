@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -167,8 +168,7 @@ def _anderson_step(s, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt
     forced[s] = False
 
 
-@njit(cache=True, parallel=True)
-def _run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
+def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
     batch, n = W.shape
     scaled = D.shape[0] > 0
     splitting = method == 3 or method == 4
@@ -321,13 +321,31 @@ def _run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, 
     return X, iters, res, codes, hist
 
 
+# Two compilations of one driver: ``prange`` is a plain range in the serial one. The
+# per-sample pass is O(batch·n) against the GEMM's O(batch·n²), so threads only pay for
+# large blocks; below that, idle worker threads spinning beside the BLAS threads cost more
+# than they save (badly so on a loaded machine).
+_run_serial = njit(cache=True)(_run_impl)
+_run_parallel = njit(cache=True, parallel=True)(_run_impl)
+
+#: batch·n (times 8 for Anderson and the Newton prox of tanh/softplus) from which the
+#: per-sample pass runs in parallel.
+PARALLEL_MIN_WORK = 1 << 17
+
+
+def _parallel_pays(method: str, code: int, batch: int, n: int) -> bool:
+    heavy = method == "anderson" or (code in (3, 4) and method in ("forward_backward", "peaceman_rachford", "douglas_rachford"))
+    return numba.config.NUMBA_NUM_THREADS > 1 and batch * n * (8 if heavy else 1) >= PARALLEL_MIN_WORK
+
+
 def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
     """Same contract as :func:`solvers._numpy_engine.run`."""
     dtype = W.dtype
     D = np.zeros((0, W.shape[1]), dtype) if D is None else D
     if MinvT.shape[0] == 0:
         MinvT = np.zeros((1, 1), dtype)
-    return _run(
+    kernel = _run_parallel if _parallel_pays(method, code, *W.shape) else _run_serial
+    return kernel(
         METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
         float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record),
     )

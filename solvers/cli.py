@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -92,6 +93,127 @@ def cmd_check(args) -> int:
     return 0 if report["nemon"].holds or report["nemon_weighted"].holds else 1
 
 
+def cmd_solve(args) -> int:
+    from . import solve
+
+    A, _, source = _matrices(args)
+    if args.W is not None:
+        W = load_matrix(args.W, "W")
+    else:
+        W = np.random.default_rng(args.seed).standard_normal((args.batch, A.shape[0]))
+    result = solve(A, W, method=args.method, atol=args.atol, max_iter=args.max_iter,
+                   activation=args.activation, engine=args.engine)
+    print(f"Matrix: {source}; inputs: {'file ' + args.W if args.W else f'{args.batch} Gaussian samples'}")
+    print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}: {result.status.name}: "
+          f"{result.status.message}")
+    print(f"iterations: mean {result.iterations.mean():.1f}, max {result.iterations.max()}; "
+          f"residual max {result.residual.max():.3e}; error bound max {result.error_bound.max():.3e}")
+    if args.out:
+        np.save(args.out, result.x)
+        print(f"wrote {args.out}")
+    return 0 if result.success else 1
+
+
+def cmd_compare(args) -> int:
+    from ._compare import compare_methods, format_table, instance, plot_comparison
+
+    if args.matrix is not None:
+        A = load_matrix(args.matrix, "A")
+        if A.shape[0] != A.shape[1]:
+            raise CLIError(f"A must be square, got shape {A.shape}")
+        W = np.random.default_rng(args.seed).standard_normal((args.batch, A.shape[0]))
+        source = f"file {args.matrix}"
+    else:
+        A, W = instance(args.family, n=args.n, batch=args.batch, seed=args.seed)
+        source = f"family {args.family} (n={args.n})"
+    rows = compare_methods(A, W, activation=args.activation, atol=args.atol, max_iter=args.max_iter,
+                           engine=args.engine, repeats=args.repeats)
+    print(f"Iteration schemes on {source}, batch {W.shape[0]}, {args.activation}, atol {args.atol:g}, "
+          f"engine {args.engine}; mu_inf(A) = {contraction.mu_inf(A):.4g}, min a_ii = {np.diagonal(A).min():.4g}")
+    print(format_table(rows))
+    path = plot_comparison(rows, args.out, title=f"{source}, batch {W.shape[0]}")
+    print(f"figure: {path}")
+    return 0
+
+
+def _train_kwargs(args):
+    return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
+                lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed)
+
+
+def cmd_train(args) -> int:
+    from . import training as tr
+    from .training._report import evaluate, format_epoch_table, format_report, plot_history
+
+    Xtr, ytr, Xte, yte = _load_data(args)
+    if args.resume:
+        net, history, _ = tr.load_training(args.resume)
+        if history is None:
+            raise CLIError(f"{args.resume} holds no training state to resume")
+        kwargs = {**dataclasses.asdict(history.config), "epochs": args.epochs}
+        print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
+    else:
+        net = tr.ImplicitNetwork(Xtr.shape[1], args.hidden, int(ytr.max()) + 1, activation=args.activation,
+                                 seed=args.seed, dtype=np.dtype(args.dtype),
+                                 solver=tr.SolverConfig(engine=args.engine))
+        kwargs, history = _train_kwargs(args), None
+    net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {len(Xte)} test), "
+          f"constraint {kwargs['constraint']} (gamma {kwargs['gamma']}), {kwargs['optimizer']} lr {kwargs['lr']}, "
+          f"{kwargs['epochs']} epochs")
+    print(format_epoch_table([], header=True))
+
+    def show(record):
+        print(format_epoch_table([record], header=False), flush=True)
+
+    kwargs.pop("loss", None)
+    hist = tr.train(net, Xtr, ytr, X_val=Xte, y_val=yte, progress=not args.no_progress, callback=show,
+                    resume=history, **kwargs)
+    con = tr.make_constraint(hist.config.constraint, hist.config.gamma)
+    metrics = evaluate(net, Xte, yte, eta=con.weights(hist.state.raw))
+    path = tr.save(net, args.out, history=hist, metrics=metrics)
+    if hist.interrupted:
+        print(f"\nInterrupted: checkpoint saved to {path}; continue with: nemon train --resume {path}")
+        return 130
+    print()
+    print(format_report(metrics, title=f"Final report ({args.dataset} test set)"))
+    print(f"total training time         {sum(r['seconds'] for r in hist.epochs):.1f} s")
+    print(f"checkpoint: {path}")
+    if hist.epochs:
+        fig = plot_history(hist, args.figure, title=f"{net} on {args.dataset}, constraint {hist.config.constraint}")
+        print(f"figure: {fig}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import training as tr
+    from .training._report import evaluate, format_report
+
+    try:
+        net, history, _ = tr.load_training(args.checkpoint)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    _, _, Xte, yte = _load_data(args)
+    if Xte.shape[1] != net.n_in:
+        raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
+    eta = None
+    if history is not None:
+        eta = tr.make_constraint(history.config.constraint, history.config.gamma).weights(history.state.raw)
+    print(format_report(evaluate(net, Xte, yte, eta=eta), title=f"{args.checkpoint} on {args.dataset} (test set)"))
+    return 0
+
+
+def _load_data(args):
+    from .training import load_dataset
+
+    try:
+        return load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=args.data_seed)
+    except (FileNotFoundError, ImportError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def _add_matrix_args(p):
     p.add_argument("matrix", nargs="?", help="A as .npy, .csv or whitespace-separated text")
     p.add_argument("--example", choices=list(contraction.EXAMPLES), help="a built-in example instead of a file")
@@ -111,7 +233,77 @@ def build_parser() -> argparse.ArgumentParser:
     _add_matrix_args(p)
     p.add_argument("--no-lben", action="store_true", help="skip the LBEN semidefinite program (large n)")
     p.set_defaults(func=cmd_check)
+
+    from ._api import ENGINES, METHODS
+    from ._activations import ACTIVATIONS
+
+    p = sub.add_parser("solve", help="solve x = sigma(Ax + w) for a batch and report the outcome")
+    _add_matrix_args(p)
+    p.add_argument("--W", help="inputs w, one row per sample (.npy/.csv/text); default Gaussian")
+    p.add_argument("--batch", type=int, default=10, help="Gaussian samples when --W is not given")
+    p.add_argument("--method", choices=METHODS, default="average")
+    _add_solver_args(p, ENGINES, ACTIVATIONS)
+    p.add_argument("--out", help="save the solution as .npy")
+    p.set_defaults(func=cmd_solve)
+
+    from ._compare import FAMILIES
+
+    p = sub.add_parser("compare", help="every iteration scheme on one instance: table and figure")
+    p.add_argument("matrix", nargs="?", help="A as .npy, .csv or text (default: a built-in family)")
+    p.add_argument("--family", choices=FAMILIES, default="negative-diagonal")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median)")
+    p.add_argument("--out", default="out/compare.png", help="figure path")
+    _add_solver_args(p, ENGINES, ACTIVATIONS, max_iter=5000)
+    p.set_defaults(func=cmd_compare)
+
+    from .training._constraints import CONSTRAINTS
+    from .training._data import DATASETS
+
+    p = sub.add_parser("train", help="train an implicit network (default: mnist5k, n=100, gamma=0.9)")
+    _add_data_args(p, DATASETS)
+    p.add_argument("--hidden", type=int, default=100, help="hidden units n")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
+    p.add_argument("--constraint", choices=list(CONSTRAINTS), default="mu_inf")
+    p.add_argument("--gamma", type=float, default=0.9, help="bound of the constraint (mu_inf(A) <= gamma)")
+    p.add_argument("--lipschitz-weight", type=float, default=0.0, help="weight of the Lipschitz regulariser")
+    p.add_argument("--atol", type=float, default=1e-4, help="forward and adjoint solver tolerance")
+    p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--engine", choices=ENGINES, default="numba")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/model.npz", help="checkpoint path")
+    p.add_argument("--figure", default="out/training.png", help="training-curve figure path")
+    p.add_argument("--resume", help="continue from this checkpoint (same result as an uninterrupted run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="report accuracy, well-posedness and bounds of a checkpoint")
+    p.add_argument("checkpoint")
+    _add_data_args(p, DATASETS)
+    p.add_argument("--engine", choices=ENGINES, default="numba")
+    p.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _add_solver_args(p, engines, activations, max_iter=1000):
+    p.add_argument("--activation", choices=list(activations), default="relu")
+    p.add_argument("--atol", type=float, default=1e-8)
+    p.add_argument("--max-iter", type=int, default=max_iter)
+    p.add_argument("--engine", choices=engines, default="numba")
+
+
+def _add_data_args(p, datasets):
+    p.add_argument("--dataset", choices=list(datasets), default="mnist5k")
+    p.add_argument("--data-dir", help="folder with the data files (IDX for mnist / fashion-mnist)")
+    p.add_argument("--download", action="store_true", help="download MNIST (checksum-verified) if missing")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/test split where there is one")
 
 
 def main(argv=None) -> int:
@@ -124,6 +316,9 @@ def main(argv=None) -> int:
         print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
+        print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # e.g. engine='cuda' without a GPU
         print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,38 @@
+"""Training implicit networks that stay well-posed at every step.
+
+The network (:class:`ImplicitNetwork`), the constraints (projection onto the μ∞ polytope,
+the ‖·‖∞ ball, the seed authors' and the monotone parametrisations), the optimisers, the
+projected-gradient trainer (:func:`train`), data sets (:func:`load_dataset`) and
+checkpoints (:func:`save`, :func:`load`).
+"""
+
+from ._checkpoint import CheckpointError, load, load_training, save
+from ._constraints import CONSTRAINTS, Constraint, make_constraint
+from ._data import DATASETS, load_dataset, read_idx
+from ._network import LOSSES, ImplicitNetwork, SolverConfig
+from ._optim import OptimizerConfig, OptimizerState, Schedule
+from ._trainer import History, TrainConfig, TrainerState, lipschitz_penalty, train
+
+__all__ = [
+    "CONSTRAINTS",
+    "CheckpointError",
+    "Constraint",
+    "DATASETS",
+    "History",
+    "ImplicitNetwork",
+    "LOSSES",
+    "OptimizerConfig",
+    "OptimizerState",
+    "Schedule",
+    "SolverConfig",
+    "TrainConfig",
+    "TrainerState",
+    "lipschitz_penalty",
+    "load",
+    "load_dataset",
+    "load_training",
+    "make_constraint",
+    "read_idx",
+    "save",
+    "train",
+]

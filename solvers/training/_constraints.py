@@ -1,0 +1,138 @@
+"""Ways to keep the implicit layer's matrix well-posed during training.
+
+Each constraint owns the trainable parameters that define ``A`` (``raw``), builds ``A``
+from them, pulls the gradient with respect to ``A`` back to them (chain rule), and, for the
+projected-gradient ones, projects after every optimiser step.
+
+References
+----------
+S. Jafarpour et al., "Robust Implicit Networks via Non-Euclidean Contractions", NeurIPS 2021.
+L. El Ghaoui et al., "Implicit Deep Learning", SIAM J. Math. Data Sci., 2021.
+E. Winston and J. Z. Kolter, "Monotone operator equilibrium networks", NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import contraction
+
+__all__ = ["Constraint", "CONSTRAINTS", "make_constraint"]
+
+#: name -> one-line description.
+CONSTRAINTS = {
+    "mu_inf": "project A onto {mu_inf(A) <= gamma} after every step (projected gradient, seed paper)",
+    "norm_inf": "project A onto {||A||_inf <= gamma} after every step (implicit deep learning)",
+    "nemon_param": "A = gamma I + D^-1 T D - diag(|T| 1), D = diag(e^d) (seed authors' parametrisation)",
+    "mon": "A = (1 - m) I - P^T P + S - S^T with m = 1 - gamma (monotone operator networks)",
+    "none": "unconstrained A (the solver's statuses tell when it breaks)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """A named constraint with its bound ``gamma`` (``m = 1 − gamma`` for ``mon``)."""
+
+    name: str
+    gamma: float = 0.9
+
+    # -- which solver guarantees fit --------------------------------------------------
+    @property
+    def forward_method(self) -> str:
+        # Monotone networks are guaranteed in l2 for the splittings, not for averaging.
+        return "peaceman_rachford" if self.name == "mon" else "average"
+
+    @property
+    def adjoint_method(self) -> str:
+        return "direct" if self.name == "mon" else "average"
+
+    @property
+    def projected(self) -> bool:
+        return self.name in ("mu_inf", "norm_inf")
+
+    # -- parameters -----------------------------------------------------------------
+    def init(self, A0: np.ndarray, rng: np.random.Generator) -> dict:
+        """Raw parameters whose matrix starts near ``A0`` and satisfies the constraint."""
+        n = A0.shape[0]
+        if self.name in ("mu_inf", "norm_inf", "none"):
+            return self.project({"A": A0.copy()})
+        if self.name == "nemon_param":
+            return {"T": A0.copy(), "d": np.zeros(n, A0.dtype)}
+        scale = np.sqrt(np.abs(A0).mean() + 1e-12)
+        return {
+            "P": (rng.standard_normal((n, n)) * scale / np.sqrt(n)).astype(A0.dtype),
+            "S": (0.5 * A0).astype(A0.dtype),
+        }
+
+    def matrix(self, raw: dict) -> np.ndarray:
+        if "A" in raw:
+            return raw["A"]
+        if self.name == "nemon_param":
+            T, d = raw["T"], raw["d"]
+            A = T * np.exp(d[None, :] - d[:, None])
+            A[np.diag_indices_from(A)] += self.gamma - np.abs(T).sum(axis=1)
+            return A
+        P, S = raw["P"], raw["S"]
+        n = P.shape[0]
+        return (self.gamma * np.eye(n, dtype=P.dtype) - P.T @ P + S - S.T).astype(P.dtype)
+
+    def pullback(self, raw: dict, gA: np.ndarray) -> dict:
+        """Gradient with respect to ``raw`` from the gradient ``gA`` with respect to ``A``."""
+        if "A" in raw:
+            return {"A": gA}
+        if self.name == "nemon_param":
+            T, d = raw["T"], raw["d"]
+            E = np.exp(d[None, :] - d[:, None])
+            gT = gA * E - np.diagonal(gA)[:, None] * np.sign(T)
+            GE = gA * T * E
+            gd = GE.sum(axis=0) - GE.sum(axis=1)
+            return {"T": gT, "d": gd}
+        P = raw["P"]
+        return {"P": -P @ (gA + gA.T), "S": gA - gA.T}
+
+    def project(self, raw: dict) -> dict:
+        if self.name == "mu_inf":
+            raw["A"] = contraction.project_mu_inf(raw["A"], self.gamma).astype(raw["A"].dtype)
+        elif self.name == "norm_inf":
+            raw["A"] = contraction.project_norm_inf(raw["A"], self.gamma).astype(raw["A"].dtype)
+        return raw
+
+    # -- certificates ---------------------------------------------------------------
+    def weights(self, raw: dict) -> np.ndarray | None:
+        """Diagonal weights in which the constraint certifies ``μ_{∞,η}(A) ≤ γ`` (if any)."""
+        if self.name == "nemon_param":
+            return np.exp(-raw["d"].astype(np.float64))
+        return None
+
+    def violation(self, A: np.ndarray, raw: dict | None = None, tol: float = 1e-6) -> str | None:
+        """``None`` when ``A`` satisfies the constraint (to ``tol``), else a message."""
+        A = A.astype(np.float64)
+        if self.name == "mu_inf":
+            v = contraction.mu_inf(A)
+            ok, what = v <= self.gamma + tol, f"mu_inf(A) = {v:.6g}"
+        elif self.name == "norm_inf":
+            v = contraction.induced_norm(A, np.inf)
+            ok, what = v <= self.gamma + tol, f"||A||_inf = {v:.6g}"
+        elif self.name == "nemon_param":
+            eta = self.weights(raw) if raw is not None else contraction.optimal_weights(A)[0]
+            v = contraction.mu_inf(A, eta)
+            ok, what = v <= self.gamma + tol, f"mu_inf,eta(A) = {v:.6g}"
+        elif self.name == "mon":
+            v = contraction.mu_2(A)
+            ok, what = v <= self.gamma + tol, f"mu_2(A) = {v:.6g}"
+        else:
+            return None
+        return None if ok else f"constraint {self.name} (gamma = {self.gamma}) violated: {what}"
+
+
+def make_constraint(name: str, gamma: float = 0.9) -> Constraint:
+    if name not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {list(CONSTRAINTS)}, got {name!r}")
+    gamma = float(gamma)
+    if not np.isfinite(gamma) or (name != "none" and not gamma < 1.0):
+        raise ValueError(f"gamma must be finite and < 1 for constraint {name!r}, got {gamma}")
+    if name == "norm_inf" and gamma < 0:
+        raise ValueError(f"gamma is the radius of ||A||_inf <= gamma and must be >= 0, got {gamma}")
+    return Constraint(name, gamma)

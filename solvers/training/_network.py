@@ -1,0 +1,210 @@
+"""The implicit network ``x = σ(A x + B u + b)``, ``y = C x + c``, with adjoint gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import contraction
+
+from .._activations import get_activation
+from .._api import solve, solve_adjoint
+
+__all__ = ["ImplicitNetwork", "SolverConfig", "LOSSES"]
+
+LOSSES = ("cross_entropy", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """How the network solves its forward and adjoint equations."""
+
+    method: str = "average"
+    adjoint_method: str = "average"
+    atol: float = 1e-4
+    adjoint_atol: float = 1e-4
+    max_iter: int = 1000
+    engine: str = "numba"
+
+
+@dataclasses.dataclass
+class ForwardPass:
+    """What the backward pass needs from the forward pass."""
+
+    U: np.ndarray
+    X: np.ndarray
+    Z: np.ndarray
+    Y: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+
+
+class ImplicitNetwork:
+    """Implicit (equilibrium) network with numpy parameters ``A, B, b, C, c``.
+
+    Parameters
+    ----------
+    n_in, n_hidden, n_out : int
+    activation : str or (str, float)
+    seed : int
+        Seeds the initialisation (``A`` small Gaussian, ``B``, ``C`` scaled Gaussians,
+        biases zero).
+    dtype : numpy dtype
+        ``float64`` (default) or ``float32`` (faster; end to end).
+    solver : SolverConfig, optional
+
+    Notes
+    -----
+    Forward: ``W = U Bᵀ + b``, ``X = solve(A, W)`` (step ``α*`` recomputed from ``A`` on
+    every call), ``Y = X Cᵀ + c``. Backward (DESIGN.md section 6): with ``Z = X Aᵀ + W``
+    and ``G = ∂L/∂X``, solve ``λ = G + (λ ⊙ σ'(Z)) A``, set ``V = λ ⊙ σ'(Z)``; then
+    ``∂L/∂A = Vᵀ X``, ``∂L/∂B = Vᵀ U``, ``∂L/∂b = Σ V``, ``∂L/∂U = V B``.
+    """
+
+    def __init__(self, n_in, n_hidden, n_out, activation="relu", seed=0, dtype=np.float64, solver=None):
+        for name, v in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.activation = get_activation(activation)
+        self.solver = solver if solver is not None else SolverConfig()
+        self.seed = int(seed)
+        rng = np.random.default_rng(seed)
+        n, m, q = int(n_hidden), int(n_in), int(n_out)
+        f = self.dtype
+        self.A = (0.1 * rng.standard_normal((n, n)) / np.sqrt(n)).astype(f)
+        self.B = (rng.standard_normal((n, m)) / np.sqrt(m)).astype(f)
+        self.b = np.zeros(n, f)
+        self.C = (rng.standard_normal((q, n)) / np.sqrt(n)).astype(f)
+        self.c = np.zeros(q, f)
+
+    # -- shapes and parameters ------------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        return self.B.shape[1]
+
+    @property
+    def n_hidden(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def n_out(self) -> int:
+        return self.C.shape[0]
+
+    PARAMS = ("A", "B", "b", "C", "c")
+
+    def parameters(self) -> dict:
+        return {k: getattr(self, k) for k in self.PARAMS}
+
+    def parameter_count(self) -> int:
+        return int(sum(p.size for p in self.parameters().values()))
+
+    def _as_inputs(self, U) -> np.ndarray:
+        U = np.asarray(U)
+        if U.ndim != 2 or U.shape[1] != self.n_in:
+            raise ValueError(f"U must have shape (batch, {self.n_in}), got {U.shape}")
+        if not np.all(np.isfinite(U)):
+            raise ValueError("U must be finite")
+        return np.ascontiguousarray(U, dtype=self.dtype)
+
+    # -- forward ------------------------------------------------------------------------
+    def _forward(self, U) -> ForwardPass:
+        U = self._as_inputs(U)
+        W = U @ self.B.T + self.b
+        s = self.solver
+        res = solve(self.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter,
+                    activation=self.activation, engine=s.engine, check=False)
+        X = res.x
+        Z = X @ self.A.T + W
+        Y = X @ self.C.T + self.c
+        return ForwardPass(U, X, Z, Y, res.iterations, res.converged)
+
+    def forward(self, U) -> np.ndarray:
+        """Logits (or regression outputs), shape (batch, n_out)."""
+        return self._forward(U).Y
+
+    def predict(self, U, batch_size: int = 1000) -> np.ndarray:
+        U = np.asarray(U)
+        return np.concatenate([self.forward(U[i : i + batch_size]).argmax(axis=1) for i in range(0, len(U), batch_size)])
+
+    def accuracy(self, U, y, batch_size: int = 1000) -> float:
+        return float((self.predict(U, batch_size) == np.asarray(y)).mean())
+
+    # -- loss and gradients ---------------------------------------------------------------
+    def _output_grad(self, Y, targets, loss, reduction):
+        """Loss value and ``∂L/∂Y``; ``reduction`` 'mean' (training) or 'sum' (attacks)."""
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        batch = Y.shape[0]
+        scale = 1.0 / batch if reduction == "mean" else 1.0
+        Y64 = Y.astype(np.float64)
+        if loss == "cross_entropy":
+            t = np.asarray(targets)
+            if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
+                raise ValueError(f"targets must be integer labels of shape ({batch},), got {t.shape} {t.dtype}")
+            if t.min() < 0 or t.max() >= self.n_out:
+                raise ValueError(f"targets must be labels in [0, {self.n_out}), got range [{t.min()}, {t.max()}]")
+            shifted = Y64 - Y64.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            value = -logp[np.arange(batch), t].sum() * scale
+            dY = np.exp(logp)
+            dY[np.arange(batch), t] -= 1.0
+        else:
+            T = np.asarray(targets, dtype=np.float64).reshape(Y.shape)
+            diff = Y64 - T
+            value = (diff**2).sum() * scale / self.n_out
+            dY = 2.0 * diff / self.n_out
+        return float(value), dY * scale
+
+    def _backward(self, fp: ForwardPass, dY):
+        G = (dY @ self.C.astype(np.float64)).astype(self.dtype)
+        s = self.solver
+        lam, res = solve_adjoint(self.A, fp.Z, G, method=s.adjoint_method, atol=s.adjoint_atol,
+                                 max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
+        V = lam * self.activation.derivative(fp.Z)
+        return V.astype(np.float64), res
+
+    def loss_and_grad(self, U, targets, loss: str = "cross_entropy"):
+        """Mean loss over the batch and its gradients ``{"A", "B", "b", "C", "c"}``.
+
+        The last call's solver statistics are in ``self.last_stats``.
+        """
+        fp = self._forward(U)
+        value, dY = self._output_grad(fp.Y, targets, loss, "mean")
+        V, ares = self._backward(fp, dY)
+        X64, U64 = fp.X.astype(np.float64), fp.U.astype(np.float64)
+        grads = {
+            "A": V.T @ X64,
+            "B": V.T @ U64,
+            "b": V.sum(axis=0),
+            "C": dY.T @ X64,
+            "c": dY.sum(axis=0),
+        }
+        self.last_stats = {
+            "forward_iterations": float(fp.iterations.mean()),
+            "adjoint_iterations": float(ares.iterations.mean()),
+            "forward_converged": float(fp.converged.mean()),
+            "adjoint_converged": float(ares.converged.mean()),
+            "logits": fp.Y,
+        }
+        return value, {k: g.astype(self.dtype) for k, g in grads.items()}
+
+    def input_gradient(self, U, targets, loss: str = "cross_entropy") -> np.ndarray:
+        """``∂ loss_s / ∂u_s`` for every sample ``s`` (each row the gradient of its own loss)."""
+        fp = self._forward(U)
+        _, dY = self._output_grad(fp.Y, targets, loss, "sum")
+        V, _ = self._backward(fp, dY)
+        return (V @ self.B.astype(np.float64)).astype(self.dtype)
+
+    # -- certificates ---------------------------------------------------------------------
+    def lipschitz(self, form: str = "tight", eta=None) -> float:
+        """ℓ∞ input-to-output Lipschitz bound (``inf`` without a μ∞ certificate)."""
+        return contraction.lipschitz_bound(self.A.astype(np.float64), self.B.astype(np.float64),
+                                           self.C.astype(np.float64), eta=eta, form=form)
+
+    def __repr__(self) -> str:
+        return (f"ImplicitNetwork(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, "
+                f"activation={self.activation.name!r}, dtype={self.dtype.name})")

@@ -1,0 +1,83 @@
+"""Optimisers and learning-rate schedules as plain dataclasses (config separate from state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = ["OptimizerConfig", "OptimizerState", "Schedule", "make_optimizer_state", "step"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """``constant`` or ``cosine`` decay of the learning rate over ``total_steps``."""
+
+    kind: str = "constant"
+    total_steps: int = 0
+    final_fraction: float = 0.05
+
+    def factor(self, step_index: int) -> float:
+        if self.kind == "constant" or self.total_steps <= 0:
+            return 1.0
+        t = min(step_index / self.total_steps, 1.0)
+        return self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclasses.dataclass
+class OptimizerState:
+    """First/second moments per parameter name and the step count."""
+
+    t: int
+    m: dict
+    v: dict
+
+
+def make_optimizer_state(params: dict) -> OptimizerState:
+    return OptimizerState(
+        t=0,
+        m={k: np.zeros_like(p) for k, p in params.items()},
+        v={k: np.zeros_like(p) for k, p in params.items()},
+    )
+
+
+def step(config: OptimizerConfig, state: OptimizerState, params: dict, grads: dict, lr_factor: float = 1.0):
+    """Update ``params`` in place from ``grads`` (Adam with bias correction, or SGD + momentum)."""
+    state.t += 1
+    lr = config.lr * lr_factor
+    for k, p in params.items():
+        g = grads[k]
+        if config.name == "adam":
+            m = state.m[k]
+            v = state.v[k]
+            m *= config.beta1
+            m += (1 - config.beta1) * g
+            v *= config.beta2
+            v += (1 - config.beta2) * g * g
+            mhat = m / (1 - config.beta1**state.t)
+            vhat = v / (1 - config.beta2**state.t)
+            p -= (lr * mhat / (np.sqrt(vhat) + config.eps)).astype(p.dtype)
+        else:
+            buf = state.m[k]
+            buf *= config.momentum
+            buf += g
+            p -= (lr * buf).astype(p.dtype)

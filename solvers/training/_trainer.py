@@ -1,0 +1,298 @@
+"""The projected-gradient trainer: well-posed at every step, resumable, deterministic."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+
+import numpy as np
+
+import contraction
+
+from ._constraints import Constraint, make_constraint
+from ._network import ImplicitNetwork
+from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
+
+__all__ = ["TrainConfig", "TrainerState", "History", "train", "lipschitz_penalty"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (saved in checkpoints)."""
+
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    constraint: str = "mu_inf"
+    gamma: float = 0.9
+    lipschitz_weight: float = 0.0
+    atol: float = 1e-4
+    loss: str = "cross_entropy"
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Where training stands: enough to resume exactly (mid-epoch too)."""
+
+    epoch: int
+    batch: int
+    raw: dict
+    optimizer: OptimizerState
+    partial: dict  # running sums of the current epoch
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch records plus the final state; ``interrupted`` when stopped by Ctrl-C."""
+
+    config: TrainConfig
+    epochs: list
+    state: TrainerState
+    interrupted: bool = False
+
+    def __len__(self):
+        return len(self.epochs)
+
+    def __getitem__(self, i):
+        return self.epochs[i]
+
+    def column(self, key):
+        return np.array([e[key] for e in self.epochs], dtype=float)
+
+
+def lipschitz_penalty(A, B, C):
+    """``‖C‖∞ ‖B‖∞ / (1 − μ∞(A))`` and its subgradient with respect to A, B, C.
+
+    Notes
+    -----
+    ``‖M‖∞`` is the largest row ℓ1 norm: a subgradient is ``sign(M)`` on one maximising row.
+    ``μ∞(A)`` is the largest ``a_ii + Σ_{j≠i}|a_ij|``: a subgradient is ``sign(a_ij)`` off the
+    diagonal and 1 on it, on one maximising row. Requires ``μ∞(A) < 1``.
+    """
+    A, B, C = (np.asarray(M, dtype=np.float64) for M in (A, B, C))
+    rows_A = np.diagonal(A) + np.abs(A).sum(axis=1) - np.abs(np.diagonal(A))
+    i = int(np.argmax(rows_A))
+    mu = rows_A[i]
+    if mu >= 1.0:
+        raise ValueError(f"the Lipschitz penalty needs mu_inf(A) < 1, got {mu:.4g}")
+    rb, rc = np.abs(B).sum(axis=1), np.abs(C).sum(axis=1)
+    ib, ic = int(np.argmax(rb)), int(np.argmax(rc))
+    nb, nc = rb[ib], rc[ic]
+    value = nc * nb / (1.0 - mu)
+    gA = np.zeros_like(A)
+    gA[i] = np.sign(A[i])
+    gA[i, i] = 1.0
+    gA *= nc * nb / (1.0 - mu) ** 2
+    gB = np.zeros_like(B)
+    gB[ib] = np.sign(B[ib]) * nc / (1.0 - mu)
+    gC = np.zeros_like(C)
+    gC[ic] = np.sign(C[ic]) * nb / (1.0 - mu)
+    return float(value), {"A": gA, "B": gB, "C": gC}
+
+
+@contextlib.contextmanager
+def _interrupt_flag():
+    """Turn SIGINT into a flag checked between batches (so no update is half-applied)."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["stop"] = True
+        logger.warning("interrupt received: stopping after this batch")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_data(X, y, n_in, name):
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.shape[1] != n_in:
+        raise ValueError(f"{name} must have shape (N, {n_in}), got {X.shape}")
+    if len(y) != len(X):
+        raise ValueError(f"{name} and its targets have different lengths: {len(X)} vs {len(y)}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} must be finite")
+    return X, y
+
+
+def _new_partial():
+    return {"loss": 0.0, "correct": 0, "count": 0, "fwd": 0.0, "adj": 0.0, "batches": 0, "seconds": 0.0,
+            "unconverged": 0.0}
+
+
+def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, optimizer="adam",
+          schedule="constant", constraint="mu_inf", gamma=0.9, lipschitz_weight=0.0, atol=1e-4,
+          loss="cross_entropy", seed=0, X_val=None, y_val=None, progress=True, callback=None,
+          resume: History | None = None) -> History:
+    """Train ``net`` in place by projected (or parametrised) gradient descent.
+
+    Parameters
+    ----------
+    net : ImplicitNetwork
+    X, y : arrays
+        Inputs (N, n_in) and integer labels (or regression targets for ``loss="mse"``).
+    epochs, batch_size, lr, optimizer, schedule
+        Standard; ``optimizer`` in {"adam", "sgd"}, ``schedule`` in {"constant", "cosine"}.
+    constraint : {"mu_inf", "norm_inf", "nemon_param", "mon", "none"}
+        See :data:`solvers.training.CONSTRAINTS`; ``gamma`` is its bound.
+    lipschitz_weight : float
+        Weight of ``‖C‖∞‖B‖∞ / (1 − μ∞(A))`` in the loss (``mu_inf``/``norm_inf`` only).
+    atol : float
+        Forward and adjoint solver tolerances.
+    seed : int
+        Batch order: epoch ``e`` uses ``default_rng([seed, e]).permutation(N)``.
+    X_val, y_val : arrays, optional
+        Evaluated after every epoch.
+    progress : bool
+        A tqdm progress bar per epoch.
+    callback : callable(record), optional
+        Called with each epoch's record.
+    resume : History, optional
+        Continue from a previous (interrupted or finished) run's state with the same config.
+
+    Returns
+    -------
+    History
+        Per epoch: loss, train_acc, val_acc, mu_inf, alpha_star, fwd_iters, adj_iters,
+        lipschitz (tight bound), lipschitz_paper, unconverged (fraction of forward solves
+        that missed atol), seconds.
+    """
+    cfg = TrainConfig(int(epochs), int(batch_size), float(lr), optimizer, schedule, constraint, float(gamma),
+                      float(lipschitz_weight), float(atol), loss, int(seed))
+    if cfg.epochs < 0 or cfg.batch_size < 1:
+        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    if cfg.lipschitz_weight < 0:
+        raise ValueError(f"lipschitz_weight must be >= 0, got {cfg.lipschitz_weight}")
+    con = make_constraint(cfg.constraint, cfg.gamma)
+    if cfg.lipschitz_weight > 0 and not con.projected:
+        raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf' or 'norm_inf' (mu_inf(A) < 1 throughout)")
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+    opt_cfg = OptimizerConfig(cfg.optimizer, cfg.lr)
+    X, y = _check_data(X, y, net.n_in, "X")
+    if X_val is not None:
+        X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
+    X = np.ascontiguousarray(X, dtype=net.dtype)
+    net.solver = dataclasses.replace(net.solver, method=con.forward_method, adjoint_method=con.adjoint_method,
+                                     atol=cfg.atol, adjoint_atol=cfg.atol)
+    N = len(X)
+    n_batches = (N + cfg.batch_size - 1) // cfg.batch_size
+    sched = Schedule(cfg.schedule, cfg.epochs * n_batches)
+
+    if resume is not None:
+        if dataclasses.replace(resume.config, epochs=cfg.epochs) != cfg:
+            raise ValueError(f"resume: the checkpoint was trained with {resume.config}, not {cfg}")
+        state, records = resume.state, list(resume.epochs)
+    else:
+        raw = con.init(net.A, np.random.default_rng([cfg.seed, 10**6]))
+        params = {**raw, "B": net.B, "b": net.b, "C": net.C, "c": net.c}
+        state = TrainerState(0, 0, raw, make_optimizer_state(params), _new_partial())
+        records = []
+    net.A = con.matrix(state.raw).astype(net.dtype)
+    history = History(cfg, records, state)
+
+    with _interrupt_flag() as flag:
+        while state.epoch < cfg.epochs:
+            perm = np.random.default_rng([cfg.seed, state.epoch]).permutation(N)
+            bar = _progress(progress, n_batches, state.epoch, cfg.epochs, initial=state.batch)
+            p = state.partial
+            while state.batch < n_batches:
+                t0 = time.perf_counter()
+                idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
+                value, grads = net.loss_and_grad(X[idx], y[idx], cfg.loss)
+                stats = net.last_stats
+                if cfg.lipschitz_weight > 0:
+                    reg, rgrads = lipschitz_penalty(net.A, net.B, net.C)
+                    value += cfg.lipschitz_weight * reg
+                    for k, g in rgrads.items():
+                        grads[k] = grads[k] + (cfg.lipschitz_weight * g).astype(net.dtype)
+                raw_grads = con.pullback(state.raw, grads.pop("A").astype(np.float64))
+                params = {**state.raw, "B": net.B, "b": net.b, "C": net.C, "c": net.c}
+                step(opt_cfg, state.optimizer, params, {**raw_grads, **grads}, sched.factor(state.optimizer.t))
+                con.project(state.raw)
+                net.A = con.matrix(state.raw).astype(net.dtype)
+                p["loss"] += value * len(idx)
+                if cfg.loss == "cross_entropy":
+                    p["correct"] += int((stats["logits"].argmax(axis=1) == y[idx]).sum())
+                p["count"] += len(idx)
+                p["fwd"] += stats["forward_iterations"]
+                p["adj"] += stats["adjoint_iterations"]
+                p["unconverged"] += 1.0 - stats["forward_converged"]
+                p["batches"] += 1
+                p["seconds"] += time.perf_counter() - t0
+                state.batch += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{p['loss'] / p['count']:.4f}", fwd=f"{stats['forward_iterations']:.0f}")
+                if flag["stop"]:
+                    break
+            if bar is not None:
+                bar.close()
+            if flag["stop"] and state.batch < n_batches:
+                history.interrupted = True
+                logger.warning("training interrupted at epoch %d, batch %d/%d", state.epoch + 1, state.batch, n_batches)
+                break
+            record = _epoch_record(net, con, state, p, cfg, X_val, y_val)
+            records.append(record)
+            state.epoch += 1
+            state.batch = 0
+            state.partial = _new_partial()
+            if callback is not None:
+                callback(record)
+            if flag["stop"]:
+                history.interrupted = state.epoch < cfg.epochs
+                break
+    return history
+
+
+def _epoch_record(net, con: Constraint, state, p, cfg, X_val, y_val) -> dict:
+    A64 = net.A.astype(np.float64)
+    record = {
+        "epoch": state.epoch + 1,
+        "loss": p["loss"] / max(p["count"], 1),
+        "train_acc": p["correct"] / max(p["count"], 1) if cfg.loss == "cross_entropy" else float("nan"),
+        "val_acc": float("nan"),
+        "mu_inf": contraction.mu_inf(A64),
+        "alpha_star": contraction.optimal_alpha(A64),
+        "fwd_iters": p["fwd"] / max(p["batches"], 1),
+        "adj_iters": p["adj"] / max(p["batches"], 1),
+        "unconverged": p["unconverged"] / max(p["batches"], 1),
+        "lipschitz": net.lipschitz("tight", eta=con.weights(state.raw)),
+        "lipschitz_paper": net.lipschitz("paper", eta=con.weights(state.raw)),
+        "seconds": p["seconds"],
+    }
+    if X_val is not None and cfg.loss == "cross_entropy":
+        record["val_acc"] = net.accuracy(X_val, y_val)
+    elif X_val is not None:
+        pred = np.concatenate([net.forward(X_val[i : i + 1000]) for i in range(0, len(X_val), 1000)])
+        record["val_acc"] = float(np.mean((pred - np.asarray(y_val).reshape(pred.shape)) ** 2))
+    problem = con.violation(net.A, state.raw)
+    if problem:
+        logger.warning("after epoch %d: %s", record["epoch"], problem)
+    if record["unconverged"] > 0:
+        logger.warning("epoch %d: %.1f%% of forward solves missed atol=%g", record["epoch"],
+                       100 * record["unconverged"], cfg.atol)
+    return record
+
+
+def _progress(enabled, total, epoch, epochs, initial=0):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)

@@ -66,6 +66,8 @@ def vector_norm(x, p=np.inf, eta=None, P=None) -> float:
     p = _check_p(p)
     x = _finite_array(x, "x", 1)
     n = x.shape[0]
+    if n == 0:
+        raise ValueError("x must not be empty")
     eta = as_weights(eta, n)
     P = as_positive_definite(P, n)
     if p == 2:

@@ -121,7 +121,7 @@ def _kernel(method, Mat, W, D, X, U, Z, Y, MinvT, alpha, code, slope, atol, rtol
         for i in range(t, n, nt):
             d = abs(act_value(code, slope, Z[s, i]) - X[s, i])
             if not math.isfinite(d):
-                d = math.nan
+                d = math.inf  # reported as NONFINITE, like the numpy specification
             ax = abs(X[s, i])
             if norm == 0:
                 r = d if (d != d or d > r) else r
@@ -282,4 +282,4 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     hist_h = hist.copy_to_host()
     if record:
         hist_h = hist_h[: int(iters_h.max()) + 1].copy()
-    return X, iters_h, res.copy_to_host(), codes.copy_to_host(), hist_h
+    return X, iters_h, res.copy_to_host(), codes.copy_to_host(), (hist_h if record else None)

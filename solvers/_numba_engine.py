@@ -240,7 +240,7 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
                     r += d
                     xn += ax
             if bad:
-                r = np.nan
+                r = math.inf
             r_cur[s] = r
             if k == 0:
                 r_first[idx[s]] = r
@@ -330,7 +330,7 @@ _run_parallel = njit(cache=True, parallel=True)(_run_impl)
 
 #: batch·n (times 8 for Anderson and the Newton prox of tanh/softplus) from which the
 #: per-sample pass runs in parallel.
-PARALLEL_MIN_WORK = 1 << 17
+PARALLEL_MIN_WORK = 1 << 20
 
 
 def _parallel_pays(method: str, code: int, batch: int, n: int) -> bool:
@@ -345,7 +345,8 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     if MinvT.shape[0] == 0:
         MinvT = np.zeros((1, 1), dtype)
     kernel = _run_parallel if _parallel_pays(method, code, *W.shape) else _run_serial
-    return kernel(
+    X, iters, res, codes, hist = kernel(
         METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
         float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record),
     )
+    return X, iters, res, codes, (hist if record else None)

@@ -118,7 +118,8 @@ class _Anderson:
 
     def advance(self, state, X, T, Z, r, idx):
         s = {k: v.copy() for k, v in state.items()}
-        accept = s["forced"] | (r <= self.accept * s["r"])
+        limit = np.where(np.isfinite(s["r"]), self.accept * np.where(np.isfinite(s["r"]), s["r"], 0.0), np.inf)
+        accept = s["forced"] | (r <= limit)
         rej = ~accept
         # Rejected: fall back to the plain step from the last accepted point.
         s["x"][rej] = s["g"][rej]
@@ -179,11 +180,18 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     codes = np.full(batch, -1, dtype=np.int8)
     r_first = np.zeros(batch)
     hist = []
+    with np.errstate(over="ignore", invalid="ignore"):  # blow-ups are reported as NONFINITE
+        return _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, batch, atol, rtol,
+                     max_iter, record)
+
+
+def _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, batch, atol, rtol, max_iter, record):
     for k in range(max_iter + 1):
         sub = {key: v[active] for key, v in state.items()}
         Xa = step.candidate(sub)
         T, Z = problem.map(Xa, active)
         r = problem.norm(T - Xa).astype(np.float64)
+        r[~np.isfinite(r)] = np.inf
         if k == 0:
             r_first[active] = r
         tol = atol + rtol * problem.norm(Xa)

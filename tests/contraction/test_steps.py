@@ -1,0 +1,352 @@
+"""Step sizes, contraction factors on sampled Jacobians, iteration and error bounds."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import contraction as c
+from _contraction_helpers import (
+    ACTIVATIONS,
+    PROPERTY,
+    averaged_fixed_point,
+    inf_norm,
+    random_matrix,
+    random_weights,
+    relu,
+    seeds,
+    sizes,
+    small_sizes,
+    vertices,
+)
+
+SPLITTINGS = ("forward_backward", "peaceman_rachford", "douglas_rachford")
+
+
+def _alpha_star(A):
+    return 1.0 / (1.0 - min(0.0, float(np.diagonal(A).min())))
+
+
+def _alpha_split(A):
+    a_min = float(np.diagonal(A).min())
+    return 1.0 / (1.0 - a_min) if a_min < 1.0 else 1.0
+
+
+def _jacobian(A, d, alpha, method):
+    """The Jacobian of one step of ``method`` at ``D = diag(d)``, written from DESIGN.md."""
+    n = A.shape[0]
+    I = np.eye(n)
+    D = np.diag(d)
+    if method in ("average", "picard", "anderson"):
+        return (1 - alpha) * I + alpha * D @ A
+    if method == "forward_backward":
+        return D @ ((1 - alpha) * I + alpha * A)
+    M = (1 + alpha) * I - alpha * A
+    PR = (2 * np.linalg.inv(M) - I) @ (2 * D - I)
+    return PR if method == "peaceman_rachford" else 0.5 * (I + PR)
+
+
+def _contractive(rng, n, gamma=None, weighted=False, neg_diag=None):
+    """A with μ∞,η(A) ≤ γ < 1 by projection (γ random in [-2, 0.99] unless given)."""
+    neg = bool(rng.integers(2)) if neg_diag is None else neg_diag
+    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1, 1.5))), neg_diag=neg)
+    eta = random_weights(rng, n) if weighted else None
+    gamma = float(rng.uniform(-2.0, 0.99)) if gamma is None else gamma
+    return c.project_mu_inf(A, gamma, eta), eta
+
+
+# ---------------------------------------------------------------------------------------
+# optimal_alpha
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "diag, expected",
+    [
+        ([0.5, 0.2], {"average": 1.0, "anderson": 1.0, "picard": 1.0, "split": 1.25}),
+        ([0.0, 0.3], {"average": 1.0, "anderson": 1.0, "picard": 1.0, "split": 1.0}),
+        ([-3.0, 1.0], {"average": 0.25, "anderson": 0.25, "picard": 1.0, "split": 0.25}),
+        ([-1.0, -0.5], {"average": 0.5, "anderson": 0.5, "picard": 1.0, "split": 0.5}),
+        ([1.0, 2.0], {"average": 1.0, "anderson": 1.0, "picard": 1.0, "split": 1.0}),
+    ],
+)
+def test_optimal_alpha_closed_forms(diag, expected):
+    A = np.diag(diag) + np.array([[0.0, 7.0], [-3.0, 0.0]])  # off-diagonal entries are irrelevant
+    for method in c.METHODS:
+        key = "split" if method in SPLITTINGS else method
+        assert c.optimal_alpha(A, method) == pytest.approx(expected[key], rel=1e-15)
+
+
+def test_optimal_alpha_default_method_is_average():
+    A = np.diag([-4.0, 0.0])
+    assert c.optimal_alpha(A) == c.optimal_alpha(A, "average") == 0.2
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes)
+def test_optimal_alpha_random(seed, n):
+    rng = np.random.default_rng(seed)
+    A = random_matrix(rng, n, 2.0, neg_diag=bool(rng.integers(2)))
+    assert c.optimal_alpha(A, "average") == pytest.approx(_alpha_star(A), rel=1e-15)
+    assert c.optimal_alpha(A, "anderson") == c.optimal_alpha(A, "average")
+    assert c.optimal_alpha(A, "picard") == 1.0
+    for m in SPLITTINGS:
+        alpha = c.optimal_alpha(A, m)
+        assert alpha == pytest.approx(_alpha_split(A), rel=1e-15)
+        # the largest step keeping every (1 − α) + α a_ii ≥ 0
+        assert np.all((1 - alpha) + alpha * np.diagonal(A) >= -1e-12)
+    assert 0 < c.optimal_alpha(A) <= 1
+
+
+def test_resolvent_matrix():
+    A = np.array([[1.0, 2.0], [3.0, -4.0]])
+    np.testing.assert_allclose(c.resolvent_matrix(A, 0.5), np.array([[1.0, -1.0], [-1.5, 3.5]]))
+
+
+# ---------------------------------------------------------------------------------------
+# contraction_factor against sampled Jacobians
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", c.METHODS)
+@PROPERTY
+@given(seed=seeds, n=small_sizes, weighted=st.booleans())
+def test_factor_is_sup_over_sampled_jacobians(method, seed, n, weighted):
+    rng = np.random.default_rng(seed)
+    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1.5, 1.5))), neg_diag=bool(rng.integers(2)))
+    eta = random_weights(rng, n) if weighted else None
+    if method == "picard":
+        alpha = 1.0
+    else:
+        base = c.optimal_alpha(A, method)
+        alpha = float(base * np.exp(rng.uniform(-2.0, 1.0)))  # inside and outside the guaranteed range
+    factor = c.contraction_factor(A, alpha, method, eta=eta)
+    tol = 1e-10 * max(1.0, factor)
+    for d in rng.uniform(0.0, 1.0, (100, n)):
+        assert inf_norm(_jacobian(A, d, alpha, method), eta) <= factor + tol
+    at_vertices = max(inf_norm(_jacobian(A, d, alpha, method), eta) for d in vertices(n))
+    assert at_vertices == pytest.approx(factor, abs=tol)
+
+
+def test_factor_default_alpha_is_optimal_alpha():
+    rng = np.random.default_rng(5)
+    A, eta = _contractive(rng, 5, weighted=True, neg_diag=True)
+    for method in c.METHODS:
+        assert c.contraction_factor(A, None, method, eta) == c.contraction_factor(
+            A, c.optimal_alpha(A, method), method, eta
+        )
+    # picard ignores alpha; anderson reports the averaged step's factor
+    assert c.contraction_factor(A, 0.3, "picard") == c.contraction_factor(A, 1.0, "average")
+    assert c.contraction_factor(A, 0.3, "anderson", eta) == c.contraction_factor(A, 0.3, "average", eta)
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, weighted=st.booleans(), frac=st.floats(1e-3, 1.0))
+def test_average_closed_form(seed, n, weighted, frac):
+    rng = np.random.default_rng(seed)
+    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1.5, 1.5))), neg_diag=bool(rng.integers(2)))
+    eta = random_weights(rng, n) if weighted else None
+    mu = c.mu_inf(A, eta)
+    alpha = frac * _alpha_star(A)
+    expected = 1 - alpha * (1 - max(0.0, mu))
+    assert c.contraction_factor(A, alpha, "average", eta) == pytest.approx(expected, abs=1e-12 * max(1, abs(mu)))
+    if mu < 1:
+        # the factor decreases in α on (0, α*], so α* is the best guaranteed step
+        assert c.contraction_factor(A, None, "average", eta) <= c.contraction_factor(A, alpha, "average", eta) + 1e-12
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, weighted=st.booleans(), frac=st.floats(1e-3, 1.0))
+def test_forward_backward_closed_form(seed, n, weighted, frac):
+    # DESIGN (derived): factor 1 − α(1 − μ) for α ∈ (0, 1/(1 − a_min)], no positive part.
+    rng = np.random.default_rng(seed)
+    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1.5, 1.5))), neg_diag=bool(rng.integers(2)))
+    eta = random_weights(rng, n) if weighted else None
+    a_min = float(np.diagonal(A).min())
+    if a_min >= 1:
+        A = A - (a_min + 0.5) * np.eye(n)
+        a_min = -0.5
+    mu = c.mu_inf(A, eta)
+    alpha = frac / (1 - a_min)
+    expected = 1 - alpha * (1 - mu)
+    assert c.contraction_factor(A, alpha, "forward_backward", eta) == pytest.approx(
+        expected, abs=1e-12 * max(1, abs(mu))
+    )
+    # it beats the averaged iteration at the same step exactly when μ < 0
+    avg = c.contraction_factor(A, min(alpha, _alpha_star(A)), "average", eta)
+    if mu < 0 and alpha <= _alpha_star(A):
+        assert c.contraction_factor(A, alpha, "forward_backward", eta) < avg
+
+
+def test_forward_backward_beats_average_on_negative_diagonal():
+    A = np.array([[-4.0, 1.0], [0.5, -3.0]])  # μ∞ = -2.5, a_min = -4
+    mu = -2.5
+    assert c.contraction_factor(A, method="average") == pytest.approx(1 - 0.2)  # 1 − α*(1 − 0)
+    assert c.contraction_factor(A, method="forward_backward") == pytest.approx(1 - 0.2 * (1 - mu))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("neg_diag", [False, True])
+def test_splittings_contract_in_linf_under_nemon(weighted, neg_diag):
+    # DESIGN (derived): PR and DR contract in ℓ∞,η for α ≤ 1/(1 − a_min) when μ∞,η(A) < 1.
+    # Proof behind the test: 2M⁻¹ − I = M⁻¹((1 − α)I + αA), ‖M⁻¹‖ ≤ 1/(1 + α(1 − μ)) and, on
+    # this step range, ‖(1 − α)I + αA‖ = 1 − α(1 − μ); so the factor is at most
+    # (1 − α(1 − μ)) / (1 + α(1 − μ)) < 1. This holds on every instance below.
+    rng = np.random.default_rng(100 + 2 * weighted + neg_diag)
+    for _ in range(400):
+        n = int(rng.integers(1, 9))
+        A, eta = _contractive(rng, n, weighted=weighted, neg_diag=neg_diag)
+        mu = c.mu_inf(A, eta)
+        assert mu < 1
+        a_min = float(np.diagonal(A).min())
+        limit = 1.0 / (1.0 - a_min)
+        for alpha in (limit, limit * rng.uniform(0, 1), limit * rng.uniform(0, 1) ** 4):
+            pr = c.contraction_factor(A, alpha, "peaceman_rachford", eta)
+            dr = c.contraction_factor(A, alpha, "douglas_rachford", eta)
+            q = alpha * (1 - mu)
+            assert pr <= (1 - q) / (1 + q) + 1e-12
+            assert pr < 1 and dr < 1
+            assert dr == pytest.approx(0.5 * (1 + pr), abs=1e-15)
+
+
+def test_splitting_step_range_is_needed_for_linf():
+    # Beyond α = 1/(1 − a_min) the ℓ∞ guarantee is lost even with μ∞(A) = 0.5.
+    A = np.array([[0.0, -0.5], [-2.0, -1.5]])
+    assert c.mu_inf(A) == 0.5 and c.optimal_alpha(A, "peaceman_rachford") == pytest.approx(0.4)
+    # α = 2: M = [[3, 1], [4, 6]], 2M⁻¹ − I = [[-1, -1], [-4, -4]]/7
+    assert c.contraction_factor(A, 2.0, "peaceman_rachford") == pytest.approx(8 / 7, rel=1e-14)
+    assert c.contraction_factor(A, 2.0, "douglas_rachford") == pytest.approx(15 / 14, rel=1e-14)
+    assert c.contraction_factor(A, 0.4, "peaceman_rachford") < 1
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, log_alpha=st.floats(-4.0, 4.0))
+def test_reflected_resolvent_is_ell2_contraction_under_mon(seed, n, log_alpha):
+    # DESIGN: PR/DR are guaranteed in ℓ2 under mon for any α > 0: with F = I − A strongly
+    # monotone, ‖(I − αF)y‖² − ‖(I + αF)y‖² = −4α yᵀFy < 0, so ‖2M⁻¹ − I‖₂ < 1.
+    rng = np.random.default_rng(seed)
+    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1, 1.5))))
+    A -= (c.mu_2(A) - rng.uniform(-3.0, 0.99)) * np.eye(n)
+    assert c.mu_2(A) < 1
+    alpha = float(np.exp(log_alpha))
+    M = c.resolvent_matrix(A, alpha)
+    K = 2 * np.linalg.inv(M) - np.eye(n)
+    m = 1 - c.mu_2(A)
+    assert np.linalg.norm(K, 2) < 1
+    # quantitatively: ‖K‖₂² ≤ 1 − 4αm / ‖M‖₂²
+    assert np.linalg.norm(K, 2) ** 2 <= 1 - 4 * alpha * m / np.linalg.norm(M, 2) ** 2 + 1e-12
+    # and the PR map u ↦ K(2D − I)u is nonexpansive in ℓ2 for every slope pattern
+    for d in rng.uniform(0, 1, (20, n)):
+        assert np.linalg.norm(K @ (2 * np.diag(d) - np.eye(n)), 2) <= 1 + 1e-12
+
+
+# ---------------------------------------------------------------------------------------
+# iteration_bound
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "factor, r0, tol, expected",
+    [
+        (0.5, 1.0, 0.25, 2),
+        (0.5, 1.0, 0.3, 2),
+        (0.5, 1.0, 0.2, 3),
+        (0.9, 1.0, 1e-8, 175),  # log(1e-8)/log(0.9) = 174.8
+        (0.1, 10.0, 2e-6, 7),  # 10·0.1⁷ = 1e-6 ≤ 2e-6 < 10·0.1⁶
+        (0.5, 1.0, 1.0, 0),  # already within tolerance
+        (0.5, 0.0, 1e-12, 0),
+        (0.99, 1e-9, 1e-8, 0),
+        (1.0, 1.0, 0.5, math.inf),
+        (1.5, 1.0, 0.5, math.inf),
+        (0.0, 1.0, 0.5, 1),
+    ],
+)
+def test_iteration_bound_closed_forms(factor, r0, tol, expected):
+    assert c.iteration_bound(factor, r0, tol) == expected
+
+
+@PROPERTY
+@given(
+    factor=st.floats(1e-6, 1 - 1e-6),
+    r0=st.floats(1e-8, 1e8),
+    tol=st.floats(1e-12, 1e2),
+)
+def test_iteration_bound_is_minimal(factor, r0, tol):
+    k = c.iteration_bound(factor, r0, tol)
+    assert isinstance(k, int)
+    assert factor**k * r0 <= tol * (1 + 1e-9)
+    if k > 0:
+        assert factor ** (k - 1) * r0 > tol * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@PROPERTY
+@given(seed=seeds, n=sizes, frac=st.floats(0.2, 1.0))
+def test_averaged_trajectory_within_iteration_bound(weighted, seed, n, frac):
+    rng = np.random.default_rng(seed)
+    A, eta = _contractive(rng, n, weighted=weighted)
+    w = rng.standard_normal(n) * 2
+    scale = np.ones(n) if eta is None else eta
+    alpha = frac * _alpha_star(A)
+    factor = c.contraction_factor(A, alpha, "average", eta)
+    assert factor < 1
+
+    def residual(x):
+        return float(np.max(np.abs(relu(A @ x + w) - x) / scale))
+
+    x = np.zeros(n)
+    r0 = residual(x)
+    tol = max(1e-9, 1e-6 * r0)
+    bound = c.iteration_bound(factor, r0, tol)
+    r = r0
+    for k in range(bound + 1):
+        r = residual(x)
+        assert r <= factor**k * r0 * (1 + 1e-9) + 1e-14  # r(x_k) ≤ ρ^k r(x0)
+        if r <= tol:
+            break
+        x = (1 - alpha) * x + alpha * relu(A @ x + w)
+    assert r <= tol, (k, bound)
+
+
+# ---------------------------------------------------------------------------------------
+# error_bound
+# ---------------------------------------------------------------------------------------
+
+
+def test_error_bound_closed_forms():
+    A = np.array([[-1.0, 0.5], [0.25, 0.5]])  # μ∞ = 0.75
+    assert c.error_bound(A, 1e-3) == pytest.approx(4e-3)
+    B = np.array([[-1.0, 0.5], [0.25, -0.5]])  # μ∞ = -0.25: no gain from μ < 0 in this form
+    assert c.error_bound(B, 1e-3) == pytest.approx(1e-3)
+    assert c.error_bound(A, 0.0) == 0.0
+    out = c.error_bound(A, [1e-3, 2e-3])
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, [4e-3, 8e-3])
+    assert isinstance(c.error_bound(A, 1e-3), float)
+    assert c.error_bound(np.array([[1.0]]), 1e-3) == math.inf
+    assert np.all(np.isinf(c.error_bound(np.array([[0.5, 0.7], [0.0, 0.0]]), [1.0, 2.0])))
+    # weighted: η = (1, 4) gives rows -1 + 0.5·4 = 1 ≥ 1 → no certificate
+    assert c.error_bound(A, 1e-3, eta=[1.0, 4.0]) == math.inf
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("weighted", [False, True])
+@PROPERTY
+@given(seed=seeds, n=sizes)
+def test_error_bound_holds_along_trajectories(activation, weighted, seed, n):
+    rng = np.random.default_rng(seed)
+    act = ACTIVATIONS[activation]
+    A, eta = _contractive(rng, n, gamma=float(rng.uniform(-3.0, 0.9)), weighted=weighted)
+    w = rng.standard_normal(n) * 2
+    scale = np.ones(n) if eta is None else eta
+    x_star = averaged_fixed_point(A, w, act, tol=1e-14)
+    # iterates of a deliberately slow averaged iteration from a random start
+    x = rng.standard_normal(n) * 3
+    alpha = 0.3 * _alpha_star(A)
+    for _ in range(60):
+        r = float(np.max(np.abs(act(A @ x + w) - x) / scale))
+        err = float(np.max(np.abs(x - x_star) / scale))
+        assert err <= c.error_bound(A, r, eta) * (1 + 1e-9) + 1e-12
+        x = (1 - alpha) * x + alpha * act(A @ x + w)

@@ -205,6 +205,65 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _eps_list(text: str):
+    try:
+        eps = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise CLIError(f"--eps must be comma-separated numbers, got {text!r}") from None
+    if not eps or any(not np.isfinite(e) or e < 0 for e in eps):
+        raise CLIError(f"--eps must hold finite radii >= 0, got {text!r}")
+    return eps
+
+
+def _robustness(args, attacks: bool) -> int:
+    from . import training as tr
+    from .training._robust import format_robustness, plot_robustness, robustness_table
+
+    try:
+        net, history, _ = tr.load_training(args.checkpoint)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    eps = _eps_list(args.eps)
+    _, _, Xte, yte = _load_data(args)
+    if Xte.shape[1] != net.n_in:
+        raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
+    X, y = Xte[: args.samples], yte[: args.samples]
+    eta = None
+    if history is not None:
+        eta = tr.make_constraint(history.config.constraint, history.config.gamma).weights(history.state.raw)
+    rows = robustness_table(net, X, y, eps, attacks=attacks, eta=eta, pgd_steps=args.steps,
+                            pgd_restarts=args.restarts, seed=args.seed)
+    kind = "certificates and attacks" if attacks else "certificates"
+    print(f"{args.checkpoint} on {args.dataset} ({len(X)} test samples): {kind}; eps in pixel units of [0, 1] data")
+    print(format_robustness(rows))
+    path = plot_robustness({Path(args.checkpoint).stem: rows}, args.out)
+    print(f"figure: {path}")
+    return 0
+
+
+def cmd_certify(args) -> int:
+    return _robustness(args, attacks=False)
+
+
+def cmd_attack(args) -> int:
+    return _robustness(args, attacks=True)
+
+
+def cmd_reproduce(args) -> int:
+    from .training._reproduce import format_reproduce_table, reproduce
+
+    rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=args.out,
+                           eps=_eps_list(args.eps), seed=args.seed, epochs=args.epochs,
+                           eval_samples=args.samples, progress=not args.no_progress, engine=args.engine)
+    print()
+    print("Summary (cert = best of interval and Lipschitz certified accuracy; pgd = accuracy under PGD):")
+    print(format_reproduce_table(rows))
+    for f in figs:
+        print(f"figure: {f}")
+    return 0
+
+
 def _load_data(args):
     from .training import load_dataset
 
@@ -289,6 +348,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, DATASETS)
     p.add_argument("--engine", choices=ENGINES, default="numba")
     p.set_defaults(func=cmd_evaluate)
+
+    for name, func, helptext in (("certify", cmd_certify, "certified accuracy (interval and Lipschitz) per eps"),
+                                 ("attack", cmd_attack, "certified and attacked (FGSM, PGD) accuracy per eps")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("checkpoint")
+        _add_data_args(p, DATASETS)
+        p.add_argument("--eps", default="0.01,0.05,0.1", help="comma-separated l-inf radii in pixel units")
+        p.add_argument("--samples", type=int, default=1000, help="test samples to evaluate")
+        p.add_argument("--steps", type=int, default=20, help="PGD steps")
+        p.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--engine", choices=ENGINES, default="numba")
+        p.add_argument("--out", default=f"out/{name}.png", help="robustness-curve figure path")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("reproduce", help="the seed paper's comparison end to end (train, certify, attack)")
+    p.add_argument("--quick", action="store_true", help="mnist5k, few epochs, 500 test samples (minutes)")
+    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+                   help="default: mnist5k with --quick, else fashion-mnist or mnist when installed")
+    p.add_argument("--data-dir")
+    p.add_argument("--eps", default="0.01,0.02,0.05,0.1")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="test samples evaluated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=ENGINES, default="numba")
+    p.add_argument("--out", default="out/reproduce", help="folder for the figures")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

@@ -11,6 +11,14 @@ from ._constraints import CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx
 from ._network import LOSSES, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule
+from ._robust import (
+    certified_accuracy,
+    fgsm_attack,
+    interval_bounds,
+    pgd_attack,
+    robust_accuracy,
+    robustness_table,
+)
 from ._trainer import History, TrainConfig, TrainerState, lipschitz_penalty, train
 
 __all__ = [
@@ -27,7 +35,13 @@ __all__ = [
     "SolverConfig",
     "TrainConfig",
     "TrainerState",
+    "certified_accuracy",
+    "fgsm_attack",
+    "interval_bounds",
     "lipschitz_penalty",
+    "pgd_attack",
+    "robust_accuracy",
+    "robustness_table",
     "load",
     "load_dataset",
     "load_training",

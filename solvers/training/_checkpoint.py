@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._activations import Activation
+from .._activations import get_activation
 from ._constraints import make_constraint
 from ._network import ImplicitNetwork, SolverConfig
 from ._optim import OptimizerState
@@ -94,7 +94,7 @@ def _read(path):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable .npz checkpoint: {exc}") from None
@@ -117,12 +117,12 @@ def _network_from(path, header, arrays) -> ImplicitNetwork:
         cfg = header["network"]
         n, m, q = int(cfg["n_hidden"]), int(cfg["n_in"]), int(cfg["n_out"])
         dtype = np.dtype(cfg["dtype"])
-        act = Activation(*cfg["activation"])
+        act = get_activation(tuple(cfg["activation"]))
         solver = SolverConfig(**cfg["solver"])
+        net = ImplicitNetwork(m, n, q, activation=act, seed=int(cfg.get("seed", 0)), dtype=dtype, solver=solver)
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: incomplete network header: {exc}") from None
+        raise CheckpointError(f"{path}: invalid network header: {exc}") from None
     expected = {"A": (n, n), "B": (n, m), "b": (n,), "C": (q, n), "c": (q,)}
-    net = ImplicitNetwork(m, n, q, activation=act, seed=cfg.get("seed", 0), dtype=dtype, solver=solver)
     for k, shape in expected.items():
         a = arrays.get(f"net.{k}")
         if a is None:
@@ -135,6 +135,23 @@ def _network_from(path, header, arrays) -> ImplicitNetwork:
             raise CheckpointError(f"{path}: {k} has non-finite entries")
         setattr(net, k, a.copy())
     return net
+
+
+def _check_training_arrays(path, net, con, raw, m, v):
+    """Raw parameters match the constraint's layout; moments match the parameters; all finite."""
+    template = con.init(np.zeros((net.n_hidden, net.n_hidden), net.dtype), np.random.default_rng(0))
+    if sorted(raw) != sorted(template):
+        raise CheckpointError(f"{path}: constraint {con.name} expects parameters {sorted(template)}, got {sorted(raw)}")
+    shapes = {k: a.shape for k, a in template.items()}
+    shapes.update({k: getattr(net, k).shape for k in ("B", "b", "C", "c")})
+    if sorted(m) != sorted(shapes) or sorted(v) != sorted(shapes):
+        raise CheckpointError(f"{path}: optimiser moments for {sorted(m)}, expected {sorted(shapes)}")
+    for label, group in (("raw", raw), ("opt_m", m), ("opt_v", v)):
+        for k, a in group.items():
+            if a.shape != shapes[k]:
+                raise CheckpointError(f"{path}: {label}.{k} has shape {a.shape}, expected {shapes[k]}")
+            if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
+                raise CheckpointError(f"{path}: {label}.{k} must be finite floats")
 
 
 def load(path) -> ImplicitNetwork:
@@ -151,15 +168,21 @@ def load_training(path):
     if tr is not None:
         try:
             config = TrainConfig(**tr["config"])
+            con = make_constraint(config.constraint, config.gamma)
             raw = {k: arrays[f"raw.{k}"].copy() for k in tr["raw"]}
             m = {k: arrays[f"opt_m.{k}"].copy() for k in tr["moments"]}
             v = {k: arrays[f"opt_v.{k}"].copy() for k in tr["moments"]}
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: incomplete training state: {exc}") from None
-        state = TrainerState(int(tr["epoch"]), int(tr["batch"]), raw, OptimizerState(int(tr["optimizer_t"]), m, v),
-                             dict(tr["partial"]))
-        history = History(config, list(tr["epochs"]), state, bool(tr.get("interrupted", False)))
-        con = make_constraint(config.constraint, config.gamma)
+            partial = tr["partial"]
+            if not isinstance(partial, dict):
+                raise TypeError(f"partial must be a mapping, got {type(partial).__name__}")
+            counters = [tr["epoch"], tr["batch"], tr["optimizer_t"]]
+            if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in counters):
+                raise TypeError(f"epoch, batch and optimizer_t must be integers >= 0, got {counters}")
+            state = TrainerState(tr["epoch"], tr["batch"], raw, OptimizerState(tr["optimizer_t"], m, v), dict(partial))
+            history = History(config, list(tr["epochs"]), state, bool(tr.get("interrupted", False)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: invalid training state: {exc}") from None
+        _check_training_arrays(path, net, con, raw, m, v)
         problem = con.violation(net.A, raw)
         if problem:
             raise CheckpointError(f"{path}: {problem}")

@@ -153,7 +153,10 @@ class ImplicitNetwork:
             dY = np.exp(logp)
             dY[np.arange(batch), t] -= 1.0
         else:
-            T = np.asarray(targets, dtype=np.float64).reshape(Y.shape)
+            T = np.asarray(targets, dtype=np.float64)
+            if T.size != Y.size or not np.all(np.isfinite(T)):
+                raise ValueError(f"targets must be finite with {Y.size} values for shape {Y.shape}, got {T.shape}")
+            T = T.reshape(Y.shape)
             diff = Y64 - T
             value = (diff**2).sum() * scale / self.n_out
             dY = 2.0 * diff / self.n_out
@@ -164,6 +167,11 @@ class ImplicitNetwork:
         s = self.solver
         lam, res = solve_adjoint(self.A, fp.Z, G, method=s.adjoint_method, atol=s.adjoint_atol,
                                  max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
+        if not res.success and s.adjoint_method != "direct":
+            # Outside the averaged adjoint's guarantee: finish the failed samples exactly.
+            bad = ~res.converged
+            lam = lam.copy()
+            lam[bad], _ = solve_adjoint(self.A, fp.Z[bad], G[bad], method="direct", check=False)
         V = lam * self.activation.derivative(fp.Z)
         return V.astype(np.float64), res
 

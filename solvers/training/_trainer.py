@@ -16,6 +16,7 @@ import contraction
 from ._constraints import Constraint, make_constraint
 from ._network import ImplicitNetwork
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
+from ._robust import interval_loss_and_grad
 
 __all__ = ["TrainConfig", "TrainerState", "History", "train", "lipschitz_penalty"]
 
@@ -37,6 +38,9 @@ class TrainConfig:
     atol: float = 1e-4
     loss: str = "cross_entropy"
     seed: int = 0
+    interval_eps: float = 0.0
+    interval_weight: float = 0.5
+    interval_ramp: int = 0
 
 
 @dataclasses.dataclass
@@ -138,7 +142,7 @@ def _new_partial():
 def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, optimizer="adam",
           schedule="constant", constraint="mu_inf", gamma=0.9, lipschitz_weight=0.0, atol=1e-4,
           loss="cross_entropy", seed=0, X_val=None, y_val=None, progress=True, callback=None,
-          resume: History | None = None) -> History:
+          resume: History | None = None, interval_eps=0.0, interval_weight=0.5, interval_ramp=0) -> History:
     """Train ``net`` in place by projected (or parametrised) gradient descent.
 
     Parameters
@@ -164,6 +168,11 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         Called with each epoch's record.
     resume : History, optional
         Continue from a previous (interrupted or finished) run's state with the same config.
+    interval_eps, interval_weight, interval_ramp
+        Interval-bound (robust) training: the loss becomes
+        ``(1 − κ) CE(clean) + κ CE(worst-case logits over the ε-box)`` with
+        ``κ = interval_weight``, the box bounds from the embedded network, and ε ramped
+        linearly from 0 to ``interval_eps`` over the first ``interval_ramp`` epochs.
 
     Returns
     -------
@@ -173,13 +182,18 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         that missed atol), seconds.
     """
     cfg = TrainConfig(int(epochs), int(batch_size), float(lr), optimizer, schedule, constraint, float(gamma),
-                      float(lipschitz_weight), float(atol), loss, int(seed))
+                      float(lipschitz_weight), float(atol), loss, int(seed), float(interval_eps),
+                      float(interval_weight), int(interval_ramp))
+    if cfg.interval_eps < 0 or not 0 <= cfg.interval_weight <= 1 or cfg.interval_ramp < 0:
+        raise ValueError("interval_eps must be >= 0, interval_weight in [0, 1], interval_ramp >= 0")
+    if cfg.interval_eps > 0 and cfg.loss != "cross_entropy":
+        raise ValueError("interval training needs loss='cross_entropy'")
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
     if cfg.lipschitz_weight < 0:
         raise ValueError(f"lipschitz_weight must be >= 0, got {cfg.lipschitz_weight}")
     con = make_constraint(cfg.constraint, cfg.gamma)
-    if cfg.lipschitz_weight > 0 and not con.projected:
+    if cfg.lipschitz_weight > 0 and con.name not in ("mu_inf", "norm_inf", "zero"):
         raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf' or 'norm_inf' (mu_inf(A) < 1 throughout)")
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
@@ -216,6 +230,12 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
                 value, grads = net.loss_and_grad(X[idx], y[idx], cfg.loss)
                 stats = net.last_stats
+                if cfg.interval_eps > 0:
+                    eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
+                    k = cfg.interval_weight
+                    rvalue, rgrads = interval_loss_and_grad(net, X[idx], y[idx], eps)
+                    value = (1 - k) * value + k * rvalue
+                    grads = {key: ((1 - k) * g + k * rgrads[key]).astype(net.dtype) for key, g in grads.items()}
                 if cfg.lipschitz_weight > 0:
                     reg, rgrads = lipschitz_penalty(net.A, net.B, net.C)
                     value += cfg.lipschitz_weight * reg
@@ -258,6 +278,12 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
                 history.interrupted = state.epoch < cfg.epochs
                 break
     return history
+
+
+def _ramped_eps(cfg: TrainConfig, epoch: int, batch: int, n_batches: int) -> float:
+    if cfg.interval_ramp <= 0:
+        return cfg.interval_eps
+    return cfg.interval_eps * min(1.0, (epoch + batch / n_batches) / cfg.interval_ramp)
 
 
 def _epoch_record(net, con: Constraint, state, p, cfg, X_val, y_val) -> dict:

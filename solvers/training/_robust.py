@@ -1,0 +1,351 @@
+"""Robustness of implicit networks: certificates (sound) and attacks (empirical).
+
+Certificates
+------------
+*Lipschitz*: class ``k`` at ``u`` is certified at radius ε when, for every ``j ≠ k``,
+``y_k − y_j > ‖C_k − C_j‖_1 · L_x · ε`` with ``L_x`` the ℓ∞ input-to-state bound.
+
+*Interval* (embedded network, Jafarpour et al. 2022): with ``A = A_M + A_N`` (``A_M`` the
+diagonal and nonnegative off-diagonal entries, ``A_N`` the negative ones) and
+``B = B⁺ + B⁻``, the 2n-dimensional fixed point
+
+    x_hi = σ(A_M x_hi + A_N x_lo + B⁺ u_hi + B⁻ u_lo + b)
+    x_lo = σ(A_M x_lo + A_N x_hi + B⁺ u_lo + B⁻ u_hi + b)
+
+is the implicit network with matrix ``𝒜 = [[A_M, A_N], [A_N, A_M]]``; since
+``μ∞(𝒜) = μ∞(A)`` and ``diag 𝒜 = (diag A, diag A)``, it is well-posed under the same
+condition and the same ``α*`` applies, and ``x_lo ≤ x*(u) ≤ x_hi`` on the box (monotone
+systems). Class ``k`` is certified when the lower bound of every margin
+``(C_k − C_j) x + c_k − c_j`` over ``[x_lo, x_hi]`` is positive.
+
+Inputs are clipped to the data range [0, 1]; ε is in pixel units.
+
+References
+----------
+S. Jafarpour, A. Davydov, M. Abate, F. Bullo, S. Coogan, "Robustness Certificates for
+Implicit Neural Networks: A Mixed Monotone Contractive Approach", L4DC 2022.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import contraction
+
+from .._api import solve, solve_adjoint
+from ._network import ImplicitNetwork
+
+__all__ = [
+    "embedded_matrices",
+    "interval_bounds",
+    "margin_lower_bounds",
+    "certified_by_interval",
+    "certified_by_lipschitz",
+    "certified_accuracy",
+    "fgsm_attack",
+    "pgd_attack",
+    "robust_accuracy",
+    "interval_loss_and_grad",
+    "robustness_table",
+    "format_robustness",
+    "plot_robustness",
+]
+
+DATA_RANGE = (0.0, 1.0)
+
+
+def embedded_matrices(A, B):
+    """``(𝒜, ℬ)``: the embedded network's ``2n × 2n`` matrix and ``2n × 2m`` input matrix
+    (acting on ``[u_hi, u_lo]``); for teaching and tests, the solvers use a cheaper form."""
+    off = ~np.eye(A.shape[0], dtype=bool)
+    A_N = np.where(off & (A < 0), A, 0)
+    A_M = A - A_N
+    Bp, Bm = np.maximum(B, 0), np.minimum(B, 0)
+    return np.block([[A_M, A_N], [A_N, A_M]]), np.block([[Bp, Bm], [Bm, Bp]])
+
+
+def _box(U, eps, clip=True):
+    U = np.asarray(U, dtype=np.float64)
+    lo, hi = U - eps, U + eps
+    if clip:
+        lo, hi = np.clip(lo, *DATA_RANGE), np.clip(hi, *DATA_RANGE)
+    return lo, hi
+
+
+def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi):
+    """Embedded equilibrium ``[x_hi, x_lo]`` over the box; returns what the adjoint needs.
+
+    ``B⁺ u_hi + B⁻ u_lo = B u_c + |B| u_r`` with centre ``u_c`` and radius ``u_r``, so the
+    injected inputs cost two ``n × m`` products rather than one ``2n × 2m``.
+    """
+    n = net.n_hidden
+    off = ~np.eye(n, dtype=bool)
+    A = net.A
+    A_N = np.where(off & (A < 0), A, 0).astype(net.dtype)
+    A_M = (A - A_N).astype(net.dtype)
+    AA = np.block([[A_M, A_N], [A_N, A_M]])
+    dt = net.dtype
+    U_c = ((U_hi + U_lo) * 0.5).astype(dt)
+    U_r = ((U_hi - U_lo) * 0.5).astype(dt)
+    center = U_c @ net.B.T + net.b
+    spread = U_r @ np.abs(net.B).T
+    W2 = np.hstack([center + spread, center - spread])
+    s = net.solver
+    res = solve(AA, W2, method="average", atol=s.atol, max_iter=s.max_iter, activation=net.activation,
+                engine=s.engine, check=False)
+    return AA, W2, U_c, U_r, res
+
+
+def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
+    """Bounds over the box ``[U_lo, U_hi]``: ``(X_lo, X_hi, Y_lo, Y_hi)``.
+
+    The embedded fixed point is solved with :func:`solvers.solve` (averaged iteration at the
+    original network's ``α*``). ``Y`` bounds are ``C⁺ x_hi + C⁻ x_lo + c`` and vice versa.
+    """
+    U_lo, U_hi = np.atleast_2d(np.asarray(U_lo, float)), np.atleast_2d(np.asarray(U_hi, float))
+    if U_lo.shape != U_hi.shape or U_lo.shape[1] != net.n_in:
+        raise ValueError(f"U_lo and U_hi must have the same shape (batch, {net.n_in}), got {U_lo.shape}, {U_hi.shape}")
+    if np.any(U_lo > U_hi):
+        raise ValueError("U_lo must be <= U_hi entrywise")
+    n = net.n_hidden
+    *_, res = _solve_embedded(net, U_lo, U_hi)
+    X = res.x.astype(np.float64)
+    X_hi, X_lo = X[:, :n], X[:, n:]
+    C = net.C.astype(np.float64)
+    Cp, Cm = np.maximum(C, 0), np.minimum(C, 0)
+    Y_hi = X_hi @ Cp.T + X_lo @ Cm.T + net.c
+    Y_lo = X_lo @ Cp.T + X_hi @ Cm.T + net.c
+    return X_lo, X_hi, Y_lo, Y_hi
+
+
+def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
+    """Lower bound of ``(C_k − C_j) x + c_k − c_j`` over the box, ``(batch, q)`` (0 at ``j = k``)."""
+    C = net.C.astype(np.float64)
+    c = net.c.astype(np.float64)
+    D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, n)
+    low = (np.maximum(D, 0) * X_lo[:, None, :] + np.minimum(D, 0) * X_hi[:, None, :]).sum(axis=2)
+    low += c[labels][:, None] - c[None, :]
+    low[np.arange(len(labels)), labels] = 0.0
+    return low
+
+
+def certified_by_interval(net: ImplicitNetwork, U, labels, eps: float) -> np.ndarray:
+    """Per sample: every margin of class ``labels`` is positive over the clipped ε-box."""
+    labels = np.asarray(labels)
+    lo, hi = _box(U, eps)
+    X_lo, X_hi, _, _ = interval_bounds(net, lo, hi)
+    low = margin_lower_bounds(net, X_lo, X_hi, labels)
+    low[np.arange(len(labels)), labels] = np.inf
+    return low.min(axis=1) > 0
+
+
+def certified_by_lipschitz(net: ImplicitNetwork, U, labels, eps: float, form: str = "tight", eta=None) -> np.ndarray:
+    """Per sample: correctly classified with certified radius > ε (``contraction.certified_radius``)."""
+    labels = np.asarray(labels)
+    A, B = net.A.astype(np.float64), net.B.astype(np.float64)
+    L_x = contraction.lipschitz_bound(A, B, eta=eta, form=form)
+    logits = np.concatenate([net.forward(U[i : i + 1000]) for i in range(0, len(U), 1000)])
+    if not np.isfinite(L_x):
+        return np.zeros(len(labels), dtype=bool)
+    C = net.C.astype(np.float64)
+    if eta is not None:
+        # Bound in ‖·‖_{∞,η}: |(C_k − C_j) δx| ≤ ‖(C_k − C_j) diag(η)‖_1 ‖δx‖_{∞,η}.
+        C = C * eta[None, :]
+    radius, pred = contraction.certified_radius(logits.astype(np.float64), C, L_x)
+    return (pred == labels) & (radius > eps)
+
+
+def certified_accuracy(net: ImplicitNetwork, U, y, eps: float, method: str = "interval", batch_size: int = 500,
+                       form: str = "tight", eta=None) -> float:
+    """Fraction of samples certified correct at ℓ∞ radius ``eps`` (pixel units)."""
+    if method not in ("interval", "lipschitz"):
+        raise ValueError(f"method must be 'interval' or 'lipschitz', got {method!r}")
+    U, y = np.asarray(U), np.asarray(y)
+    if method == "lipschitz":
+        return float(certified_by_lipschitz(net, U, y, eps, form=form, eta=eta).mean())
+    ok = [certified_by_interval(net, U[i : i + batch_size], y[i : i + batch_size], eps)
+          for i in range(0, len(U), batch_size)]
+    return float(np.concatenate(ok).mean())
+
+
+# -- attacks -------------------------------------------------------------------------------
+def _project(U_adv, U, eps):
+    return np.clip(np.clip(U_adv, U - eps, U + eps), *DATA_RANGE)
+
+
+def fgsm_attack(net: ImplicitNetwork, U, y, eps: float) -> np.ndarray:
+    """One signed-gradient step of size ε, clipped to the ball and the data range."""
+    U = np.asarray(U, dtype=np.float64)
+    g = net.input_gradient(U, np.asarray(y)).astype(np.float64)
+    return _project(U + eps * np.sign(g), U, eps)
+
+
+def pgd_attack(net: ImplicitNetwork, U, y, eps: float, steps: int = 20, step_size=None, restarts: int = 1,
+               seed: int = 0) -> np.ndarray:
+    """ℓ∞ projected gradient ascent on the cross-entropy, random start, ``restarts`` tries.
+
+    Returns, per sample, the perturbed input of the restart with the largest loss (a
+    misclassifying one when any restart found one).
+    """
+    U = np.asarray(U, dtype=np.float64)
+    y = np.asarray(y)
+    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
+    rng = np.random.default_rng(seed)
+    best = U.copy()
+    best_score = np.full(len(U), -np.inf)
+    for _ in range(max(int(restarts), 1)):
+        X = _project(U + rng.uniform(-eps, eps, U.shape), U, eps)
+        for _ in range(int(steps)):
+            g = net.input_gradient(X, y).astype(np.float64)
+            X = _project(X + step_size * np.sign(g), U, eps)
+        logits = net.forward(X).astype(np.float64)
+        wrong = logits.argmax(axis=1) != y
+        z = logits - logits.max(axis=1, keepdims=True)
+        ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1)))
+        score = ce + 1e6 * wrong
+        better = score > best_score
+        best[better], best_score[better] = X[better], score[better]
+    return best
+
+
+def robust_accuracy(net: ImplicitNetwork, U, y, eps: float, attack: str = "pgd", batch_size: int = 500, **kw) -> float:
+    """Accuracy under the attack (an upper bound on the true robust accuracy)."""
+    if attack not in ("pgd", "fgsm"):
+        raise ValueError(f"attack must be 'pgd' or 'fgsm', got {attack!r}")
+    U, y = np.asarray(U), np.asarray(y)
+    correct = 0
+    for i in range(0, len(U), batch_size):
+        Ub, yb = U[i : i + batch_size], y[i : i + batch_size]
+        adv = pgd_attack(net, Ub, yb, eps, **kw) if attack == "pgd" else fgsm_attack(net, Ub, yb, eps)
+        correct += int((net.predict(adv) == yb).sum())
+    return correct / len(U)
+
+
+# -- interval-bound training ------------------------------------------------------------------
+def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
+    """Cross-entropy of the worst-case logits over the ε-box and its gradients.
+
+    Worst-case logits: ``z_j = −lower((C_y − C_j) x + c_y − c_j)`` for ``j ≠ y`` and
+    ``z_y = 0``; their cross-entropy upper-bounds the worst-case cross-entropy in the box.
+    The embedded fixed point is differentiated with its own adjoint (``solve_adjoint`` on
+    ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
+    """
+    y = np.asarray(y)
+    lo, hi = _box(U, eps)
+    n, batch = net.n_hidden, len(y)
+    AA, W2, U_c, U_r, res = _solve_embedded(net, lo, hi)
+    X = res.x.astype(np.float64)
+    X_hi, X_lo = X[:, :n], X[:, n:]
+    C = net.C.astype(np.float64)
+    c = net.c.astype(np.float64)
+    D = C[y][:, None, :] - C[None, :, :]  # (batch, q, n)
+    pos = D >= 0
+    low = np.where(pos, D * X_lo[:, None, :], D * X_hi[:, None, :]).sum(axis=2) + c[y][:, None] - c[None, :]
+    rows = np.arange(batch)
+    low[rows, y] = 0.0
+    z = -low
+    zs = z - z.max(axis=1, keepdims=True)
+    logp = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
+    value = float(-logp[rows, y].mean())
+    dz = np.exp(logp)
+    dz[rows, y] -= 1.0
+    dz /= batch
+    dz[rows, y] = 0.0  # z_y is the constant 0
+    dlow = -dz  # (batch, q)
+    # low_j = Σ_i [D_ji ≥ 0] D_ji xlo_i + [D_ji < 0] D_ji xhi_i + c_y − c_j
+    gX_lo = (dlow[:, :, None] * np.where(pos, D, 0)).sum(axis=1)
+    gX_hi = (dlow[:, :, None] * np.where(pos, 0, D)).sum(axis=1)
+    gD = dlow[:, :, None] * np.where(pos, X_lo[:, None, :], X_hi[:, None, :])  # (batch, q, n)
+    gC = -gD.sum(axis=0)
+    np.add.at(gC, y, gD.sum(axis=1))
+    gc = -dlow.sum(axis=0)
+    np.add.at(gc, y, dlow.sum(axis=1))
+    # Adjoint of the embedded equilibrium.
+    G2 = np.hstack([gX_hi, gX_lo])
+    Z2 = X @ AA.T + W2
+    s = net.solver
+    lam, _ = solve_adjoint(AA.astype(net.dtype), Z2, G2.astype(net.dtype), method="average", atol=s.adjoint_atol,
+                           max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
+    V = lam.astype(np.float64) * net.activation.derivative(Z2)
+    gAA = V.T @ X
+    gW_hi, gW_lo = V[:, :n], V[:, n:]
+    A = net.A.astype(np.float64)
+    B = net.B.astype(np.float64)
+    gAM = gAA[:n, :n] + gAA[n:, n:]
+    gAN = gAA[:n, n:] + gAA[n:, :n]
+    neg = (~np.eye(n, dtype=bool)) & (A < 0)
+    gA = np.where(neg, gAN, gAM)
+    # W_hi = B u_c + |B| u_r + b, W_lo = B u_c − |B| u_r + b
+    gB = (gW_hi + gW_lo).T @ U_c.astype(np.float64) + np.sign(B) * ((gW_hi - gW_lo).T @ U_r.astype(np.float64))
+    gb = (gW_hi + gW_lo).sum(axis=0)
+    grads = {"A": gA, "B": gB, "b": gb, "C": gC, "c": gc}
+    return value, {k: v.astype(net.dtype) for k, v in grads.items()}
+
+
+def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True, eta=None, pgd_steps: int = 20,
+                     pgd_restarts: int = 1, seed: int = 0) -> list:
+    """One row per ε: clean, certified (interval; Lipschitz tight and paper forms), FGSM and PGD."""
+    U, y = np.asarray(U), np.asarray(y)
+    clean = net.accuracy(U, y)
+    rows = []
+    for eps in eps_list:
+        row = {
+            "eps": float(eps),
+            "clean": clean,
+            "certified_interval": certified_accuracy(net, U, y, eps, "interval"),
+            "certified_lipschitz": certified_accuracy(net, U, y, eps, "lipschitz", eta=eta),
+            "certified_lipschitz_paper": certified_accuracy(net, U, y, eps, "lipschitz", form="paper", eta=eta),
+        }
+        if attacks:
+            row["fgsm"] = robust_accuracy(net, U, y, eps, attack="fgsm")
+            row["pgd"] = robust_accuracy(net, U, y, eps, attack="pgd", steps=pgd_steps, restarts=pgd_restarts, seed=seed)
+        rows.append(row)
+    return rows
+
+
+_ROBUST_COLUMNS = (("eps", "eps"), ("clean", "clean"), ("certified_interval", "cert.interval"),
+                   ("certified_lipschitz", "cert.lip(tight)"), ("certified_lipschitz_paper", "cert.lip(paper)"),
+                   ("fgsm", "FGSM"), ("pgd", "PGD"))
+
+
+def format_robustness(rows) -> str:
+    cols = [(k, h) for k, h in _ROBUST_COLUMNS if k in rows[0]]
+    lines = ["  ".join(f"{h:>15}" for _, h in cols)]
+    for r in rows:
+        lines.append("  ".join(f"{r[k]:>15.4f}" if k != "eps" else f"{r[k]:>15g}" for k, _ in cols))
+    return "\n".join(lines)
+
+
+def plot_robustness(curves: dict, path, title: str = ""):
+    """Accuracy vs ε: certified (solid) and attacked (dashed), one colour per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, rows) in enumerate(curves.items()):
+        col = colours[i % len(colours)]
+        eps = [0.0] + [r["eps"] for r in rows]
+        clean = rows[0]["clean"]
+        ax.plot(eps, [clean] + [r["certified_interval"] for r in rows], "-o", color=col, label=f"{name}: certified (interval)")
+        ax.plot(eps, [clean] + [r["certified_lipschitz"] for r in rows], ":^", color=col, alpha=0.7,
+                label=f"{name}: certified (Lipschitz)")
+        if "pgd" in rows[0]:
+            ax.plot(eps, [clean] + [r["pgd"] for r in rows], "--s", color=col, label=f"{name}: PGD (empirical)")
+    ax.set_xlabel("l-inf radius eps (pixel units, data in [0, 1])")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title or "robustness: certified (lower bound) and PGD (upper bound) accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

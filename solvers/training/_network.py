@@ -171,7 +171,8 @@ class ImplicitNetwork:
             # Outside the averaged adjoint's guarantee: finish the failed samples exactly.
             bad = ~res.converged
             lam = lam.copy()
-            lam[bad], _ = solve_adjoint(self.A, fp.Z[bad], G[bad], method="direct", check=False)
+            lam[bad], _ = solve_adjoint(self.A, fp.Z[bad], G[bad], method="direct", activation=self.activation,
+                                        check=False)
         V = lam * self.activation.derivative(fp.Z)
         return V.astype(np.float64), res
 
@@ -183,13 +184,14 @@ class ImplicitNetwork:
         fp = self._forward(U)
         value, dY = self._output_grad(fp.Y, targets, loss, "mean")
         V, ares = self._backward(fp, dY)
-        X64, U64 = fp.X.astype(np.float64), fp.U.astype(np.float64)
+        # Products in the network's dtype: float32 networks stay float32 end to end.
+        V, dYt = V.astype(self.dtype), dY.astype(self.dtype)
         grads = {
-            "A": V.T @ X64,
-            "B": V.T @ U64,
+            "A": V.T @ fp.X,
+            "B": V.T @ fp.U,
             "b": V.sum(axis=0),
-            "C": dY.T @ X64,
-            "c": dY.sum(axis=0),
+            "C": dYt.T @ fp.X,
+            "c": dYt.sum(axis=0),
         }
         self.last_stats = {
             "forward_iterations": float(fp.iterations.mean()),

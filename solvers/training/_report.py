@@ -9,6 +9,7 @@ import numpy as np
 import contraction
 
 from .._api import solve
+from .._threads import blas_threads_for
 from ._network import ImplicitNetwork
 
 __all__ = ["evaluate", "format_report", "format_epoch_table", "plot_history"]
@@ -20,15 +21,16 @@ def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> di
     y = np.asarray(y)
     correct, iters, unconverged = 0, [], 0
     s = net.solver
-    for i in range(0, len(X), batch_size):
-        U = np.ascontiguousarray(X[i : i + batch_size], dtype=net.dtype)
-        W = U @ net.B.T + net.b
-        res = solve(net.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=net.activation,
-                    engine=s.engine, check=False)
-        Y = res.x @ net.C.T + net.c
-        correct += int((Y.argmax(axis=1) == y[i : i + batch_size]).sum())
-        iters.append(res.iterations)
-        unconverged += int((~res.converged).sum())
+    with blas_threads_for(batch_size, net.n_hidden):
+        for i in range(0, len(X), batch_size):
+            U = np.ascontiguousarray(X[i : i + batch_size], dtype=net.dtype)
+            W = U @ net.B.T + net.b
+            res = solve(net.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=net.activation,
+                        engine=s.engine, check=False)
+            Y = res.x @ net.C.T + net.c
+            correct += int((Y.argmax(axis=1) == y[i : i + batch_size]).sum())
+            iters.append(res.iterations)
+            unconverged += int((~res.converged).sum())
     A64 = net.A.astype(np.float64)
     iters = np.concatenate(iters)
     return {

@@ -35,6 +35,7 @@ import numpy as np
 import contraction
 
 from .._api import solve, solve_adjoint
+from .._threads import blas_threads_for
 from ._network import ImplicitNetwork
 
 __all__ = [
@@ -288,6 +289,11 @@ def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True,
                      pgd_restarts: int = 1, seed: int = 0) -> list:
     """One row per ε: clean, certified (interval; Lipschitz tight and paper forms), FGSM and PGD."""
     U, y = np.asarray(U), np.asarray(y)
+    with blas_threads_for(500, net.n_hidden):
+        return _robustness_rows(net, U, y, eps_list, attacks, eta, pgd_steps, pgd_restarts, seed)
+
+
+def _robustness_rows(net, U, y, eps_list, attacks, eta, pgd_steps, pgd_restarts, seed):
     clean = net.accuracy(U, y)
     rows = []
     for eps in eps_list:

@@ -13,6 +13,7 @@ import numpy as np
 
 import contraction
 
+from .._threads import blas_threads_for
 from ._constraints import Constraint, make_constraint
 from ._network import ImplicitNetwork
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
@@ -220,7 +221,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
     net.A = con.matrix(state.raw).astype(net.dtype)
     history = History(cfg, records, state)
 
-    with _interrupt_flag() as flag:
+    with _interrupt_flag() as flag, blas_threads_for(cfg.batch_size, net.n_hidden):
         while state.epoch < cfg.epochs:
             perm = np.random.default_rng([cfg.seed, state.epoch]).permutation(N)
             bar = _progress(progress, n_batches, state.epoch, cfg.epochs, initial=state.batch)

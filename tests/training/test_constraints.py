@@ -229,7 +229,8 @@ def test_solver_methods_fit_the_guarantees():
         con = make_constraint(name, 0.5)
         assert con.projected == (name in ("mu_inf", "norm_inf")), name
         if name == "mon":
-            assert con.forward_method == "peaceman_rachford" and con.adjoint_method == "direct"
+            # Anderson for the adjoint; the network finishes unconverged samples densely.
+            assert con.forward_method == "peaceman_rachford" and con.adjoint_method == "anderson"
         else:
             assert con.forward_method == "average" and con.adjoint_method == "average"
 

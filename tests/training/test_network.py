@@ -332,3 +332,24 @@ def test_lipschitz_is_infinite_without_certificate():
     net = ImplicitNetwork(3, 4, 2)
     net.A = 2.0 * np.eye(4)
     assert net.lipschitz() == np.inf
+
+
+def test_unconverged_adjoint_samples_fall_back_to_the_dense_solve(rng):
+    """An adjoint iteration stopped early (max_iter=1) must not leak a wrong gradient."""
+    import contraction
+
+    net = ImplicitNetwork(6, 8, 3, activation="tanh", seed=3)
+    net.A = contraction.project_mu_inf(rng.standard_normal((8, 8)), 0.95)
+    U, y = rng.random((5, 6)), np.array([0, 1, 2, 0, 1])
+    exact = dataclasses.replace(net.solver, engine="numpy", atol=1e-13, adjoint_method="direct", max_iter=5000)
+    net.solver = exact
+    _, g_ref = net.loss_and_grad(U, y)
+    # Forward still exact; the adjoint gets one step, so every sample needs the fallback.
+    net.solver = dataclasses.replace(exact, adjoint_method="average", adjoint_atol=1e-13)
+    fp = net._forward(U)
+    _, dY = net._output_grad(fp.Y, y, "cross_entropy", "mean")
+    net.solver = dataclasses.replace(net.solver, max_iter=1)
+    V, _ = net._backward(fp, dY)
+    net.solver = exact
+    V_ref, _ = net._backward(fp, dY)
+    np.testing.assert_allclose(V, V_ref, rtol=1e-10, atol=1e-12)

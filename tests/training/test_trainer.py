@@ -327,7 +327,7 @@ def test_every_constraint_trains_one_epoch(name, digits):
     if name == "zero":
         np.testing.assert_array_equal(net.A, 0.0)  # the explicit baseline: A stays exactly 0
     if name == "mon":
-        assert net.solver.method == "peaceman_rachford" and net.solver.adjoint_method == "direct"
+        assert net.solver.method == "peaceman_rachford" and net.solver.adjoint_method == "anderson"
     else:
         assert net.solver.method == "average" and net.solver.adjoint_method == "average"
 

@@ -139,7 +139,9 @@ def cmd_compare(args) -> int:
 def _train_kwargs(args):
     return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                 schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
-                lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed)
+                lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
+                interval_eps=args.interval_eps, interval_weight=args.interval_weight,
+                interval_ramp=args.interval_ramp)
 
 
 def cmd_train(args) -> int:
@@ -333,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.9, help="bound of the constraint (mu_inf(A) <= gamma)")
     p.add_argument("--lipschitz-weight", type=float, default=0.0, help="weight of the Lipschitz regulariser")
     p.add_argument("--atol", type=float, default=1e-4, help="forward and adjoint solver tolerance")
+    p.add_argument("--interval-eps", type=float, default=0.0,
+                   help="interval-bound (robust) training radius in pixel units; 0 = off")
+    p.add_argument("--interval-weight", type=float, default=0.5, help="weight of the worst-case loss")
+    p.add_argument("--interval-ramp", type=int, default=0, help="epochs over which eps grows from 0")
     p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--engine", choices=ENGINES, default="numba")

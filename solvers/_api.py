@@ -134,6 +134,21 @@ def _tolerances(atol, rtol, max_iter, memory, dtype, check):
     return atol, rtol, max_iter, memory
 
 
+def _warn_if_not_guaranteed(A64, method, alpha, prefix):
+    msg = _guarantee_message(A64, method, alpha)
+    if msg:
+        # stacklevel 3: the warning points at the caller of solve / solve_adjoint.
+        warnings.warn(prefix + msg, NotGuaranteedWarning, stacklevel=3)
+
+
+def _anderson_accept(A64, method, alpha) -> float:
+    """Anderson's safeguard ratio: the averaged factor when it contracts, else 1."""
+    if method != "anderson":
+        return 1.0
+    factor = contraction.contraction_factor(A64, alpha, "average")
+    return factor if factor < 1.0 else 1.0
+
+
 def _overall(codes: np.ndarray) -> Status:
     return Status(int(codes.max())) if codes.size else Status.SUCCESS
 
@@ -257,9 +272,7 @@ def solve(
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     A64 = A_.astype(np.float64)
     if check:
-        msg = _guarantee_message(A64, method, alpha)
-        if msg:
-            warnings.warn(msg, NotGuaranteedWarning, stacklevel=2)
+        _warn_if_not_guaranteed(A64, method, alpha, "")
     MinvT = np.zeros((0, 0), dtype)
     if method in ("peaceman_rachford", "douglas_rachford"):
         M = contraction.resolvent_matrix(A64, alpha)
@@ -269,8 +282,7 @@ def solve(
             raise ValueError(
                 f"(1 + alpha) I - alpha A is singular for alpha={alpha}: choose another alpha"
             ) from None
-    accept = contraction.contraction_factor(A64, alpha, "average") if method == "anderson" else 1.0
-    accept = accept if accept < 1.0 else 1.0
+    accept = _anderson_accept(A64, method, alpha)
     X, iters, res, codes, hist = eng.run(
         method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
         atol, rtol, max_iter, 0, MinvT, memory, accept, record,
@@ -365,11 +377,8 @@ def solve_adjoint(
     if method == "direct":
         return _adjoint_direct(A64, D, Gb, was_1d, engine, record, raise_on_failure)
     if check:
-        msg = _guarantee_message(A64, method, alpha)
-        if msg:
-            warnings.warn("adjoint: " + msg, NotGuaranteedWarning, stacklevel=2)
-    accept = contraction.contraction_factor(A64, alpha, "average") if method == "anderson" else 1.0
-    accept = accept if accept < 1.0 else 1.0
+        _warn_if_not_guaranteed(A64, method, alpha, "adjoint: ")
+    accept = _anderson_accept(A64, method, alpha)
     lam, iters, res, codes, hist = eng.run(
         method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
         atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,

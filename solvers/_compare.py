@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import numbers
 import statistics
 import time
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 
 import contraction
 
-from ._api import METHODS, solve
+from ._api import METHODS, _check_int, solve
 from ._result import NotGuaranteedWarning, Status
 
 __all__ = ["FAMILIES", "MethodComparison", "compare_methods", "format_table", "instance", "plot_comparison"]
@@ -91,14 +90,6 @@ class MethodComparison:
     def seconds_per_iteration(self) -> float:
         """Average wall time of one step (``nan`` when no step was taken)."""
         return self.seconds / self.iterations_max if self.iterations_max > 0 else float("nan")
-
-
-def _check_int(x, name: str, low: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {x!r}")
-    if x < low:
-        raise ValueError(f"{name} must be >= {low}, got {x}")
-    return int(x)
 
 
 def _methods(methods) -> tuple[str, ...]:

@@ -230,6 +230,9 @@ def _robustness(args, attacks: bool) -> int:
     _, _, Xte, yte = _load_data(args)
     if Xte.shape[1] != net.n_in:
         raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
+    if args.samples < 1 or args.steps < 1 or args.restarts < 1:
+        raise CLIError(f"--samples, --steps and --restarts must be >= 1, got {args.samples}, {args.steps}, "
+                       f"{args.restarts}")
     X, y = Xte[: args.samples], yte[: args.samples]
     eta = None
     if history is not None:
@@ -257,7 +260,8 @@ def cmd_reproduce(args) -> int:
 
     rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=args.out,
                            eps=_eps_list(args.eps), seed=args.seed, epochs=args.epochs,
-                           eval_samples=args.samples, progress=not args.no_progress, engine=args.engine)
+                           eval_samples=args.samples, progress=not args.no_progress, engine=args.engine,
+                           log=lambda line: print(line, flush=True))
     print()
     print("Summary (cert = best of interval and Lipschitz certified accuracy; pgd = accuracy under PGD):")
     print(format_reproduce_table(rows))

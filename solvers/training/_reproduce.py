@@ -54,13 +54,15 @@ def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
 
 def reproduce(quick: bool = True, dataset: str | None = None, data_dir=None, out_dir="out/reproduce",
               eps=EPS_DEFAULT, seed: int = 0, epochs: int | None = None, eval_samples: int | None = None,
-              pgd_steps: int | None = None, progress: bool = False, engine: str = "numba", log=print):
+              pgd_steps: int | None = None, progress: bool = False, engine: str = "numba", log=None):
     """Train, certify and attack every model of :func:`model_specs` on one split.
 
     ``quick``: mnist5k, 6 epochs, 500 evaluation samples, PGD with 10 steps. Otherwise
     Fashion-MNIST when installed (else MNIST files, else mnist5k), 20 epochs, the whole
-    test set, PGD with 20 steps. Returns ``(rows, figure paths)``.
+    test set, PGD with 20 steps. ``log`` receives progress lines (default: ``logging``).
+    Returns ``(rows, figure paths)``.
     """
+    log = log if log is not None else logger.info
     if dataset is None:
         dataset = "mnist5k" if quick else _best_available(data_dir)
     X, y, Xt, yt = load_dataset(dataset, data_dir=data_dir, seed=seed)

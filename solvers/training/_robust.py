@@ -113,11 +113,15 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     n = net.n_hidden
     *_, res = _solve_embedded(net, U_lo, U_hi)
     X = res.x.astype(np.float64)
-    X_hi, X_lo = X[:, :n], X[:, n:]
+    # Sound at the solver's tolerance: widen by the a-posteriori bound ‖x − x*‖∞ ≤ r/(1 − max(0, μ)),
+    # valid because μ∞(𝒜) = μ∞(A); without a contraction certificate the bound is infinite.
+    err = res.error_bound[:, None]
+    X_hi, X_lo = X[:, :n] + err, X[:, n:] - err
     C = net.C.astype(np.float64)
     Cp, Cm = np.maximum(C, 0), np.minimum(C, 0)
-    Y_hi = X_hi @ Cp.T + X_lo @ Cm.T + net.c
-    Y_lo = X_lo @ Cp.T + X_hi @ Cm.T + net.c
+    with np.errstate(invalid="ignore"):  # inf · 0 where no certificate: the bound is infinite
+        Y_hi = np.nan_to_num(X_hi @ Cp.T + X_lo @ Cm.T + net.c, nan=np.inf)
+        Y_lo = np.nan_to_num(X_lo @ Cp.T + X_hi @ Cm.T + net.c, nan=-np.inf)
     return X_lo, X_hi, Y_lo, Y_hi
 
 
@@ -126,8 +130,9 @@ def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
     D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, n)
-    low = (np.maximum(D, 0) * X_lo[:, None, :] + np.minimum(D, 0) * X_hi[:, None, :]).sum(axis=2)
-    low += c[labels][:, None] - c[None, :]
+    with np.errstate(invalid="ignore"):
+        low = (np.maximum(D, 0) * X_lo[:, None, :] + np.minimum(D, 0) * X_hi[:, None, :]).sum(axis=2)
+    low = np.nan_to_num(low, nan=-np.inf) + (c[labels][:, None] - c[None, :])
     low[np.arange(len(labels)), labels] = 0.0
     return low
 
@@ -147,15 +152,22 @@ def certified_by_lipschitz(net: ImplicitNetwork, U, labels, eps: float, form: st
     labels = np.asarray(labels)
     A, B = net.A.astype(np.float64), net.B.astype(np.float64)
     L_x = contraction.lipschitz_bound(A, B, eta=eta, form=form)
-    logits = np.concatenate([net.forward(U[i : i + 1000]) for i in range(0, len(U), 1000)])
     if not np.isfinite(L_x):
         return np.zeros(len(labels), dtype=bool)
+    passes = [net._forward(U[i : i + 1000]) for i in range(0, len(U), 1000)]
+    logits = np.concatenate([fp.Y for fp in passes])
+    # The computed state is within err of x* (in the norm of L_x), so a radius shrinks by err / L_x.
+    A64 = net.A.astype(np.float64)
+    scale = 1.0 if eta is None else eta[None, :]
+    residual = np.concatenate([(np.abs(net.activation(fp.Z.astype(np.float64)) - fp.X) / scale).max(axis=1)
+                               for fp in passes])
+    err = contraction.error_bound(A64, residual, eta=eta)
     C = net.C.astype(np.float64)
     if eta is not None:
         # Bound in ‖·‖_{∞,η}: |(C_k − C_j) δx| ≤ ‖(C_k − C_j) diag(η)‖_1 ‖δx‖_{∞,η}.
         C = C * eta[None, :]
     radius, pred = contraction.certified_radius(logits.astype(np.float64), C, L_x)
-    return (pred == labels) & (radius > eps)
+    return (pred == labels) & (radius - err / L_x > eps)
 
 
 def certified_accuracy(net: ImplicitNetwork, U, y, eps: float, method: str = "interval", batch_size: int = 500,
@@ -192,22 +204,32 @@ def pgd_attack(net: ImplicitNetwork, U, y, eps: float, steps: int = 20, step_siz
     """
     U = np.asarray(U, dtype=np.float64)
     y = np.asarray(y)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     rng = np.random.default_rng(seed)
+
+    def score(X):
+        logits = net.forward(X).astype(np.float64)
+        z = logits - logits.max(axis=1, keepdims=True)
+        ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1)))
+        return ce + 1e6 * (logits.argmax(axis=1) != y)
+
+    # The clean input competes too: an attack never reports a sample as more robust than clean.
     best = U.copy()
-    best_score = np.full(len(U), -np.inf)
-    for _ in range(max(int(restarts), 1)):
+    best_score = score(U)
+    for _ in range(int(restarts)):
         X = _project(U + rng.uniform(-eps, eps, U.shape), U, eps)
         for _ in range(int(steps)):
             g = net.input_gradient(X, y).astype(np.float64)
             X = _project(X + step_size * np.sign(g), U, eps)
-        logits = net.forward(X).astype(np.float64)
-        wrong = logits.argmax(axis=1) != y
-        z = logits - logits.max(axis=1, keepdims=True)
-        ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1)))
-        score = ce + 1e6 * wrong
-        better = score > best_score
-        best[better], best_score[better] = X[better], score[better]
+        s = score(X)
+        better = s > best_score
+        best[better], best_score[better] = X[better], s[better]
     return best
 
 

@@ -13,6 +13,7 @@ import contraction
 from contraction._validation import as_finite_scalar, as_square_matrix
 
 from ._activations import IDENTITY, get_activation
+from ._threads import blas_threads_for
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
 __all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
@@ -283,10 +284,11 @@ def solve(
                 f"(1 + alpha) I - alpha A is singular for alpha={alpha}: choose another alpha"
             ) from None
     accept = _anderson_accept(A64, method, alpha)
-    X, iters, res, codes, hist = eng.run(
-        method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
-        atol, rtol, max_iter, 0, MinvT, memory, accept, record,
-    )
+    with blas_threads_for(*Wb.shape):
+        X, iters, res, codes, hist = eng.run(
+            method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
+            atol, rtol, max_iter, 0, MinvT, memory, accept, record,
+        )
     result = FixedPointResult(
         x=X[0] if was_1d else X,
         converged=codes == Status.SUCCESS,
@@ -379,10 +381,11 @@ def solve_adjoint(
     if check:
         _warn_if_not_guaranteed(A64, method, alpha, "adjoint: ")
     accept = _anderson_accept(A64, method, alpha)
-    lam, iters, res, codes, hist = eng.run(
-        method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
-        atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,
-    )
+    with blas_threads_for(*Gb.shape):
+        lam, iters, res, codes, hist = eng.run(
+            method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
+            atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,
+        )
     result = AdjointResult(
         converged=codes == Status.SUCCESS,
         status=_overall(codes),

@@ -136,9 +136,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
+DEFAULT_EPOCHS = 15
+
+
 def _train_kwargs(args):
-    return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
+    return dict(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, batch_size=args.batch_size,
+                lr=args.lr, optimizer=args.optimizer, schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
                 lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
                 interval_eps=args.interval_eps, interval_weight=args.interval_weight,
                 interval_ramp=args.interval_ramp)
@@ -148,14 +151,19 @@ def cmd_train(args) -> int:
     from . import training as tr
     from .training._report import evaluate, format_epoch_table, format_report, plot_history
 
-    Xtr, ytr, Xte, yte = _load_data(args)
     if args.resume:
-        net, history, _ = tr.load_training(args.resume)
+        try:
+            net, history, saved = tr.load_training(args.resume)
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from None
+        _default_dataset(args, saved)
         if history is None:
             raise CLIError(f"{args.resume} holds no training state to resume")
-        kwargs = {**dataclasses.asdict(history.config), "epochs": args.epochs}
+        epochs = history.config.epochs if args.epochs is None else args.epochs
+        kwargs = {**dataclasses.asdict(history.config), "epochs": epochs}
         print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
-    else:
+    Xtr, ytr, Xte, yte = _load_data(args)
+    if not args.resume:
         net = tr.ImplicitNetwork(Xtr.shape[1], args.hidden, int(ytr.max()) + 1, activation=args.activation,
                                  seed=args.seed, dtype=np.dtype(args.dtype),
                                  solver=tr.SolverConfig(engine=args.engine))
@@ -173,7 +181,8 @@ def cmd_train(args) -> int:
     hist = tr.train(net, Xtr, ytr, X_val=Xte, y_val=yte, progress=not args.no_progress, callback=show,
                     resume=history, **kwargs)
     con = tr.make_constraint(hist.config.constraint, hist.config.gamma)
-    metrics = evaluate(net, Xte, yte, eta=con.weights(hist.state.raw))
+    metrics = {**evaluate(net, Xte, yte, eta=con.weights(hist.state.raw)), "dataset": args.dataset,
+               "data_seed": args.data_seed}
     path = tr.save(net, args.out, history=hist, metrics=metrics)
     if hist.interrupted:
         print(f"\nInterrupted: checkpoint saved to {path}; continue with: nemon train --resume {path}")
@@ -193,9 +202,10 @@ def cmd_evaluate(args) -> int:
     from .training._report import evaluate, format_report
 
     try:
-        net, history, _ = tr.load_training(args.checkpoint)
+        net, history, saved = tr.load_training(args.checkpoint)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
+    _default_dataset(args, saved)
     net.solver = dataclasses.replace(net.solver, engine=args.engine)
     _, _, Xte, yte = _load_data(args)
     if Xte.shape[1] != net.n_in:
@@ -222,9 +232,10 @@ def _robustness(args, attacks: bool) -> int:
     from .training._robust import format_robustness, plot_robustness, robustness_table
 
     try:
-        net, history, _ = tr.load_training(args.checkpoint)
+        net, history, saved = tr.load_training(args.checkpoint)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
+    _default_dataset(args, saved)
     net.solver = dataclasses.replace(net.solver, engine=args.engine)
     eps = _eps_list(args.eps)
     _, _, Xte, yte = _load_data(args)
@@ -261,7 +272,8 @@ def cmd_reproduce(args) -> int:
     rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=args.out,
                            eps=_eps_list(args.eps), seed=args.seed, epochs=args.epochs,
                            eval_samples=args.samples, progress=not args.no_progress, engine=args.engine,
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True),
+                           models=[m.strip() for m in args.models.split(",")] if args.models else None)
     print()
     print("Summary (cert = best of interval and Lipschitz certified accuracy; pgd = accuracy under PGD):")
     print(format_reproduce_table(rows))
@@ -270,7 +282,17 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _default_dataset(args, saved: dict) -> None:
+    """Without --dataset, use the data set the checkpoint was trained on."""
+    if args.dataset is None:
+        args.dataset = saved.get("dataset", "mnist5k")
+        if args.data_seed is None:
+            args.data_seed = saved.get("data_seed", 0)
+
+
 def _load_data(args):
+    args.dataset = args.dataset or "mnist5k"
+    args.data_seed = 0 if args.data_seed is None else args.data_seed
     from .training import load_dataset
 
     try:
@@ -330,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an implicit network (default: mnist5k, n=100, gamma=0.9)")
     _add_data_args(p, DATASETS)
     p.add_argument("--hidden", type=int, default=100, help="hidden units n")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
@@ -384,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", choices=ENGINES, default="numba")
     p.add_argument("--out", default="out/reproduce", help="folder for the figures")
+    p.add_argument("--models", help="comma-separated model names to run (default: all; see the table)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_reproduce)
     return parser
@@ -397,10 +421,11 @@ def _add_solver_args(p, engines, activations, max_iter=1000):
 
 
 def _add_data_args(p, datasets):
-    p.add_argument("--dataset", choices=list(datasets), default="mnist5k")
+    p.add_argument("--dataset", choices=list(datasets), default=None,
+                   help="default mnist5k, or the data set a given checkpoint was trained on")
     p.add_argument("--data-dir", help="folder with the data files (IDX for mnist / fashion-mnist)")
     p.add_argument("--download", action="store_true", help="download MNIST (checksum-verified) if missing")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/test split where there is one")
+    p.add_argument("--data-seed", type=int, default=None, help="seed of the train/test split (default 0)")
 
 
 def main(argv=None) -> int:

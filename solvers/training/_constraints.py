@@ -115,8 +115,14 @@ class Constraint:
             return np.exp(-raw["d"].astype(np.float64))
         return None
 
-    def violation(self, A: np.ndarray, raw: dict | None = None, tol: float = 1e-6) -> str | None:
-        """``None`` when ``A`` satisfies the constraint (to ``tol``), else a message."""
+    def violation(self, A: np.ndarray, raw: dict | None = None, tol: float | None = None) -> str | None:
+        """``None`` when ``A`` satisfies the constraint (to ``tol``), else a message.
+
+        The default tolerance covers rounding in ``A``'s dtype (a float32 matrix built in
+        float64 and rounded can exceed γ by ~1e-6): ``max(1e-6, 1000 · eps)``.
+        """
+        if tol is None:
+            tol = max(1e-6, 1e3 * float(np.finfo(A.dtype).eps)) if np.issubdtype(A.dtype, np.floating) else 1e-6
         A = A.astype(np.float64)
         if self.name == "mu_inf":
             v = contraction.mu_inf(A)

@@ -75,7 +75,11 @@ def _box(U, eps, clip=True):
     return lo, hi
 
 
-def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi):
+#: Solver tolerance for certificates (looser training tolerances would widen the bounds).
+CERTIFY_ATOL = 1e-6
+
+
+def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None):
     """Embedded equilibrium ``[x_hi, x_lo]`` over the box; returns what the adjoint needs.
 
     ``B⁺ u_hi + B⁻ u_lo = B u_c + |B| u_r`` with centre ``u_c`` and radius ``u_r``, so the
@@ -94,8 +98,8 @@ def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi):
     spread = U_r @ np.abs(net.B).T
     W2 = np.hstack([center + spread, center - spread])
     s = net.solver
-    res = solve(AA, W2, method="average", atol=s.atol, max_iter=s.max_iter, activation=net.activation,
-                engine=s.engine, check=False)
+    res = solve(AA, W2, method="average", atol=s.atol if atol is None else atol, max_iter=s.max_iter,
+                activation=net.activation, engine=s.engine, check=False)
     return AA, W2, U_c, U_r, res
 
 
@@ -111,7 +115,7 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     if np.any(U_lo > U_hi):
         raise ValueError("U_lo must be <= U_hi entrywise")
     n = net.n_hidden
-    *_, res = _solve_embedded(net, U_lo, U_hi)
+    *_, res = _solve_embedded(net, U_lo, U_hi, atol=min(net.solver.atol, CERTIFY_ATOL))
     X = res.x.astype(np.float64)
     # Sound at the solver's tolerance: widen by the a-posteriori bound ‖x − x*‖∞ ≤ r/(1 − max(0, μ)),
     # valid because μ∞(𝒜) = μ∞(A); without a contraction certificate the bound is infinite.

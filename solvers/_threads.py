@@ -12,8 +12,8 @@ import contextlib
 
 __all__ = ["SMALL_GEMM_WORK", "blas_threads_for"]
 
-#: batch · n (rows times width of the repeated product) below which BLAS runs on one thread.
-SMALL_GEMM_WORK = 1 << 18
+#: Multiply-adds of one repeated product (batch · n · n) below which BLAS runs on one thread.
+SMALL_GEMM_WORK = 1 << 23
 
 
 _controller = None
@@ -35,8 +35,8 @@ def _get_controller():
 
 @contextlib.contextmanager
 def blas_threads_for(batch: int, n: int):
-    """Limit BLAS to one thread inside the block when ``batch · n`` is small."""
-    controller = _get_controller() if batch * n < SMALL_GEMM_WORK else None
+    """Limit BLAS to one thread inside the block when the product ``batch · n · n`` is small."""
+    controller = _get_controller() if batch * n * n < SMALL_GEMM_WORK else None
     if not controller:
         yield
         return

@@ -122,8 +122,8 @@ def prox(code: int, slope: float, alpha: float, v):
     if code == 1:
         s = slope / (slope + alpha * (1.0 - slope))
         return np.where(v >= 0, v, s * v)
-    # Safeguarded Newton on h(s) = α s + (1 − α) σ(s) − v; slope of h in [lo, hi].
-    lo, hi = min(alpha, 1.0), max(alpha, 1.0)
+    # Safeguarded Newton on h(s) = α s + (1 − α) σ(s) − v; the slope of h is at least lo.
+    lo = min(alpha, 1.0)
     s = v.astype(np.float64)
     h = alpha * s + (1 - alpha) * value(code, slope, s) - v
     a, b = s - np.abs(h) / lo, s + np.abs(h) / lo  # bracket of the root

@@ -28,7 +28,6 @@ Implicit Neural Networks: A Mixed Monotone Contractive Approach", L4DC 2022.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 

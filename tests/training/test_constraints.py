@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import contraction
 from solvers.training import CONSTRAINTS, Constraint, lipschitz_penalty, make_constraint
+from _training_helpers import central_difference
 
 GAMMAS = (-0.5, 0.0, 0.5, 0.9)
 #: Slack for round-off in computed inequalities.
@@ -28,17 +29,6 @@ def random_raw(con: Constraint, rng, n):
     return {k: rng.standard_normal(v.shape) for k, v in raw.items()}
 
 
-def central_difference(f, P, step=1e-6):
-    G = np.zeros(P.shape)
-    for idx in np.ndindex(P.shape):
-        old = P[idx]
-        P[idx] = old + step
-        up = f()
-        P[idx] = old - step
-        down = f()
-        P[idx] = old
-        G[idx] = (up - down) / (2 * step)
-    return G
 
 
 # -- init and feasibility -------------------------------------------------------------------

@@ -11,12 +11,12 @@ import pytest
 import contraction
 from solvers import solve
 from solvers.training import LOSSES, ImplicitNetwork
+from _training_helpers import central_difference
 
 ACTIVATIONS = ("relu", "tanh", "softplus")
 #: Bound of the well-posed instances: μ∞(A) ≤ GAMMA.
 GAMMA = 0.5
 #: Finite-difference step; the solves are exact to ~1e-12, so the FD noise is ~1e-12 / STEP.
-STEP = 1e-6
 #: Pre-activations of a ReLU network must stay this far from the kink for FD to be valid.
 KINK_MARGIN = 1e-4
 N_IN, N_HIDDEN, N_OUT, BATCH = 3, 5, 3, 4
@@ -33,18 +33,6 @@ def reference_loss(Y, targets, loss):
     return float(np.mean(((Y - targets) ** 2).sum(axis=1) / Y.shape[1]))
 
 
-def central_difference(f, P, step=STEP):
-    """Gradient of the scalar ``f()`` with respect to the array ``P`` (perturbed in place)."""
-    G = np.zeros(P.shape)
-    for idx in np.ndindex(P.shape):
-        old = P[idx]
-        P[idx] = old + step
-        up = f()
-        P[idx] = old - step
-        down = f()
-        P[idx] = old
-        G[idx] = (up - down) / (2 * step)
-    return G
 
 
 def well_posed_matrix(rng, n, negative_diagonal):

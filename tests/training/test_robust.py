@@ -30,6 +30,7 @@ from solvers.training._robust import (
     robust_accuracy,
 )
 from solvers.training._trainer import _ramped_eps
+from _training_helpers import central_difference
 
 #: Bound of the random well-posed instances: μ∞(A) ≤ GAMMA.
 GAMMA = 0.9
@@ -40,7 +41,6 @@ TOL = 1e-9
 ACTIVATIONS = ("relu", "tanh", "leaky_relu")
 N_IN, N_HIDDEN, N_OUT = 4, 6, 3
 #: Finite-difference step; loss values are exact to ~1e-12, so FD noise is ~1e-12 / STEP.
-STEP = 1e-6
 #: ReLU pre-activations (and the sign splits) must stay this far from their kinks for FD.
 KINK_MARGIN = 1e-4
 #: Evaluation radii of the trained-model tests, and the slack of "PGD at least as strong as FGSM".
@@ -344,17 +344,6 @@ def test_certified_sets_shrink_with_eps_and_start_at_the_correct_predictions(act
 
 
 # -- 5. the interval loss ---------------------------------------------------------------------
-def central_difference(f, P, step=STEP):
-    G = np.zeros(P.shape)
-    for idx in np.ndindex(P.shape):
-        old = P[idx]
-        P[idx] = old + step
-        up = f()
-        P[idx] = old - step
-        down = f()
-        P[idx] = old
-        G[idx] = (up - down) / (2 * step)
-    return G
 
 
 def interval_instance(activation, eps, seed=0):

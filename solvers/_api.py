@@ -64,6 +64,17 @@ def _as_batch(W, n: int, name: str, dtype=None) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(arr, dtype=dtype), was_1d
 
 
+def _start(x, name: str, like: np.ndarray, like_1d: bool, like_name: str, dtype) -> np.ndarray:
+    """``x`` as a batch shaped like the right-hand side ``like`` (zeros when ``x`` is None)."""
+    if x is None:
+        return np.zeros_like(like)
+    xb, x_1d = _as_batch(x, like.shape[1], name, dtype)
+    if xb.shape != like.shape or x_1d != like_1d:
+        shape = like.shape[1:] if like_1d else like.shape
+        raise ValueError(f"{name} must have the shape of {like_name} {shape}, got {np.shape(x)}")
+    return xb
+
+
 def _dtype(A: np.ndarray, W) -> np.dtype:
     w = np.asarray(W)
     both32 = A.dtype == np.float32 and w.dtype == np.float32
@@ -264,12 +275,7 @@ def solve(
     dtype = _dtype(A_in, W)
     Wb, was_1d = _as_batch(W, n, "W", dtype)
     A_ = np.ascontiguousarray(A_in, dtype=dtype)
-    if x0 is None:
-        X0 = np.zeros_like(Wb)
-    else:
-        X0, x0_1d = _as_batch(x0, n, "x0", dtype)
-        if X0.shape != Wb.shape or x0_1d != was_1d:
-            raise ValueError(f"x0 must have the shape of W {np.shape(W)}, got {np.shape(x0)}")
+    X0 = _start(x0, "x0", Wb, was_1d, "W", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     A64 = A_.astype(np.float64)
     if check:
@@ -364,16 +370,9 @@ def solve_adjoint(
     eng = _engine(engine)
     dtype = _dtype(A_in, G)
     Gb, was_1d = _as_batch(G, n, "G", dtype)
-    Zb, z_1d = _as_batch(Z, n, "Z", np.float64)
-    if Zb.shape != Gb.shape or z_1d != was_1d:
-        raise ValueError(f"Z must have the shape of G {np.shape(G)}, got {np.shape(Z)}")
+    Zb = _start(Z, "Z", Gb, was_1d, "G", np.float64)
     D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
-    if lam0 is None:
-        L0 = np.zeros_like(Gb)
-    else:
-        L0, l_1d = _as_batch(lam0, n, "lam0", dtype)
-        if L0.shape != Gb.shape or l_1d != was_1d:
-            raise ValueError(f"lam0 must have the shape of G {np.shape(G)}, got {np.shape(lam0)}")
+    L0 = _start(lam0, "lam0", Gb, was_1d, "G", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     A64 = A_in.astype(np.float64)
     if method == "direct":

@@ -66,12 +66,10 @@ def embedded_matrices(A, B):
     return np.block([[A_M, A_N], [A_N, A_M]]), np.block([[Bp, Bm], [Bm, Bp]])
 
 
-def _box(U, eps, clip=True):
+def _box(U, eps):
+    """The ε-box around ``U``, clipped to the data range."""
     U = np.asarray(U, dtype=np.float64)
-    lo, hi = U - eps, U + eps
-    if clip:
-        lo, hi = np.clip(lo, *DATA_RANGE), np.clip(hi, *DATA_RANGE)
-    return lo, hi
+    return np.clip(U - eps, *DATA_RANGE), np.clip(U + eps, *DATA_RANGE)
 
 
 #: Solver tolerance for certificates (looser training tolerances would widen the bounds).

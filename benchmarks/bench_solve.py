@@ -119,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=_positive, default=None, help="rounds per timing (default 15)")
     p.add_argument("--min-time", type=float, default=0.02,
                    help="seconds one measurement lasts at least (default 0.02)")
+    p.add_argument("--gap", type=float, default=0.2,
+                   help="seconds of sleep before each measurement, so that the previous candidate's "
+                        "spinning BLAS/OpenMP threads are idle (default 0.2; 0 to disable)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="how the rounds are reduced (default median; min is steadier on a loaded machine)")
     p.add_argument("--instances", type=_instances, default=["projected"],
@@ -144,8 +147,16 @@ def _per_call(fn, number: int) -> float:
     return (time.perf_counter() - t0) / number
 
 
-def time_round_robin(candidates: dict, repeats: int, min_time: float, stat: str = "median") -> dict[str, float]:
-    """Median (or min) seconds per call of each candidate, measured round-robin over ``repeats`` rounds."""
+def time_round_robin(candidates: dict, repeats: int, min_time: float, stat: str = "median",
+                     gap: float = 0.0) -> dict[str, float]:
+    """Median (or min) seconds per call of each candidate, measured round-robin over ``repeats`` rounds.
+
+    Each measurement is preceded by ``gap`` seconds of sleep: a BLAS or OpenMP pool keeps its
+    worker threads spinning for a while after a call (OpenBLAS for up to about 0.1 s), and on a
+    2-core machine the threads of the previous candidate's library would otherwise steal a
+    core from the next candidate. A program uses one of these libraries at a time; the gap
+    measures each as it runs alone.
+    """
     numbers = {}
     for name, fn in candidates.items():
         t = _per_call(fn, 1)  # also a last warm-up
@@ -153,6 +164,9 @@ def time_round_robin(candidates: dict, repeats: int, min_time: float, stat: str 
     samples = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
+            if gap > 0:
+                time.sleep(gap)
+                fn()  # wakes this candidate's own pools, as in a program that calls it in a loop
             samples[name].append(_per_call(fn, numbers[name]))
     reduce = statistics.median if stat == "median" else min
     return {name: reduce(s) for name, s in samples.items()}
@@ -305,7 +319,7 @@ def bench_case(instance, batch, n, dtype_name, args, torch):
     Zg = np.empty_like(Xg)
     candidates["gemm"] = lambda: np.dot(Xg, AT, out=Zg)
 
-    t = time_round_robin(candidates, args.repeats, args.min_time, args.stat)
+    t = time_round_robin(candidates, args.repeats, args.min_time, args.stat, args.gap)
 
     # Agreement with the numba average solution.
     ref = results["average"].x
@@ -422,7 +436,7 @@ def main(argv=None) -> int:
         print("NOTE: torch is not installed; column (c) and the torch targets are skipped "
               "(pip install torch==2.13.0)")
     print(f"sizes {' '.join(f'{b}x{n}' for b, n in args.sizes)}; dtypes {', '.join(args.dtypes)}; "
-          f"instances {', '.join(args.instances)}; repeats {args.repeats} ({args.stat}); min time {args.min_time} s")
+          f"instances {', '.join(args.instances)}; repeats {args.repeats} ({args.stat}); min time {args.min_time} s; gap {args.gap} s")
     start = time.perf_counter()
     table = {}
     for instance in args.instances:

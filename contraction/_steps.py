@@ -65,6 +65,11 @@ def optimal_alpha(A, method: str = "average") -> float:
     """
     A = as_square_matrix(A)
     _check_method(method)
+    return _optimal_alpha(A, method)
+
+
+def _optimal_alpha(A: np.ndarray, method: str) -> float:
+    """:func:`optimal_alpha` for an already validated ``A`` and ``method``."""
     a_min = float(np.diagonal(A).min())
     if method == "picard":
         return 1.0

@@ -3,6 +3,7 @@ to an engine and build the result. No iteration happens here."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import numbers
 import warnings
@@ -10,10 +11,12 @@ import warnings
 import numpy as np
 
 import contraction
+from contraction._norms import _row_measure
+from contraction._steps import _optimal_alpha
 from contraction._validation import as_finite_scalar, as_square_matrix
 
 from ._activations import IDENTITY, get_activation
-from ._threads import blas_threads_for
+from ._threads import blas_threads, blas_threads_for
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
 __all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
@@ -127,7 +130,7 @@ def _alpha(A, method, alpha, methods):
     if method == "direct":
         return float("nan")
     if alpha is None:
-        return contraction.optimal_alpha(A, method)
+        return _optimal_alpha(A, method)
     return as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
 
 
@@ -166,7 +169,7 @@ def _overall(codes: np.ndarray) -> Status:
 
 
 def _error_bound(A: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    mu = contraction.mu_inf(A)
+    mu = float(_row_measure(A).max())  # μ∞(A); A is validated
     if mu < 1.0:
         return residual / (1.0 - max(0.0, mu))
     eta, mu_eta = contraction.optimal_weights(A)
@@ -277,14 +280,17 @@ def solve(
     A_ = np.ascontiguousarray(A_in, dtype=dtype)
     X0 = _start(x0, "x0", Wb, was_1d, "W", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
-    A64 = A_.astype(np.float64)
+    A64 = A_ if A_.dtype == np.float64 else A_.astype(np.float64)
     if check:
         _warn_if_not_guaranteed(A64, method, alpha, "")
     MinvT = np.zeros((0, 0), dtype)
     if method in ("peaceman_rachford", "douglas_rachford"):
         M = contraction.resolvent_matrix(A64, alpha)
         try:
-            MinvT = np.ascontiguousarray(np.linalg.inv(M).T, dtype=dtype)
+            # One BLAS thread: a multi-threaded inverse leaves OpenBLAS workers spinning
+            # (~0.1 s) against the engine's own threads.
+            with blas_threads(1) if n <= 1000 else contextlib.nullcontext():
+                MinvT = np.ascontiguousarray(np.linalg.inv(M).T, dtype=dtype)
         except np.linalg.LinAlgError:
             raise ValueError(
                 f"(1 + alpha) I - alpha A is singular for alpha={alpha}: choose another alpha"
@@ -374,7 +380,7 @@ def solve_adjoint(
     D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
     L0 = _start(lam0, "lam0", Gb, was_1d, "G", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
-    A64 = A_in.astype(np.float64)
+    A64 = A_in if A_in.dtype == np.float64 else A_in.astype(np.float64)
     if method == "direct":
         return _adjoint_direct(A64, D, Gb, was_1d, engine, record, raise_on_failure)
     if check:

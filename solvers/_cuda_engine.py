@@ -194,6 +194,7 @@ def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF,
         if t == 0:
             forced[s] = True
             cnt[s] = 0
+            pos[s] = 0
         return
     has_prev = rp[s] < math.inf
     p = pos[s]

@@ -1,11 +1,12 @@
 """The numba engine (CPU, default): one compiled loop driver, methods as integer codes.
 
 Mirrors :mod:`solvers._numpy_engine` step for step (that module is the specification).
-The whole iteration runs in compiled code: per iteration one BLAS GEMM on the compacted
-block of still-active samples (two for the splittings), then a parallel pass over samples
-that evaluates the residual, applies the stopping rule and takes the step. Finished
-samples are written out and swapped out of the active block, so the batch does not pay for
-its converged members.
+The whole iteration runs in compiled code. The still-active samples form a compacted block
+of rows, split into one contiguous block per thread; per iteration each thread runs, on its
+rows, one single-threaded BLAS GEMM (two for the splittings) and the per-sample pass that
+evaluates the residual, applies the stopping rule and takes the step. Finished samples are
+written out and swapped out of the active block, so the batch does not pay for its
+converged members.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from numba import njit, prange
 
 from ._activations import PROX_NEWTON_STEPS, PROX_TOL
 from ._numpy_engine import ANDERSON_REG, DIVERGENCE_RATIO
+from ._threads import blas_threads
 
 __all__ = ["run", "METHOD_CODES"]
 
@@ -93,6 +95,78 @@ def act_prox(code, slope, alpha, v):
     return act_value(code, slope, s)
 
 
+# The per-sample pass. Each helper works on one sample's row (1-D, contiguous, in L1) and the
+# activation code is dispatched once per row, outside the element loop, so that every loop
+# below compiles to straight-line, vectorisable code for its activation.
+
+
+@njit(cache=True, inline="always")
+def _row_residual(code, slope, norm, z_row, w_row, x_row, t_row):
+    """Set ``z = z + w`` and ``t = σ(z)``; return ``(‖t − x‖, ‖x‖)`` in ℓ∞ (norm 0) or ℓ1.
+
+    A NaN difference makes the ℓ∞ residual NaN for good (``d != d`` keeps it), so a
+    non-finite iterate is never hidden by ``max``.
+    """
+    r = 0.0
+    xn = 0.0
+    for i in range(z_row.shape[0]):
+        z = z_row[i] + w_row[i]
+        z_row[i] = z
+        t = act_value(code, slope, z)
+        t_row[i] = t
+        d = abs(t - x_row[i])
+        ax = abs(x_row[i])
+        if norm == 0:
+            if d > r or d != d:
+                r = d
+            xn = max(xn, ax)
+        else:
+            r += d
+            xn += ax
+    return r, xn
+
+
+@njit(cache=True)
+def _residual(code, slope, norm, z_row, w_row, x_row, t_row):
+    if norm == 0:
+        if code == 0:
+            return _row_residual(0, slope, 0, z_row, w_row, x_row, t_row)
+        if code == 1:
+            return _row_residual(1, slope, 0, z_row, w_row, x_row, t_row)
+        if code == 2:
+            return _row_residual(2, slope, 0, z_row, w_row, x_row, t_row)
+        if code == 3:
+            return _row_residual(3, slope, 0, z_row, w_row, x_row, t_row)
+        if code == 4:
+            return _row_residual(4, slope, 0, z_row, w_row, x_row, t_row)
+        return _row_residual(5, slope, 0, z_row, w_row, x_row, t_row)
+    if code == 5:  # the adjoint (identity activation, ℓ1)
+        return _row_residual(5, slope, 1, z_row, w_row, x_row, t_row)
+    return _row_residual(code, slope, 1, z_row, w_row, x_row, t_row)
+
+
+@njit(cache=True)
+def _average_step(alpha, x_row, t_row):
+    """``x ← x + α (T(x) − x)``."""
+    for i in range(x_row.shape[0]):
+        x_row[i] += alpha * (t_row[i] - x_row[i])
+
+
+@njit(cache=True)
+def _prox_step(code, slope, alpha, x_row, z_row):
+    """``x ← prox_{αf}((1 − α) x + α z)`` (forward–backward); the prox of ReLU, hard tanh
+    and the identity is the activation itself (inlined), the others go through ``act_prox``."""
+    if code == 0:
+        for i in range(x_row.shape[0]):
+            x_row[i] = act_value(0, slope, (1.0 - alpha) * x_row[i] + alpha * z_row[i])
+    elif code == 2:
+        for i in range(x_row.shape[0]):
+            x_row[i] = act_value(2, slope, (1.0 - alpha) * x_row[i] + alpha * z_row[i])
+    else:
+        for i in range(x_row.shape[0]):
+            x_row[i] = act_prox(code, slope, alpha, (1.0 - alpha) * x_row[i] + alpha * z_row[i])
+
+
 @njit(cache=True)
 def _solve_small(H, b, k):
     """Solve ``H[:k,:k] γ = b[:k]`` in place by Gaussian elimination with partial pivoting."""
@@ -117,58 +191,132 @@ def _solve_small(H, b, k):
         b[c] = acc / H[c, c]
 
 
-@njit(cache=True)
-def _anderson_step(s, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb):
-    """Safeguarded type-II Anderson update of row ``s`` (see ``_numpy_engine._Anderson``)."""
+# ``reassoc`` lets the dot products below vectorise (partial sums in any order); no
+# finite-math assumption, so NaN and Inf still propagate to the residual check.
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
+    """Safeguarded type-II Anderson update of active row ``s``, sample ``g`` (see
+    ``_numpy_engine._Anderson``). The history lives at the sample index ``g``, so compacting
+    the active rows never moves it.
+
+    ``Gm[g]`` keeps the Gram matrix of the stored differences ``dF`` up to date one row at a
+    time (O(m n) per step instead of O(m² n)).
+    """
     n = X.shape[1]
-    if not (forced[s] or r <= accept * rp[s]):
+    if not (forced[g] or r <= accept * rp[g]):
         for i in range(n):
-            X[s, i] = gp[s, i]
-        forced[s] = True
-        cnt[s] = 0
+            X[s, i] = gp[g, i]
+        forced[g] = True
+        cnt[g] = 0
+        pos[g] = 0
         return
-    has_prev = rp[s] < math.inf
-    if has_prev:
-        p = pos[s]
+    if rp[g] < math.inf:
+        p = pos[g]
         for i in range(n):
-            g = X[s, i] + alpha * (T[s, i] - X[s, i])
-            f = g - X[s, i]
-            dF[s, p, i] = f - fp[s, i]
-            dG[s, p, i] = g - gp[s, i]
-        pos[s] = (p + 1) % m
-        cnt[s] = min(cnt[s] + 1, m)
+            gv = X[s, i] + alpha * (T[s, i] - X[s, i])
+            dF[g, p, i] = (gv - X[s, i]) - fp[g, i]
+            dG[g, p, i] = gv - gp[g, i]
+        pos[g] = (p + 1) % m
+        cnt[g] = min(cnt[g] + 1, m)
+        for a in range(cnt[g]):
+            acc = 0.0
+            for i in range(n):
+                acc += dF[g, p, i] * dF[g, a, i]
+            Gm[g, p, a] = acc
+            Gm[g, a, p] = acc
     for i in range(n):
-        g = X[s, i] + alpha * (T[s, i] - X[s, i])
-        fp[s, i] = g - X[s, i]
-        gp[s, i] = g
-    k = cnt[s]
+        gv = X[s, i] + alpha * (T[s, i] - X[s, i])
+        fp[g, i] = gv - X[s, i]
+        gp[g, i] = gv
+    k = cnt[g]
     if k > 0:
         tr = 0.0
         for a in range(k):
             for c in range(k):
-                acc = 0.0
-                for i in range(n):
-                    acc += dF[s, a, i] * dF[s, c, i]
-                H[s, a, c] = acc
-            tr += H[s, a, a]
+                H[g, a, c] = Gm[g, a, c]
+            tr += Gm[g, a, a]
             acc = 0.0
             for i in range(n):
-                acc += dF[s, a, i] * fp[s, i]
-            hb[s, a] = acc
+                acc += dF[g, a, i] * fp[g, i]
+            hb[g, a] = acc
         reg = ANDERSON_REG * tr / k + _TINY
         for a in range(k):
-            H[s, a, a] += reg
-        _solve_small(H[s], hb[s], k)
+            H[g, a, a] += reg
+        _solve_small(H[g], hb[g], k)
     for i in range(n):
-        x = gp[s, i]
-        for a in range(k):
-            x -= hb[s, a] * dG[s, a, i]
-        X[s, i] = x
-    rp[s] = r
-    forced[s] = False
+        X[s, i] = gp[g, i]
+    for a in range(k):  # slot-major, so that the inner loop runs over contiguous i
+        c = hb[g, a]
+        for i in range(n):
+            X[s, i] -= c * dG[g, a, i]
+    rp[g] = r
+    forced[g] = False
 
 
-def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
+@njit(cache=True)
+def _block(lo, hi, k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
+           max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
+    """One iteration on the active rows ``lo:hi``: product, residual, stopping rule, step.
+
+    Every row's work reads only its own rows and the shared read-only matrices, so blocks run
+    on separate threads; each block's products are single-threaded BLAS calls.
+    """
+    n = Xa.shape[1]
+    splitting = method == 3 or method == 4
+    if splitting:
+        for s in range(lo, hi):
+            for i in range(n):
+                Xa[s, i] = act_prox(code, slope, alpha, Ua[s, i])
+    if Da.shape[0] > 0:
+        for s in range(lo, hi):
+            for i in range(n):
+                S[s, i] = Xa[s, i] * Da[s, i]
+        np.dot(S[lo:hi], Mat, Z[lo:hi])
+    else:
+        np.dot(Xa[lo:hi], Mat, Z[lo:hi])
+    going = 0
+    for s in range(lo, hi):
+        r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
+        r_cur[s] = r
+        if k == 0:
+            r_first[idx[s]] = r
+        if not np.isfinite(r):
+            flag[s] = 3
+        elif r <= atol + rtol * xn:
+            flag[s] = 0
+        elif r > DIVERGENCE_RATIO * r_first[idx[s]]:
+            flag[s] = 2
+        elif k == max_iter:
+            flag[s] = 1
+        else:
+            flag[s] = -1
+        if flag[s] >= 0:
+            continue
+        going += 1
+        if method == 5:
+            _anderson_step(s, idx[s], Xa, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
+        elif method == 2:
+            _prox_step(code, slope, alpha, Xa[s], Z[s])
+        elif not splitting:
+            _average_step(alpha, Xa[s], T[s])
+    if splitting and going > 0:
+        # v = 2x − u; y = M⁻¹(v + α w); PR: u = 2y − v; DR: u = u + y − x (rows that go on).
+        for s in range(lo, hi):
+            for i in range(n):
+                Z[s, i] = 2.0 * Xa[s, i] - Ua[s, i] + alpha * Wa[s, i]
+        np.dot(Z[lo:hi], MinvT, Y[lo:hi])
+        for s in range(lo, hi):
+            if flag[s] >= 0:
+                continue
+            for i in range(n):
+                if method == 3:
+                    Ua[s, i] = 2.0 * Y[s, i] - (2.0 * Xa[s, i] - Ua[s, i])
+                else:
+                    Ua[s, i] = Ua[s, i] + Y[s, i] - Xa[s, i]
+
+
+def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
+              threads):
     batch, n = W.shape
     scaled = D.shape[0] > 0
     splitting = method == 3 or method == 4
@@ -184,6 +332,7 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
     Wa = W.copy()
     Da = D.copy()
     Z = np.empty_like(Xa)
+    T = np.empty_like(Xa)  # σ(Z) of the current pass
     S = np.empty_like(Xa) if scaled else np.empty((0, n), Xa.dtype)
     r_first = np.zeros(batch)
     r_cur = np.zeros(batch)
@@ -203,68 +352,22 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
     pos = np.zeros(na_, np.int64)
     H = np.zeros((na_, m, m))
     hb = np.zeros((na_, m))
+    Gm = np.zeros((na_, m, m))
 
     if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
         np.dot(Xa, Mat, Z)
-        for s in prange(batch):
+        for s in range(batch):
             for i in range(n):
                 Ua[s, i] = (1.0 - alpha) * Xa[s, i] + alpha * (Z[s, i] + Wa[s, i])
 
     na = batch
     for k in range(max_iter + 1):
-        if splitting:
-            for s in prange(na):
-                for i in range(n):
-                    Xa[s, i] = act_prox(code, slope, alpha, Ua[s, i])
-        if scaled:
-            for s in prange(na):
-                for i in range(n):
-                    S[s, i] = Xa[s, i] * Da[s, i]
-            np.dot(S[:na], Mat, Z[:na])
-        else:
-            np.dot(Xa[:na], Mat, Z[:na])
-        for s in prange(na):
-            r = 0.0
-            xn = 0.0
-            bad = False
-            for i in range(n):
-                z = Z[s, i] + Wa[s, i]
-                Z[s, i] = z
-                d = abs(act_value(code, slope, z) - Xa[s, i])
-                ax = abs(Xa[s, i])
-                bad = bad or not np.isfinite(d)
-                if norm == 0:
-                    r = max(r, d)
-                    xn = max(xn, ax)
-                else:
-                    r += d
-                    xn += ax
-            if bad:
-                r = math.inf
-            r_cur[s] = r
-            if k == 0:
-                r_first[idx[s]] = r
-            if not np.isfinite(r):
-                flag[s] = 3
-            elif r <= atol + rtol * xn:
-                flag[s] = 0
-            elif r > DIVERGENCE_RATIO * r_first[idx[s]]:
-                flag[s] = 2
-            elif k == max_iter:
-                flag[s] = 1
-            else:
-                flag[s] = -1
-            if flag[s] < 0 and not splitting:
-                if anderson:
-                    for i in range(n):
-                        Z[s, i] = act_value(code, slope, Z[s, i])  # Z now holds T(x)
-                    _anderson_step(s, Xa, Z, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb)
-                elif method == 2:
-                    for i in range(n):
-                        Xa[s, i] = act_prox(code, slope, alpha, (1.0 - alpha) * Xa[s, i] + alpha * Z[s, i])
-                else:
-                    for i in range(n):
-                        Xa[s, i] += alpha * (act_value(code, slope, Z[s, i]) - Xa[s, i])
+        nblocks = max(1, min(threads, na // MIN_BLOCK_ROWS))
+        size = (na + nblocks - 1) // nblocks
+        for c in prange(nblocks):
+            _block(c * size, min(na, (c + 1) * size), k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha,
+                   code, slope, atol, rtol, max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp,
+                   forced, dF, dG, cnt, pos, H, hb, Gm)
         # Write out finished samples and compact the active block (order preserved).
         j = 0
         for s in range(na):
@@ -289,64 +392,50 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
                 if splitting:
                     for i in range(n):
                         Ua[j, i] = Ua[s, i]
-                if anderson:
-                    for i in range(n):
-                        gp[j, i] = gp[s, i]
-                        fp[j, i] = fp[s, i]
-                    rp[j] = rp[s]
-                    forced[j] = forced[s]
-                    cnt[j] = cnt[s]
-                    pos[j] = pos[s]
-                    for a in range(m):
-                        for i in range(n):
-                            dF[j, a, i] = dF[s, a, i]
-                            dG[j, a, i] = dG[s, a, i]
             j += 1
         na = j
         if na == 0:
             break
-        if splitting:  # v = 2x − u; y = M⁻¹(v + α w); PR: u = 2y − v; DR: u = u + y − x
-            for s in prange(na):
-                for i in range(n):
-                    Z[s, i] = 2.0 * Xa[s, i] - Ua[s, i] + alpha * Wa[s, i]
-            np.dot(Z[:na], MinvT, Y[:na])
-            for s in prange(na):
-                for i in range(n):
-                    if method == 3:
-                        Ua[s, i] = 2.0 * Y[s, i] - (2.0 * Xa[s, i] - Ua[s, i])
-                    else:
-                        Ua[s, i] = Ua[s, i] + Y[s, i] - Xa[s, i]
     if record:
         hist = hist[: k + 1].copy()
     return X, iters, res, codes, hist
 
 
-# Two compilations of one driver: ``prange`` is a plain range in the serial one. The
-# per-sample pass is O(batch·n) against the GEMM's O(batch·n²), so threads only pay for
-# large blocks; below that, idle worker threads spinning beside the BLAS threads cost more
-# than they save (badly so on a loaded machine).
+#: Fewest active rows per thread block: below it a second thread costs more than it saves.
+MIN_BLOCK_ROWS = 16
+
+# Two compilations of one driver: ``prange`` over the thread blocks is a plain loop in the
+# serial one (one thread, or too few rows for two blocks).
 _run_serial = njit(cache=True)(_run_impl)
 _run_parallel = njit(cache=True, parallel=True)(_run_impl)
 
-#: batch·n (times 8 for Anderson and the Newton prox of tanh/softplus) from which the
-#: per-sample pass runs in parallel.
-PARALLEL_MIN_WORK = 1 << 20
 
-
-def _parallel_pays(method: str, code: int, batch: int, n: int) -> bool:
-    heavy = method == "anderson" or (code in (3, 4) and method in ("forward_backward", "peaceman_rachford", "douglas_rachford"))
-    return numba.config.NUMBA_NUM_THREADS > 1 and batch * n * (8 if heavy else 1) >= PARALLEL_MIN_WORK
+def _thread_count() -> int:
+    """Thread blocks per iteration: numba's current thread count (``numba.set_num_threads``)."""
+    return numba.get_num_threads()
 
 
 def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
-    """Same contract as :func:`solvers._numpy_engine.run`."""
+    """Same contract as :func:`solvers._numpy_engine.run`.
+
+    The active rows are split into one block per numba thread (``numba.set_num_threads``,
+    at least :data:`MIN_BLOCK_ROWS` rows each); each thread runs its block's products as
+    single-threaded BLAS calls and its block's per-sample pass, so the BLAS pool is held at
+    one thread while blocks run in parallel. Measured on 2 cores (batch 100, float64): one
+    block per core is ~1.8x faster than one block with two BLAS threads at n = 100 and 500.
+    """
     dtype = W.dtype
     D = np.zeros((0, W.shape[1]), dtype) if D is None else D
     if MinvT.shape[0] == 0:
         MinvT = np.zeros((1, 1), dtype)
-    kernel = _run_parallel if _parallel_pays(method, code, *W.shape) else _run_serial
-    X, iters, res, codes, hist = kernel(
-        METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
-        float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record),
-    )
+    threads = _thread_count()
+    parallel = threads > 1 and W.shape[0] >= 2 * MIN_BLOCK_ROWS
+    kernel = _run_parallel if parallel else _run_serial
+    args = (METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
+            float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record), threads)
+    if parallel:
+        with blas_threads(1):
+            X, iters, res, codes, hist = kernel(*args)
+    else:
+        X, iters, res, codes, hist = kernel(*args)
     return X, iters, res, codes, (hist if record else None)

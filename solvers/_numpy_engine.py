@@ -125,6 +125,7 @@ class _Anderson:
         s["x"][rej] = s["g"][rej]
         s["forced"][rej] = True
         s["count"][rej] = 0
+        s["pos"][rej] = 0  # the history restarts at slot 0: slots 0..count-1 are the live ones
         a = np.flatnonzero(accept)
         G = X[a] + self.alpha * (T[a] - X[a])
         F = G - X[a]

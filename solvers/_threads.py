@@ -10,35 +10,53 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["SMALL_GEMM_WORK", "blas_threads_for"]
+__all__ = ["SMALL_GEMM_WORK", "blas_threads", "blas_threads_for"]
 
 #: Multiply-adds of one repeated product (batch · n · n) below which BLAS runs on one thread.
 SMALL_GEMM_WORK = 1 << 23
 
 
-_controller = None
+_libraries = None
 
 
-def _get_controller():
-    """One ``ThreadpoolController`` per process: creating one scans the loaded libraries
-    (~1.4 ms); entering its ``limit`` costs ~20 µs."""
-    global _controller
-    if _controller is None:
+def _blas_libraries():
+    """The loaded BLAS libraries' threadpoolctl controllers, found once per process
+    (scanning the loaded libraries costs ~1.4 ms; one get/set of a thread count ~1 µs,
+    against ~20 µs for entering ``ThreadpoolController.limit``)."""
+    global _libraries
+    if _libraries is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:  # optional: without it the BLAS keeps its default threads
-            _controller = False
+            _libraries = ()
         else:
-            _controller = ThreadpoolController()
-    return _controller
+            import scipy.linalg  # noqa: F401  (loads scipy's BLAS, the one numba's np.dot calls)
+
+            _libraries = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _libraries
+
+
+@contextlib.contextmanager
+def blas_threads(limit: int):
+    """Hold every loaded BLAS at no more than ``limit`` threads inside the block."""
+    saved = []
+    for lib in _blas_libraries():
+        threads = lib.get_num_threads()
+        if threads is not None and threads > limit:
+            lib.set_num_threads(limit)
+            saved.append((lib, threads))
+    try:
+        yield
+    finally:
+        for lib, threads in saved:
+            lib.set_num_threads(threads)
 
 
 @contextlib.contextmanager
 def blas_threads_for(batch: int, n: int):
     """Limit BLAS to one thread inside the block when the product ``batch · n · n`` is small."""
-    controller = _get_controller() if batch * n * n < SMALL_GEMM_WORK else None
-    if not controller:
+    if batch * n * n >= SMALL_GEMM_WORK:
         yield
         return
-    with controller.limit(limits=1, user_api="blas"):
+    with blas_threads(1):
         yield

@@ -1,0 +1,95 @@
+"""The numba engine's thread blocks: splitting the active rows must not change any result.
+
+The engine splits the still-active samples into one block of rows per thread. These tests
+force several blocks (the block count follows ``_numba_engine._thread_count``, patched here,
+so they run the same on a one-core machine) on batches whose samples finish at different
+iterations, so that rows move between blocks as finished samples are compacted away, and
+compare every output with the numpy specification.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import contraction
+import solvers
+from solvers import Status, _numba_engine
+
+from _solver_helpers import act_id
+
+BATCH = 70  # with 3 threads: blocks of 24/24/22 rows, fewer as samples finish
+
+
+def _instance(seed: int = 5, n: int = 12, self_loops: bool = True):
+    rng = np.random.default_rng(seed)
+    A = contraction.project_mu_inf(rng.standard_normal((n, n)) / np.sqrt(n), 0.8)
+    if self_loops:  # negative self-loops: alpha* < 1 (picard is not guaranteed then)
+        A[np.diag_indices(n)] -= rng.uniform(0.0, 2.0, n)
+    # Row scales from 1e-6 to 10: the samples need very different iteration counts.
+    W = rng.standard_normal((BATCH, n)) * np.logspace(-6, 1, BATCH)[:, None]
+    return A, W
+
+
+@pytest.fixture(params=(1, 3), ids=("one-block", "three-blocks"))
+def blocks(request, monkeypatch):
+    monkeypatch.setattr(_numba_engine, "_thread_count", lambda: request.param)
+    return request.param
+
+
+def _assert_same(ref, got):
+    np.testing.assert_array_equal(got.sample_status, ref.sample_status)
+    np.testing.assert_array_equal(got.iterations, ref.iterations)
+    scale = max(1.0, np.abs(ref.x).max())
+    np.testing.assert_allclose(got.x, ref.x, rtol=0, atol=1e-11 * scale)
+    np.testing.assert_allclose(got.history, ref.history, rtol=1e-7, atol=1e-13, equal_nan=True)
+
+
+@pytest.mark.parametrize("spec", ("relu", "tanh"), ids=act_id)
+@pytest.mark.parametrize("method", solvers.METHODS)
+def test_blocks_match_numpy(method, spec, blocks):
+    A, W = _instance(self_loops=method != "picard")
+    kw = dict(method=method, activation=spec, atol=1e-10, record=True, max_iter=3000, check=False)
+    ref = solvers.solve(A, W, engine="numpy", **kw)
+    got = solvers.solve(A, W, engine="numba", **kw)
+    assert ref.success
+    assert len(np.unique(ref.iterations)) > 3  # the samples really finish at different times
+    _assert_same(ref, got)
+
+
+def test_blocks_match_numpy_when_stopped_early(blocks):
+    """MAX_ITER for the slow samples, SUCCESS for the fast ones, in every block."""
+    A, W = _instance()
+    kw = dict(method="average", atol=1e-10, record=True, max_iter=12, check=False)
+    ref = solvers.solve(A, W, engine="numpy", **kw)
+    got = solvers.solve(A, W, engine="numba", **kw)
+    assert set(ref.sample_status.tolist()) == {Status.SUCCESS, Status.MAX_ITER}
+    _assert_same(ref, got)
+
+
+def test_blocks_report_nonfinite_rows(blocks):
+    """Rows that overflow stop as NONFINITE wherever they sit, as in the specification."""
+    A, W = _instance(self_loops=False)
+    A[0, 0] = 1e10  # an exploding self-loop: a huge input on unit 0 overflows at once
+    W[::7, 0] = 1e300
+    kw = dict(method="picard", atol=1e-10, max_iter=3000, check=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = solvers.solve(A, W, engine="numpy", **kw)
+    got = solvers.solve(A, W, engine="numba", **kw)
+    np.testing.assert_array_equal(got.sample_status, ref.sample_status)
+    np.testing.assert_array_equal(got.iterations, ref.iterations)
+    assert (got.sample_status[::7] == Status.NONFINITE).all()
+    assert (got.sample_status != Status.NONFINITE).any()
+
+
+@pytest.mark.parametrize("method", ("average", "anderson"))
+def test_blocks_adjoint_match_numpy(method, blocks):
+    A, W = _instance()
+    rng = np.random.default_rng(2)
+    Z = W + rng.standard_normal(W.shape)
+    G = rng.standard_normal(W.shape) * np.logspace(-6, 1, BATCH)[:, None]
+    kw = dict(method=method, atol=1e-11, record=True, check=False)
+    lam_ref, ref = solvers.solve_adjoint(A, Z, G, engine="numpy", **kw)
+    lam, got = solvers.solve_adjoint(A, Z, G, engine="numba", **kw)
+    np.testing.assert_array_equal(got.iterations, ref.iterations)
+    np.testing.assert_allclose(lam, lam_ref, rtol=0, atol=1e-11 * np.abs(lam_ref).max())

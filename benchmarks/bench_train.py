@@ -320,10 +320,12 @@ def compare(torch, Xtr, ytr, Xte, yte, epochs: int, seed: int):
     rows, history = [], None
     for e in range(epochs):
         load_before = os.getloadavg()[0]
+        time.sleep(0.3)  # the other library's OpenMP/BLAS pool stops spinning (see breakdown)
         start = time.perf_counter()
         history = train(net, Xtr, ytr, epochs=e + 1, resume=history, **_train_kwargs(seed))
         nemon_s = time.perf_counter() - start
         rec = history[e]
+        time.sleep(0.3)
         t = twin.epoch(Xt, yt, seed, e, BATCH_SIZE)
         rows.append({"epoch": e + 1, "nemon_s": nemon_s, "nemon_batches_s": rec["seconds"], "torch_s": t["seconds"],
                      "nemon_fwd": rec["fwd_iters"], "torch_fwd": t["fwd_iters"], "nemon_adj": rec["adj_iters"],
@@ -341,20 +343,34 @@ def compare(torch, Xtr, ytr, Xte, yte, epochs: int, seed: int):
 
 
 def breakdown(torch, net, twin, Xtr, ytr, rows, seed: int) -> None:
-    """Where a step's time goes: both implementations timed on the same batches, interleaved."""
+    """Where a step's time goes: both implementations timed on the same batches.
+
+    Each part runs as one block over the batches after a pause, not interleaved batch by
+    batch: torch and numba each bring an OpenMP pool (two libgomp copies), and a pool keeps
+    spinning for a while after its last call, so interleaving would time the two pools
+    fighting over 2 cores. nemon runs under the trainer's BLAS policy (blas_threads_for).
+    """
+    from solvers._threads import blas_threads_for
+
     steps = len(rows) * (len(Xtr) // BATCH_SIZE)
     in_epoch = dict(twin.clock)
     perm = np.random.default_rng([seed, 0]).permutation(len(Xtr))
-    samples = {k: [] for k in ("nemon_fwd", "nemon_lag", "torch_fwd", "torch_lag")}
-    with torch.no_grad():
-        for i in range(min(BREAKDOWN_BATCHES, len(Xtr) // BATCH_SIZE)):
-            idx = perm[i * BATCH_SIZE : (i + 1) * BATCH_SIZE]
-            U, y = Xtr[idx], ytr[idx]
-            Ut, yt = torch.from_numpy(U), torch.from_numpy(y)
-            for key, fn in (("nemon_fwd", lambda: net.forward(U)), ("nemon_lag", lambda: net.loss_and_grad(U, y)),
-                            ("torch_fwd", lambda: twin.forward(Ut)), ("torch_lag", lambda: twin.loss_and_grad(Ut, yt))):
+    batches = [perm[i * BATCH_SIZE : (i + 1) * BATCH_SIZE] for i in range(min(BREAKDOWN_BATCHES, len(Xtr) // BATCH_SIZE))]
+    parts = {
+        "nemon_fwd": lambda U, y: net.forward(U),
+        "nemon_lag": lambda U, y: net.loss_and_grad(U, y),
+        "torch_fwd": lambda U, y: twin.forward(torch.from_numpy(U)),
+        "torch_lag": lambda U, y: twin.loss_and_grad(torch.from_numpy(U), torch.from_numpy(y)),
+    }
+    samples = {k: [] for k in parts}
+    with torch.no_grad(), blas_threads_for(BATCH_SIZE, HIDDEN):
+        for key, fn in parts.items():
+            time.sleep(0.3)
+            fn(Xtr[batches[0]], ytr[batches[0]])  # wakes this implementation's pools
+            for idx in batches:
+                U, y = Xtr[idx], ytr[idx]
                 t0 = time.perf_counter()
-                fn()
+                fn(U, y)
                 samples[key].append(time.perf_counter() - t0)
     ms = {k: 1e3 * float(np.median(v)) for k, v in samples.items()}
     nemon_step = 1e3 * sum(r["nemon_batches_s"] for r in rows) / steps
@@ -363,7 +379,7 @@ def breakdown(torch, net, twin, Xtr, ytr, rows, seed: int) -> None:
     proj = 1e3 * in_epoch["projection"] / steps
     print()
     print(f"Step breakdown, ms per step (medians over {len(samples['nemon_fwd'])} batches after training, "
-          "the two interleaved; 'whole step' from the epochs)")
+          "each part in one block after a pause; 'whole step' from the epochs)")
     print(f"{'':<36} {'nemon':>7} {'torch':>7} {'torch/nemon':>11}")
     for label, a, b in (("forward (solve, Z, logits)", ms["nemon_fwd"], ms["torch_fwd"]),
                         ("forward + loss + adjoint + gradients", ms["nemon_lag"], ms["torch_lag"]),
@@ -411,14 +427,16 @@ def print_comparison(rows, acc, n_train: int) -> bool:
 
 def main_job() -> None:
     """``nemon train`` with its command-line defaults: time to 0.90 test accuracy, total time."""
-    from solvers.cli import build_parser
-    from solvers.training import ImplicitNetwork, SolverConfig, load_dataset, train
+    from solvers.cli import _load_data, _train_kwargs, build_parser
+    from solvers.training import ImplicitNetwork, SolverConfig, train
 
+    # The command line's own defaults and data loading (so this cannot drift from `nemon train`).
     args = build_parser().parse_args(["train", "--no-progress"])
-    Xtr, ytr, Xte, yte = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.data_seed)
+    Xtr, ytr, Xte, yte = _load_data(args)
+    kwargs = _train_kwargs(args)
     print()
     print(f"Main job: `nemon train` defaults: {args.dataset} ({len(Xtr):,} train / {len(Xte):,} test), "
-          f"n = {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr:g} "
+          f"n = {args.hidden}, {kwargs['epochs']} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr:g} "
           f"({args.schedule}), {args.constraint} gamma {args.gamma}, atol {args.atol:g}, {args.activation}, "
           f"{args.dtype}, engine {args.engine}; test accuracy after every epoch")
     net = ImplicitNetwork(Xtr.shape[1], args.hidden, int(ytr.max()) + 1, activation=args.activation, seed=args.seed,
@@ -429,10 +447,7 @@ def main_job() -> None:
     def on_epoch(record):
         stamps.append((time.perf_counter() - start, record["val_acc"]))
 
-    train(net, Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-          schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
-          lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed, X_val=Xte, y_val=yte,
-          progress=False, callback=on_epoch)
+    train(net, Xtr, ytr, X_val=Xte, y_val=yte, progress=False, callback=on_epoch, **kwargs)
     total = time.perf_counter() - start
     reached = next(((k + 1, t, a) for k, (t, a) in enumerate(stamps) if a >= MAIN_JOB_ACCURACY), None)
     print("epoch  seconds  test acc")
@@ -471,7 +486,7 @@ def main(argv=None) -> int:
     print(f"Fashion-MNIST: {len(Xtr):,} training / {len(Xte):,} test images; n = {HIDDEN}, batch {BATCH_SIZE}, "
           f"Adam lr {LR:g}, {CONSTRAINT} gamma {GAMMA}, atol {ATOL:g} (forward and adjoint), max_iter {MAX_ITER}, "
           f"float32, {ACTIVATION}, seed {args.seed}, {args.epochs} epoch(s)")
-    print("projection: contraction.project_mu_inf (numpy) in both implementations")
+    print("projection: contraction.project_mu_inf (compiled) in both implementations")
     print(f"warm-up (compilation and {WARMUP_SAMPLES:,} samples of each): {warm_up(torch, Xtr, ytr, args.seed):.1f} s")
     rows, acc, net, twin = compare(torch, Xtr, ytr, Xte, yte, args.epochs, args.seed)
     print_comparison(rows, acc, len(Xtr))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+from numba import njit
 
 from ._validation import as_positive_definite, as_square_matrix, as_weights, _finite_array
 
@@ -43,6 +44,19 @@ def _check_p(p) -> float:
 def _scale_inf(A: np.ndarray, eta: np.ndarray | None) -> np.ndarray:
     """``diag(η)⁻¹ A diag(η)``: the matrix whose plain ℓ∞ quantities are the η-weighted ones."""
     return A if eta is None else A * (eta[None, :] / eta[:, None])
+
+
+@njit(cache=True)
+def _mu_inf_compiled(A) -> float:
+    """``μ∞(A)`` of a validated square array of any float dtype (row sums in float64)."""
+    best = -np.inf
+    for i in range(A.shape[0]):
+        s = 0.0
+        for j in range(A.shape[1]):
+            s += abs(A[i, j])
+        s += A[i, i] - abs(A[i, i])
+        best = max(best, s)
+    return best
 
 
 def _row_measure(S: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 import contraction
-from contraction._norms import _row_measure
+from contraction._norms import _mu_inf_compiled
 from contraction._steps import _optimal_alpha
 from contraction._validation import as_finite_scalar, as_square_matrix
 
@@ -169,10 +169,10 @@ def _overall(codes: np.ndarray) -> Status:
 
 
 def _error_bound(A: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    mu = float(_row_measure(A).max())  # μ∞(A); A is validated
+    mu = _mu_inf_compiled(A)  # μ∞(A); A is validated (any float dtype)
     if mu < 1.0:
         return residual / (1.0 - max(0.0, mu))
-    eta, mu_eta = contraction.optimal_weights(A)
+    eta, mu_eta = contraction.optimal_weights(A.astype(np.float64))
     if mu_eta >= 1.0:
         return np.full_like(residual, np.inf)
     # ‖e‖_∞ ≤ max η ‖e‖_∞,η ≤ max η · r_η / (1 − max(0, μ_η)), and r_η ≤ r / min η.
@@ -280,7 +280,8 @@ def solve(
     A_ = np.ascontiguousarray(A_in, dtype=dtype)
     X0 = _start(x0, "x0", Wb, was_1d, "W", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
-    A64 = A_ if A_.dtype == np.float64 else A_.astype(np.float64)
+    needs64 = check or method in ("peaceman_rachford", "douglas_rachford", "anderson")
+    A64 = A_ if A_.dtype == np.float64 or not needs64 else A_.astype(np.float64)
     if check:
         _warn_if_not_guaranteed(A64, method, alpha, "")
     MinvT = np.zeros((0, 0), dtype)
@@ -312,7 +313,7 @@ def solve(
         engine=engine,
         activation=act.name,
         history=hist,
-        error_bound=_error_bound(A64, res),
+        error_bound=_error_bound(A_, res),
         sample_status=codes,
     )
     if raise_on_failure and not result.success:
@@ -380,7 +381,8 @@ def solve_adjoint(
     D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
     L0 = _start(lam0, "lam0", Gb, was_1d, "G", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
-    A64 = A_in if A_in.dtype == np.float64 else A_in.astype(np.float64)
+    needs64 = check or method in ("anderson", "direct")
+    A64 = A_in if A_in.dtype == np.float64 or not needs64 else A_in.astype(np.float64)
     if method == "direct":
         return _adjoint_direct(A64, D, Gb, was_1d, engine, record, raise_on_failure)
     if check:

@@ -1,17 +1,19 @@
 """The numba engine (CPU, default): one compiled loop driver, methods as integer codes.
 
 Mirrors :mod:`solvers._numpy_engine` step for step (that module is the specification).
-The whole iteration runs in compiled code. The still-active samples form a compacted block
-of rows, split into one contiguous block per thread; per iteration each thread runs, on its
-rows, one single-threaded BLAS GEMM (two for the splittings) and the per-sample pass that
-evaluates the residual, applies the stopping rule and takes the step. Finished samples are
-written out and swapped out of the active block, so the batch does not pay for its
-converged members.
+The whole iteration runs in compiled code. Samples never interact, so the batch is split
+once into one contiguous block of rows per thread and each thread runs the complete
+iteration on its block (one parallel region per solve, no synchronisation per step): per
+iteration one single-threaded BLAS GEMM on the block's still-active rows (two for the
+splittings), then the per-sample pass that evaluates the residual, applies the stopping
+rule and takes the step. Finished samples are written out and the block's active rows
+compacted, so the batch does not pay for its converged members.
 """
 
 from __future__ import annotations
 
 import math
+import types
 
 import numba
 import numpy as np
@@ -315,6 +317,59 @@ def _block(lo, hi, k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, cod
                     Ua[s, i] = Ua[s, i] + Y[s, i] - Xa[s, i]
 
 
+@njit(cache=True)
+def _solve_rows(lo, hi, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol, max_iter,
+                norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm,
+                X, iters, res, codes, hist, record):
+    """The whole iteration on the samples in rows ``lo:hi``, independent of every other row.
+
+    The active samples of the range stay packed at its start (``lo : lo + na``): finished
+    ones are written out to ``X``, ``iters``, ``res``, ``codes`` (at their sample index) and
+    the rest move up. Returns the last iteration index.
+    """
+    n = Xa.shape[1]
+    splitting = method == 3 or method == 4
+    scaled = Da.shape[0] > 0
+    if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
+        np.dot(Xa[lo:hi], Mat, Z[lo:hi])
+        for s in range(lo, hi):
+            for i in range(n):
+                Ua[s, i] = (1.0 - alpha) * Xa[s, i] + alpha * (Z[s, i] + Wa[s, i])
+    na = hi - lo
+    k = 0
+    for k in range(max_iter + 1):
+        _block(lo, lo + na, k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
+               max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
+        j = lo
+        for s in range(lo, lo + na):
+            g = idx[s]
+            if record:
+                hist[k, g] = r_cur[s]
+            if flag[s] >= 0:
+                for i in range(n):
+                    X[g, i] = Xa[s, i]
+                res[g] = r_cur[s]
+                iters[g] = k
+                codes[g] = flag[s]
+                continue
+            if j != s:
+                idx[j] = g
+                for i in range(n):
+                    Xa[j, i] = Xa[s, i]
+                    Wa[j, i] = Wa[s, i]
+                if scaled:
+                    for i in range(n):
+                        Da[j, i] = Da[s, i]
+                if splitting:
+                    for i in range(n):
+                        Ua[j, i] = Ua[s, i]
+            j += 1
+        na = j - lo
+        if na == 0:
+            break
+    return k
+
+
 def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
               threads):
     batch, n = W.shape
@@ -354,60 +409,41 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
     hb = np.zeros((na_, m))
     Gm = np.zeros((na_, m, m))
 
-    if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
-        np.dot(Xa, Mat, Z)
-        for s in range(batch):
-            for i in range(n):
-                Ua[s, i] = (1.0 - alpha) * Xa[s, i] + alpha * (Z[s, i] + Wa[s, i])
-
-    na = batch
-    for k in range(max_iter + 1):
-        nblocks = max(1, min(threads, na // MIN_BLOCK_ROWS))
-        size = (na + nblocks - 1) // nblocks
-        for c in prange(nblocks):
-            _block(c * size, min(na, (c + 1) * size), k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha,
-                   code, slope, atol, rtol, max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp,
-                   forced, dF, dG, cnt, pos, H, hb, Gm)
-        # Write out finished samples and compact the active block (order preserved).
-        j = 0
-        for s in range(na):
-            g = idx[s]
-            if record:
-                hist[k, g] = r_cur[s]
-            if flag[s] >= 0:
-                for i in range(n):
-                    X[g, i] = Xa[s, i]
-                res[g] = r_cur[s]
-                iters[g] = k
-                codes[g] = flag[s]
-                continue
-            if j != s:
-                idx[j] = g
-                for i in range(n):
-                    Xa[j, i] = Xa[s, i]
-                    Wa[j, i] = Wa[s, i]
-                if scaled:
-                    for i in range(n):
-                        Da[j, i] = Da[s, i]
-                if splitting:
-                    for i in range(n):
-                        Ua[j, i] = Ua[s, i]
-            j += 1
-        na = j
-        if na == 0:
-            break
+    nblocks = max(1, min(threads, batch // MIN_BLOCK_ROWS))
+    size = (batch + nblocks - 1) // nblocks
+    last = np.zeros(nblocks, np.int64)
+    for c in prange(nblocks):
+        lo = c * size
+        hi = min(batch, lo + size)
+        if lo < hi:
+            last[c] = _solve_rows(lo, hi, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol,
+                                  rtol, max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF,
+                                  dG, cnt, pos, H, hb, Gm, X, iters, res, codes, hist, record)
     if record:
-        hist = hist[: k + 1].copy()
+        hist = hist[: last.max() + 1].copy()
     return X, iters, res, codes, hist
 
 
-#: Fewest active rows per thread block: below it a second thread costs more than it saves.
+#: Fewest samples per thread block: below it a second thread costs more than it saves.
 MIN_BLOCK_ROWS = 16
+
+
+
+def _renamed(func, name: str):
+    """A copy of ``func`` under another name. numba's on-disk cache files its compilations by
+    qualified name and signature only, not by options: two dispatchers of one function (serial
+    and ``parallel=True``) would load each other's machine code from the cache."""
+    code = func.__code__.replace(co_name=name, co_qualname=name)
+    clone = types.FunctionType(code, func.__globals__, name, func.__defaults__, func.__closure__)
+    clone.__qualname__ = name
+    clone.__doc__ = func.__doc__
+    return clone
+
 
 # Two compilations of one driver: ``prange`` over the thread blocks is a plain loop in the
 # serial one (one thread, or too few rows for two blocks).
-_run_serial = njit(cache=True)(_run_impl)
-_run_parallel = njit(cache=True, parallel=True)(_run_impl)
+_run_serial = njit(cache=True)(_renamed(_run_impl, "_run_serial_impl"))
+_run_parallel = njit(cache=True, parallel=True)(_renamed(_run_impl, "_run_parallel_impl"))
 
 
 def _thread_count() -> int:
@@ -418,11 +454,9 @@ def _thread_count() -> int:
 def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
     """Same contract as :func:`solvers._numpy_engine.run`.
 
-    The active rows are split into one block per numba thread (``numba.set_num_threads``,
-    at least :data:`MIN_BLOCK_ROWS` rows each); each thread runs its block's products as
-    single-threaded BLAS calls and its block's per-sample pass, so the BLAS pool is held at
-    one thread while blocks run in parallel. Measured on 2 cores (batch 100, float64): one
-    block per core is ~1.8x faster than one block with two BLAS threads at n = 100 and 500.
+    The batch is split into one block per numba thread (``numba.set_num_threads``, at least
+    :data:`MIN_BLOCK_ROWS` samples each); each thread iterates its block to the end with
+    single-threaded BLAS products, so the BLAS pool is held at one thread meanwhile.
     """
     dtype = W.dtype
     D = np.zeros((0, W.shape[1]), dtype) if D is None else D

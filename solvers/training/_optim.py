@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
+from numba import njit
 
 __all__ = ["OptimizerConfig", "OptimizerState", "Schedule", "make_optimizer_state", "step"]
 
@@ -60,6 +61,21 @@ def make_optimizer_state(params: dict) -> OptimizerState:
     )
 
 
+@njit(cache=True, error_model="numpy")
+def _adam(p, g, m, v, beta1, beta2, eps, step_size, inv_correction2):
+    """One fused Adam update of flat arrays. The scalars come in the parameter's dtype, so a
+    float32 network updates in float32 (vectorised; ``error_model="numpy"`` drops the
+    division-by-zero check that would stop it)."""
+    one = beta1 - beta1 + 1
+    for i in range(p.size):
+        gi = g[i]
+        mi = beta1 * m[i] + (one - beta1) * gi
+        vi = beta2 * v[i] + (one - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (np.sqrt(vi * inv_correction2) + eps)
+
+
 def step(config: OptimizerConfig, state: OptimizerState, params: dict, grads: dict, lr_factor: float = 1.0):
     """Update ``params`` in place from ``grads`` (Adam with bias correction, or SGD + momentum)."""
     state.t += 1
@@ -69,6 +85,12 @@ def step(config: OptimizerConfig, state: OptimizerState, params: dict, grads: di
         if config.name == "adam":
             m = state.m[k]
             v = state.v[k]
+            if all(a.flags.c_contiguous for a in (p, m, v)):  # ravel gives views: update in place
+                f = p.dtype.type
+                _adam(p.ravel(), np.ravel(g).astype(p.dtype, copy=False), m.ravel(), v.ravel(), f(config.beta1),
+                      f(config.beta2), f(config.eps), f(lr / (1 - config.beta1**state.t)),
+                      f(1 / (1 - config.beta2**state.t)))
+                continue
             m *= config.beta1
             m += (1 - config.beta1) * g
             v *= config.beta2

@@ -37,12 +37,12 @@ def blocks(request, monkeypatch):
     return request.param
 
 
-def _assert_same(ref, got):
+def _assert_same(ref, got, hist_atol=0.0):
     np.testing.assert_array_equal(got.sample_status, ref.sample_status)
     np.testing.assert_array_equal(got.iterations, ref.iterations)
     scale = max(1.0, np.abs(ref.x).max())
     np.testing.assert_allclose(got.x, ref.x, rtol=0, atol=1e-11 * scale)
-    np.testing.assert_allclose(got.history, ref.history, rtol=1e-7, atol=1e-13, equal_nan=True)
+    np.testing.assert_allclose(got.history, ref.history, rtol=1e-7, atol=1e-13 + hist_atol, equal_nan=True)
 
 
 @pytest.mark.parametrize("spec", ("relu", "tanh"), ids=act_id)
@@ -54,7 +54,9 @@ def test_blocks_match_numpy(method, spec, blocks):
     got = solvers.solve(A, W, engine="numba", **kw)
     assert ref.success
     assert len(np.unique(ref.iterations)) > 3  # the samples really finish at different times
-    _assert_same(ref, got)
+    # Anderson's least squares amplify rounding (vectorised sums against BLAS): as in
+    # test_engines, its history agrees to ~1e-9 of the starting residual.
+    _assert_same(ref, got, 1e-9 * np.nanmax(ref.history[0]) if method == "anderson" else 0.0)
 
 
 def test_blocks_match_numpy_when_stopped_early(blocks):
@@ -93,3 +95,13 @@ def test_blocks_adjoint_match_numpy(method, blocks):
     lam, got = solvers.solve_adjoint(A, Z, G, engine="numba", **kw)
     np.testing.assert_array_equal(got.iterations, ref.iterations)
     np.testing.assert_allclose(lam, lam_ref, rtol=0, atol=1e-11 * np.abs(lam_ref).max())
+
+
+def test_serial_and_parallel_kernels_never_share_a_cache_entry():
+    """numba files cached machine code by qualified name and signature, not by options: the
+    two compilations of the driver must carry different names, or the ``parallel=True`` one
+    silently loads the serial machine code from the cache."""
+    serial, parallel = _numba_engine._run_serial, _numba_engine._run_parallel
+    assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+    assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
+    assert serial.py_func.__code__.co_code == parallel.py_func.__code__.co_code  # one driver

@@ -205,3 +205,40 @@ def test_project_norm_inf_matches_cvxpy(seed):
     P = c.project_norm_inf(A, kappa)
     X = _reference_norm_inf(A, kappa)
     assert np.linalg.norm(P - X) <= 1e-7 * max(1.0, np.linalg.norm(A))
+
+
+# --------------------------------------------------------------------------- compiled vs sorting
+
+
+def _awkward_matrix(rng, n, m=None):
+    """Scaled Gaussian entries with exact zeros and ties (rounded entries) mixed in."""
+    A = rng.standard_normal((n, n if m is None else m)) * rng.choice([1e-3, 1.0, 30.0])
+    A[rng.random(A.shape) < 0.3] = 0.0
+    if rng.random() < 0.5:
+        A = np.round(A)
+    return A
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, gamma=st.floats(-3.0, 3.0), weighted=st.booleans())
+def test_project_mu_inf_compiled_matches_sorting_reference(seed, n, gamma, weighted):
+    """Michelot's active-set iteration (default) and the sort-based root agree."""
+    from contraction._projection import _project_mu_inf_sorted
+
+    rng = np.random.default_rng(seed)
+    A = _awkward_matrix(rng, n)
+    eta = random_weights(rng, n) if weighted else None
+    got = c.project_mu_inf(A, gamma, eta)
+    ref = _project_mu_inf_sorted(A, gamma, eta)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * (1 + np.abs(A).max()))
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, kappa=st.floats(0.0, 5.0))
+def test_project_norm_inf_compiled_matches_sorting_reference(seed, n, kappa):
+    from contraction._projection import _project_norm_inf_sorted
+
+    rng = np.random.default_rng(seed)
+    A = _awkward_matrix(rng, n, m=int(rng.integers(1, 12)))
+    np.testing.assert_allclose(c.project_norm_inf(A, kappa), _project_norm_inf_sorted(A, kappa), rtol=0,
+                               atol=1e-12 * (1 + np.abs(A).max()))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 
 import numpy as np
+from numba import njit
 
 import contraction
 
@@ -248,6 +249,55 @@ def robust_accuracy(net: ImplicitNetwork, U, y, eps: float, attack: str = "pgd",
 
 
 # -- interval-bound training ------------------------------------------------------------------
+@njit(cache=True)
+def _margin_low(X_lo, X_hi, C, c, y):
+    """Training's margin lower bounds ``min over the box of (C_k − C_j) x + c_k − c_j``,
+    ``k = y[b]``, ``(batch, q)``, 0 at ``j = k`` (finite boxes; see :func:`margin_lower_bounds`)."""
+    batch, n = X_lo.shape
+    q = C.shape[0]
+    low = np.empty((batch, q))
+    for b in range(batch):
+        k = y[b]
+        for j in range(q):
+            acc = 0.0
+            for i in range(n):
+                d = C[k, i] - C[j, i]
+                acc += d * (X_lo[b, i] if d >= 0.0 else X_hi[b, i])
+            low[b, j] = acc + c[k] - c[j]
+        low[b, k] = 0.0
+    return low
+
+
+@njit(cache=True)
+def _margin_low_grad(X_lo, X_hi, C, y, dlow):
+    """Gradients of ``Σ dlow ⊙ low`` for :func:`_margin_low`: ``(gX_lo, gX_hi, gC, gc)``."""
+    batch, n = X_lo.shape
+    q = C.shape[0]
+    gX_lo = np.zeros((batch, n))
+    gX_hi = np.zeros((batch, n))
+    gC = np.zeros((q, n))
+    gc = np.zeros(q)
+    for b in range(batch):
+        k = y[b]
+        for j in range(q):
+            g = dlow[b, j]
+            if j == k or g == 0.0:
+                continue
+            gc[k] += g
+            gc[j] -= g
+            for i in range(n):
+                d = C[k, i] - C[j, i]
+                if d >= 0.0:
+                    gX_lo[b, i] += g * d
+                    x = X_lo[b, i]
+                else:
+                    gX_hi[b, i] += g * d
+                    x = X_hi[b, i]
+                gC[k, i] += g * x
+                gC[j, i] -= g * x
+    return gX_lo, gX_hi, gC, gc
+
+
 def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
     """Cross-entropy of the worst-case logits over the ε-box and its gradients.
 
@@ -264,12 +314,8 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
     X_hi, X_lo = X[:, :n], X[:, n:]
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
-    D = C[y][:, None, :] - C[None, :, :]  # (batch, q, n)
-    pos = D >= 0
-    low = np.where(pos, D * X_lo[:, None, :], D * X_hi[:, None, :]).sum(axis=2) + c[y][:, None] - c[None, :]
     rows = np.arange(batch)
-    low[rows, y] = 0.0
-    z = -low
+    z = -_margin_low(X_lo, X_hi, C, c, y)
     zs = z - z.max(axis=1, keepdims=True)
     logp = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
     value = float(-logp[rows, y].mean())
@@ -277,32 +323,24 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
     dz[rows, y] -= 1.0
     dz /= batch
     dz[rows, y] = 0.0  # z_y is the constant 0
-    dlow = -dz  # (batch, q)
-    # low_j = Σ_i [D_ji ≥ 0] D_ji xlo_i + [D_ji < 0] D_ji xhi_i + c_y − c_j
-    gX_lo = (dlow[:, :, None] * np.where(pos, D, 0)).sum(axis=1)
-    gX_hi = (dlow[:, :, None] * np.where(pos, 0, D)).sum(axis=1)
-    gD = dlow[:, :, None] * np.where(pos, X_lo[:, None, :], X_hi[:, None, :])  # (batch, q, n)
-    gC = -gD.sum(axis=0)
-    np.add.at(gC, y, gD.sum(axis=1))
-    gc = -dlow.sum(axis=0)
-    np.add.at(gc, y, dlow.sum(axis=1))
+    gX_lo, gX_hi, gC, gc = _margin_low_grad(X_lo, X_hi, C, y, -dz)
     # Adjoint of the embedded equilibrium.
     G2 = np.hstack([gX_hi, gX_lo])
     Z2 = X @ AA.T + W2
     s = net.solver
     lam, _ = solve_adjoint(AA.astype(net.dtype), Z2, G2.astype(net.dtype), method="average", atol=s.adjoint_atol,
                            max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
-    V = lam.astype(np.float64) * net.activation.derivative(Z2)
-    gAA = V.T @ X
+    # The parameter-gradient products run in the network's dtype (float32 training stays float32).
+    dt = net.dtype
+    V = (lam.astype(np.float64) * net.activation.derivative(Z2)).astype(dt)
+    gAA = V.T @ X.astype(dt)
     gW_hi, gW_lo = V[:, :n], V[:, n:]
-    A = net.A.astype(np.float64)
-    B = net.B.astype(np.float64)
     gAM = gAA[:n, :n] + gAA[n:, n:]
     gAN = gAA[:n, n:] + gAA[n:, :n]
-    neg = (~np.eye(n, dtype=bool)) & (A < 0)
+    neg = (~np.eye(n, dtype=bool)) & (net.A < 0)
     gA = np.where(neg, gAN, gAM)
     # W_hi = B u_c + |B| u_r + b, W_lo = B u_c − |B| u_r + b
-    gB = (gW_hi + gW_lo).T @ U_c.astype(np.float64) + np.sign(B) * ((gW_hi - gW_lo).T @ U_r.astype(np.float64))
+    gB = (gW_hi + gW_lo).T @ U_c + np.sign(net.B) * ((gW_hi - gW_lo).T @ U_r)
     gb = (gW_hi + gW_lo).sum(axis=0)
     grads = {"A": gA, "B": gB, "b": gb, "C": gC, "c": gc}
     return value, {k: v.astype(net.dtype) for k, v in grads.items()}

@@ -144,7 +144,7 @@ def _train_kwargs(args):
                 lr=args.lr, optimizer=args.optimizer, schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
                 lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
                 interval_eps=args.interval_eps, interval_weight=args.interval_weight,
-                interval_ramp=args.interval_ramp)
+                interval_ramp=args.interval_ramp, forward_method=args.forward_method)
 
 
 def cmd_train(args) -> int:
@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interval-bound (robust) training radius in pixel units; 0 = off")
     p.add_argument("--interval-weight", type=float, default=0.5, help="weight of the worst-case loss")
     p.add_argument("--interval-ramp", type=int, default=0, help="epochs over which eps grows from 0")
+    p.add_argument("--forward-method", default=None, choices=METHODS,
+                   help="forward (and embedded-network) solver; default the constraint's own (average; "
+                        "peaceman_rachford for mon); anderson suits interval training")
     p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--engine", choices=ENGINES, default="numba")

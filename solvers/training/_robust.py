@@ -96,7 +96,10 @@ def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None):
     spread = U_r @ np.abs(net.B).T
     W2 = np.hstack([center + spread, center - spread])
     s = net.solver
-    res = solve(AA, W2, method="average", atol=s.atol if atol is None else atol, max_iter=s.max_iter,
+    # The embedded network contracts with the original's factor and alpha*: averaging, or
+    # Anderson on top of it when the network is solved with Anderson.
+    method = "anderson" if s.method == "anderson" else "average"
+    res = solve(AA, W2, method=method, atol=s.atol if atol is None else atol, max_iter=s.max_iter,
                 activation=net.activation, engine=s.engine, check=False)
     return AA, W2, U_c, U_r, res
 

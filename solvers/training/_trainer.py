@@ -13,6 +13,7 @@ import numpy as np
 
 import contraction
 
+from .._api import METHODS
 from .._threads import blas_threads_for
 from ._constraints import Constraint, make_constraint
 from ._network import ImplicitNetwork
@@ -42,6 +43,7 @@ class TrainConfig:
     interval_eps: float = 0.0
     interval_weight: float = 0.5
     interval_ramp: int = 0
+    forward_method: str = ""  # "" = the constraint's own (see train)
 
 
 @dataclasses.dataclass
@@ -143,7 +145,8 @@ def _new_partial():
 def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, optimizer="adam",
           schedule="constant", constraint="mu_inf", gamma=0.9, lipschitz_weight=0.0, atol=1e-4,
           loss="cross_entropy", seed=0, X_val=None, y_val=None, progress=True, callback=None,
-          resume: History | None = None, interval_eps=0.0, interval_weight=0.5, interval_ramp=0) -> History:
+          resume: History | None = None, interval_eps=0.0, interval_weight=0.5, interval_ramp=0,
+          forward_method=None) -> History:
     """Train ``net`` in place by projected (or parametrised) gradient descent.
 
     Parameters
@@ -174,6 +177,12 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         ``(1 − κ) CE(clean) + κ CE(worst-case logits over the ε-box)`` with
         ``κ = interval_weight``, the box bounds from the embedded network, and ε ramped
         linearly from 0 to ``interval_eps`` over the first ``interval_ramp`` epochs.
+    forward_method : str, optional
+        The forward solver (and the embedded network's, in interval training): one of
+        :data:`solvers.METHODS`; default the constraint's guaranteed choice (``average``, or
+        ``peaceman_rachford`` for ``mon``). ``anderson`` (safeguarded by the averaged factor,
+        so still guaranteed) needs far fewer iterations when ``A`` has strongly negative
+        self-loops, as interval training produces.
 
     Returns
     -------
@@ -182,9 +191,12 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         lipschitz (tight bound), lipschitz_paper, unconverged (fraction of forward solves
         that missed atol), seconds.
     """
+    con = make_constraint(constraint, gamma)
+    if forward_method and forward_method not in METHODS:
+        raise ValueError(f"forward_method must be one of {METHODS}, got {forward_method!r}")
     cfg = TrainConfig(int(epochs), int(batch_size), float(lr), optimizer, schedule, constraint, float(gamma),
                       float(lipschitz_weight), float(atol), loss, int(seed), float(interval_eps),
-                      float(interval_weight), int(interval_ramp))
+                      float(interval_weight), int(interval_ramp), forward_method or con.forward_method)
     if cfg.interval_eps < 0 or not 0 <= cfg.interval_weight <= 1 or cfg.interval_ramp < 0:
         raise ValueError("interval_eps must be >= 0, interval_weight in [0, 1], interval_ramp >= 0")
     if cfg.interval_eps > 0 and cfg.loss != "cross_entropy":
@@ -193,7 +205,6 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
     if cfg.lipschitz_weight < 0:
         raise ValueError(f"lipschitz_weight must be >= 0, got {cfg.lipschitz_weight}")
-    con = make_constraint(cfg.constraint, cfg.gamma)
     if cfg.lipschitz_weight > 0 and con.name not in ("mu_inf", "norm_inf", "zero"):
         raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf' or 'norm_inf' (mu_inf(A) < 1 throughout)")
     if cfg.schedule not in ("constant", "cosine"):
@@ -203,14 +214,17 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
     if X_val is not None:
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
     X = np.ascontiguousarray(X, dtype=net.dtype)
-    net.solver = dataclasses.replace(net.solver, method=con.forward_method, adjoint_method=con.adjoint_method,
+    net.solver = dataclasses.replace(net.solver, method=cfg.forward_method, adjoint_method=con.adjoint_method,
                                      atol=cfg.atol, adjoint_atol=cfg.atol)
     N = len(X)
     n_batches = (N + cfg.batch_size - 1) // cfg.batch_size
     sched = Schedule(cfg.schedule, cfg.epochs * n_batches)
 
     if resume is not None:
-        if dataclasses.replace(resume.config, epochs=cfg.epochs) != cfg:
+        saved = resume.config
+        if not saved.forward_method:  # checkpoints from before the option: the constraint's default
+            saved = dataclasses.replace(saved, forward_method=con.forward_method)
+        if dataclasses.replace(saved, epochs=cfg.epochs) != cfg:
             raise ValueError(f"resume: the checkpoint was trained with {resume.config}, not {cfg}")
         state, records = resume.state, list(resume.epochs)
     else:

@@ -558,3 +558,21 @@ def test_invalid_interval_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         train(net, X, y, epochs=1, batch_size=5, progress=False, **kwargs)
     np.testing.assert_array_equal(net.A, A)  # rejected before any step
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_interval_bounds_solved_with_anderson_contain_sampled_outputs(activation):
+    """A network trained with forward_method='anderson' solves its embedded network with
+    Anderson too; the bounds (widened by the a-posteriori error bound) stay sound."""
+    import dataclasses
+
+    net = tiny_net(7, activation)
+    net.solver = dataclasses.replace(net.solver, method="anderson")
+    rng = np.random.default_rng(7)
+    centre = rng.uniform(0.0, 1.0, (2, net.n_in))
+    U_lo, U_hi = centre - 0.1, centre + 0.1
+    X_lo, X_hi, Y_lo, Y_hi = interval_bounds(net, U_lo, U_hi)
+    for k in range(2):
+        X, Y = equilibrium(net, box_points(rng, U_lo[k], U_hi[k]))
+        assert_within(X_lo[k], X, X_hi[k], f"x*(u), box {k}")
+        assert_within(Y_lo[k], Y, Y_hi[k], f"y(u), box {k}")

@@ -464,3 +464,51 @@ def test_schedule_factors():
     assert s.factor(1000) == pytest.approx(0.1)
     factors = [s.factor(i) for i in range(101)]
     assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+# -- the forward solver is selectable -----------------------------------------------------------
+def test_forward_method_is_used_recorded_and_validated(small):
+    X, y = small[0][:200], small[1][:200]
+    kwargs = dict(epochs=1, batch_size=50, lr=1e-2, progress=False)
+    net = ImplicitNetwork(64, 8, 10, seed=3)
+    seen = []
+    original = net.loss_and_grad
+
+    def spy(*args, **kw):
+        seen.append(net.solver.method)
+        return original(*args, **kw)
+
+    net.loss_and_grad = spy
+    h = train(net, X, y, forward_method="anderson", **kwargs)
+    assert seen and set(seen) == {"anderson"}
+    assert h.config.forward_method == "anderson" and h[0]["unconverged"] == 0.0
+    # default: the constraint's own guaranteed method, written into the config
+    assert train(ImplicitNetwork(64, 8, 10, seed=3), X, y, **kwargs).config.forward_method == "average"
+    assert train(ImplicitNetwork(64, 8, 10, seed=3), X, y, constraint="mon", **kwargs).config.forward_method \
+        == "peaceman_rachford"
+    with pytest.raises(ValueError, match="forward_method"):
+        train(ImplicitNetwork(64, 8, 10, seed=3), X, y, forward_method="newton", **kwargs)
+
+
+def test_anderson_training_reaches_the_averaged_runs_solution_quality(small):
+    """Both forward solvers stop at atol on the same equilibria: same losses to solver accuracy."""
+    X, y = small[0][:200], small[1][:200]
+    kwargs = dict(epochs=1, batch_size=50, lr=1e-2, progress=False, atol=1e-9)
+    a, b = ImplicitNetwork(64, 8, 10, seed=5, dtype=np.float64), ImplicitNetwork(64, 8, 10, seed=5, dtype=np.float64)
+    ha = train(a, X, y, **kwargs)
+    hb = train(b, X, y, forward_method="anderson", **kwargs)
+    assert hb[0]["fwd_iters"] < ha[0]["fwd_iters"]
+    assert abs(ha[0]["loss"] - hb[0]["loss"]) < 1e-6
+    np.testing.assert_allclose(a.A, b.A, atol=1e-6)
+
+
+def test_resume_accepts_checkpoints_from_before_the_forward_method_option(small, tmp_path):
+    import dataclasses
+
+    X, y = small[0][:200], small[1][:200]
+    kwargs = dict(epochs=2, batch_size=50, lr=1e-2, progress=False)
+    net = ImplicitNetwork(64, 8, 10, seed=6)
+    h = train(net, X, y, **{**kwargs, "epochs": 1})
+    h.config = dataclasses.replace(h.config, forward_method="")  # as an older checkpoint stores it
+    h = train(net, X, y, resume=h, **kwargs)
+    assert len(h) == 2

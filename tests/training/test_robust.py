@@ -364,10 +364,15 @@ def interval_instance(activation, eps, seed=0):
     raise AssertionError("could not draw an instance away from the kinks")
 
 
+@pytest.mark.parametrize("method", ("average", "anderson"))
 @pytest.mark.parametrize("activation", ("relu", "tanh"))
-def test_interval_loss_gradients_match_finite_differences(activation):
+def test_interval_loss_gradients_match_finite_differences(activation, method):
+    """Also with Anderson, which then solves the embedded network and its adjoint."""
+    import dataclasses
+
     eps = 0.05
     net, U, labels = interval_instance(activation, eps)
+    net.solver = dataclasses.replace(net.solver, method=method)
     value, grads = interval_loss_and_grad(net, U, labels, eps)
     assert set(grads) == set(ImplicitNetwork.PARAMS)
 

@@ -331,10 +331,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
     G2 = np.hstack([gX_hi, gX_lo])
     Z2 = X @ AA.T + W2
     s = net.solver
-    # Anderson on the averaged adjoint map when the network is solved with Anderson (its ℓ1
-    # contraction factor is the forward one, so the same safeguard applies).
-    method = "anderson" if s.method == "anderson" else "average"
-    lam, _ = solve_adjoint(AA.astype(net.dtype), Z2, G2.astype(net.dtype), method=method, atol=s.adjoint_atol,
+    lam, _ = solve_adjoint(AA.astype(net.dtype), Z2, G2.astype(net.dtype), method="average", atol=s.adjoint_atol,
                            max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
     # The parameter-gradient products run in the network's dtype (float32 training stays float32).
     dt = net.dtype

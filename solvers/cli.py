@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-ramp", type=int, default=0, help="epochs over which eps grows from 0")
     p.add_argument("--forward-method", default=None, choices=METHODS,
                    help="forward (and embedded-network) solver; default the constraint's own (average; "
-                        "peaceman_rachford for mon); anderson suits interval training")
+                        "peaceman_rachford for mon); anderson needs fewer iterations")
     p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--engine", choices=ENGINES, default="numba")

@@ -1,4 +1,4 @@
-"""Exact Euclidean projections onto {μ_{∞,η}(A) ≤ γ} and {‖A‖_∞ ≤ κ}, by sorting.
+"""Exact Euclidean projections onto {μ_{∞,η}(A) ≤ γ} and {‖A‖_∞ ≤ κ}: a soft threshold per row.
 
 Notes
 -----

@@ -67,6 +67,8 @@ if str(_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from solvers.cli import positive_int  # noqa: E402
+
 #: The benchmarked configuration.
 HIDDEN = 100
 BATCH_SIZE = 100
@@ -91,22 +93,12 @@ BREAKDOWN_BATCHES = 100
 # --------------------------------------------------------------------------- command line
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=_positive, default=None, help="epochs of each implementation (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of each implementation (default 2)")
     p.add_argument("--quick", action="store_true",
                    help=f"the first {QUICK_TRAIN:,} training images and 1 epoch (unless --epochs is given)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for numba, torch and the BLAS (default: numba's count, normally the core count)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")

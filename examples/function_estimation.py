@@ -34,6 +34,7 @@ import numpy as np
 
 import contraction
 from solvers import solve
+from solvers.cli import positive_int
 from solvers.training import ImplicitNetwork, load_dataset, make_constraint, train
 
 #: Equally spaced points of [-1, 1] on which the slope of each fit is measured.
@@ -59,16 +60,6 @@ class Spec:
             return "none"
         text = f"{self.constraint} γ={self.gamma:g}"
         return text + (f" +Lip {self.lipschitz_weight:g}" if self.lipschitz_weight > 0 else "")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _gammas(text: str) -> list[float]:
@@ -214,8 +205,8 @@ def plot(rows, data, path: Path, shown) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/function_estimation.png"), help="figure path")
-    parser.add_argument("--epochs", type=_positive, default=100, help="training epochs per model (default 100)")
-    parser.add_argument("--hidden", type=_positive, default=40, help="hidden units n (default 40)")
+    parser.add_argument("--epochs", type=positive_int, default=100, help="training epochs per model (default 100)")
+    parser.add_argument("--hidden", type=positive_int, default=40, help="hidden units n (default 40)")
     parser.add_argument("--gammas", type=_gammas, default=_gammas("0.5,0.9"),
                         help="comma-separated bounds for the constrained models (default 0.5,0.9)")
     parser.add_argument("--lipschitz-weight", type=float, default=1e-4,

@@ -25,30 +25,21 @@ from pathlib import Path
 
 import contraction
 from solvers import ACTIVATIONS, ENGINES
+from solvers.cli import positive_int
 from solvers._compare import FAMILIES, compare_methods, format_table, instance, plot_comparison
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=FAMILIES, default="negative-diagonal",
                         help="built-in random family (default negative-diagonal)")
-    parser.add_argument("--n", type=_positive, default=100, help="network size (default 100)")
-    parser.add_argument("--batch", type=_positive, default=100, help="number of inputs (default 100)")
+    parser.add_argument("--n", type=positive_int, default=100, help="network size (default 100)")
+    parser.add_argument("--batch", type=positive_int, default=100, help="number of inputs (default 100)")
     parser.add_argument("--activation", choices=list(ACTIVATIONS), default="relu", help="activation (default relu)")
     parser.add_argument("--atol", type=float, default=1e-8, help="residual tolerance (default 1e-8)")
-    parser.add_argument("--max-iter", type=_positive, default=5000, help="iteration limit (default 5000)")
+    parser.add_argument("--max-iter", type=positive_int, default=5000, help="iteration limit (default 5000)")
     parser.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine (default numba)")
-    parser.add_argument("--repeats", type=_positive, default=3, help="timed solves per method (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed solves per method (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the matrix and inputs (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out/iteration_schemes.png"), help="figure path")
     args = parser.parse_args(argv)

@@ -201,12 +201,7 @@ def cmd_evaluate(args) -> int:
     from . import training as tr
     from .training._report import evaluate, format_report
 
-    try:
-        net, history, saved = tr.load_training(args.checkpoint)
-    except FileNotFoundError as exc:
-        raise CLIError(str(exc)) from None
-    _default_dataset(args, saved)
-    net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    net, history, saved = _load_checkpoint(args)
     _, _, Xte, yte = _load_data(args)
     if Xte.shape[1] != net.n_in:
         raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
@@ -231,12 +226,7 @@ def _robustness(args, attacks: bool) -> int:
     from . import training as tr
     from .training._robust import format_robustness, plot_robustness, robustness_table
 
-    try:
-        net, history, saved = tr.load_training(args.checkpoint)
-    except FileNotFoundError as exc:
-        raise CLIError(str(exc)) from None
-    _default_dataset(args, saved)
-    net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    net, history, saved = _load_checkpoint(args)
     eps = _eps_list(args.eps)
     _, _, Xte, yte = _load_data(args)
     if Xte.shape[1] != net.n_in:
@@ -280,6 +270,31 @@ def cmd_reproduce(args) -> int:
     for f in figs:
         print(f"figure: {f}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts >= 1 (shared with the example and benchmark scripts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _load_checkpoint(args):
+    """``(net, history, saved)`` from ``args.checkpoint``, on ``args.engine``, with the
+    checkpoint's data set as the default."""
+    from . import training as tr
+
+    try:
+        net, history, saved = tr.load_training(args.checkpoint)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    _default_dataset(args, saved)
+    net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    return net, history, saved
 
 
 def _default_dataset(args, saved: dict) -> None:

@@ -139,8 +139,9 @@ def _split(A: np.ndarray):
     return np.diagonal(A).copy(), A[off].reshape(n, n - 1), off
 
 
-def project_mu_inf(A, gamma: float, eta=None) -> np.ndarray:
-    """Euclidean (Frobenius) projection of ``A`` onto ``{A : μ_{∞,η}(A) ≤ γ}``.
+def project_mu_inf(A, gamma: float, eta=None, diag_min=None) -> np.ndarray:
+    """Euclidean (Frobenius) projection of ``A`` onto ``{A : μ_{∞,η}(A) ≤ γ}``, or onto
+    ``{A : μ_{∞,η}(A) ≤ γ, a_ii ≥ diag_min}`` when ``diag_min`` is given.
 
     Parameters
     ----------
@@ -149,6 +150,11 @@ def project_mu_inf(A, gamma: float, eta=None) -> np.ndarray:
         Bound on the ℓ∞ log-norm (any real; ``γ < 1`` gives well-posedness).
     eta : array_like, shape (n,), optional
         Weights (default all ones).
+    diag_min : float, optional
+        Lower bound on the diagonal, ``≤ γ``. It bounds the optimal averaging step from below,
+        ``α* = 1/(1 − min_i a_ii) ≥ 1/(1 − diag_min)``, and with it the iteration count: μ∞
+        charges a self-loop by its signed value, so training left free drives self-loops far
+        negative to buy larger off-diagonal weights, and ``α*`` towards 0.
 
     Returns
     -------
@@ -160,12 +166,29 @@ def project_mu_inf(A, gamma: float, eta=None) -> np.ndarray:
     Row ``i``: keep it when ``a_ii + Σ_{j≠i} |a_ij| η_j/η_i ≤ γ``; otherwise
     ``a_ii ← a_ii − τ``, ``a_ij ← sign(a_ij) max(|a_ij| − τ η_j/η_i, 0)`` with the unique
     ``τ > 0`` restoring equality (see the module notes).
+
+    With ``diag_min = d``: in ``s = a_ii − d ≥ 0`` the row set is
+    ``{|s| + Σ_{j≠i} w_j |a_ij| ≤ γ − d, s ≥ 0}``. Projecting ``max(s, 0)`` onto the weighted ℓ1
+    ball ``{|s| + Σ w_j |a_ij| ≤ γ − d}`` solves it: for ``s ≥ 0`` the soft threshold keeps
+    ``s ≥ 0``, and for ``s < 0`` the optimum has ``s = 0`` (any ``s > 0`` is farther and uses
+    more of the budget), which is what projecting ``0`` gives.
     """
     A = as_square_matrix(A).astype(np.float64)
     gamma = as_finite_scalar(gamma, "gamma")
     eta = as_weights(eta, A.shape[0])
     ratio = np.zeros((0, 0)) if eta is None else eta[None, :] / eta[:, None]
-    return _project_rows(A, ratio, gamma, True)
+    if diag_min is None:
+        return _project_rows(A, ratio, gamma, True)
+    diag_min = as_finite_scalar(diag_min, "diag_min")
+    if diag_min > gamma:
+        raise ValueError(f"diag_min must be <= gamma (else the set is empty), got {diag_min} > {gamma}")
+    d = np.diag_indices_from(A)
+    S = A.copy()
+    S[d] = np.maximum(A[d] - diag_min, 0.0)
+    # The shifted diagonal joins the weighted ℓ1 part with weight η_i/η_i = 1.
+    P = _project_rows(S, ratio, gamma - diag_min, False)
+    P[d] += diag_min
+    return P
 
 
 def _project_mu_inf_sorted(A: np.ndarray, gamma: float, eta=None) -> np.ndarray:

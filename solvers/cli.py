@@ -144,7 +144,7 @@ def _train_kwargs(args):
                 lr=args.lr, optimizer=args.optimizer, schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
                 lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
                 interval_eps=args.interval_eps, interval_weight=args.interval_weight,
-                interval_ramp=args.interval_ramp, forward_method=args.forward_method)
+                interval_ramp=args.interval_ramp, forward_method=args.forward_method, diag_min=args.diag_min)
 
 
 def cmd_train(args) -> int:
@@ -170,7 +170,8 @@ def cmd_train(args) -> int:
         kwargs, history = _train_kwargs(args), None
     net.solver = dataclasses.replace(net.solver, engine=args.engine)
     print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {len(Xte)} test), "
-          f"constraint {kwargs['constraint']} (gamma {kwargs['gamma']}), {kwargs['optimizer']} lr {kwargs['lr']}, "
+          f"constraint {kwargs['constraint']} (gamma {kwargs['gamma']}"
+          f"{'' if kwargs.get('diag_min') is None else ', diag_min %g' % kwargs['diag_min']}), {kwargs['optimizer']} lr {kwargs['lr']}, "
           f"{kwargs['epochs']} epochs")
     print(format_epoch_table([], header=True))
 
@@ -180,7 +181,7 @@ def cmd_train(args) -> int:
     kwargs.pop("loss", None)
     hist = tr.train(net, Xtr, ytr, X_val=Xte, y_val=yte, progress=not args.no_progress, callback=show,
                     resume=history, **kwargs)
-    con = tr.make_constraint(hist.config.constraint, hist.config.gamma)
+    con = hist.config.make_constraint()
     metrics = {**evaluate(net, Xte, yte, eta=con.weights(hist.state.raw)), "dataset": args.dataset,
                "data_seed": args.data_seed}
     path = tr.save(net, args.out, history=hist, metrics=metrics)
@@ -207,7 +208,7 @@ def cmd_evaluate(args) -> int:
         raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
     eta = None
     if history is not None:
-        eta = tr.make_constraint(history.config.constraint, history.config.gamma).weights(history.state.raw)
+        eta = history.config.make_constraint().weights(history.state.raw)
     print(format_report(evaluate(net, Xte, yte, eta=eta), title=f"{args.checkpoint} on {args.dataset} (test set)"))
     return 0
 
@@ -237,7 +238,7 @@ def _robustness(args, attacks: bool) -> int:
     X, y = Xte[: args.samples], yte[: args.samples]
     eta = None
     if history is not None:
-        eta = tr.make_constraint(history.config.constraint, history.config.gamma).weights(history.state.raw)
+        eta = history.config.make_constraint().weights(history.state.raw)
     rows = robustness_table(net, X, y, eps, attacks=attacks, eta=eta, pgd_steps=args.steps,
                             pgd_restarts=args.restarts, seed=args.seed)
     kind = "certificates and attacks" if attacks else "certificates"
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
     p.add_argument("--constraint", choices=list(CONSTRAINTS), default="mu_inf")
     p.add_argument("--gamma", type=float, default=0.9, help="bound of the constraint (mu_inf(A) <= gamma)")
+    p.add_argument("--diag-min", type=float, default=None,
+                   help="mu_inf only: also keep a_ii >= DIAG_MIN, so alpha* >= 1/(1 - DIAG_MIN) and the solves stay "
+                        "fast (interval training otherwise drives self-loops far negative)")
     p.add_argument("--lipschitz-weight", type=float, default=0.0, help="weight of the Lipschitz regulariser")
     p.add_argument("--atol", type=float, default=1e-4, help="forward and adjoint solver tolerance")
     p.add_argument("--interval-eps", type=float, default=0.0,

@@ -163,6 +163,19 @@ def test_train_with_incompatible_options_exits_2(tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_train_diag_min_is_applied_recorded_and_resumed(tmp_path):
+    code, out, err = run(*train_args(tmp_path, "d", 1, "--diag-min", "-0.2", "--lr", "0.05"))
+    assert code == 0, err
+    assert "diag_min -0.2" in out
+    net, history, _ = load_training(tmp_path / "d.npz")
+    assert history.config.diag_min == -0.2 and np.diagonal(net.A).min() >= -0.2 - 1e-6
+    code, out, err = run(*train_args(tmp_path, "d2", 2, "--resume", tmp_path / "d.npz"))
+    assert code == 0, err
+    assert load_training(tmp_path / "d2.npz")[1].config.diag_min == -0.2
+    code, _, err = run(*train_args(tmp_path, "bad", 1, "--constraint", "norm_inf", "--diag-min", "-1"))
+    assert code == 2 and "diag_min" in err
+
+
 # -- resume -----------------------------------------------------------------------------------
 def test_resume_a_finished_checkpoint_with_more_epochs(trained, tmp_path):
     tmp = trained[0]

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from .._activations import get_activation
-from ._constraints import make_constraint
 from ._network import ImplicitNetwork, SolverConfig
 from ._optim import OptimizerState
 from ._trainer import History, TrainConfig, TrainerState
@@ -168,7 +167,7 @@ def load_training(path):
     if tr is not None:
         try:
             config = TrainConfig(**tr["config"])
-            con = make_constraint(config.constraint, config.gamma)
+            con = config.make_constraint()
             raw = {k: arrays[f"raw.{k}"].copy() for k in tr["raw"]}
             m = {k: arrays[f"opt_m.{k}"].copy() for k in tr["moments"]}
             v = {k: arrays[f"opt_v.{k}"].copy() for k in tr["moments"]}

@@ -34,10 +34,15 @@ CONSTRAINTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
-    """A named constraint with its bound ``gamma`` (``m = 1 − gamma`` for ``mon``)."""
+    """A named constraint with its bound ``gamma`` (``m = 1 − gamma`` for ``mon``).
+
+    ``diag_min`` (``mu_inf`` only): also keep ``a_ii ≥ diag_min``, which holds the averaged
+    step ``α* ≥ 1/(1 − diag_min)`` (see :func:`contraction.project_mu_inf`).
+    """
 
     name: str
     gamma: float = 0.9
+    diag_min: float | None = None
 
     # -- which solver guarantees fit --------------------------------------------------
     @property
@@ -103,7 +108,7 @@ class Constraint:
 
     def project(self, raw: dict) -> dict:
         if self.name == "mu_inf":
-            raw["A"] = contraction.project_mu_inf(raw["A"], self.gamma).astype(raw["A"].dtype)
+            raw["A"] = contraction.project_mu_inf(raw["A"], self.gamma, diag_min=self.diag_min).astype(raw["A"].dtype)
         elif self.name == "norm_inf":
             raw["A"] = contraction.project_norm_inf(raw["A"], self.gamma).astype(raw["A"].dtype)
         return raw
@@ -127,6 +132,9 @@ class Constraint:
         if self.name == "mu_inf":
             v = contraction.mu_inf(A)
             ok, what = v <= self.gamma + tol, f"mu_inf(A) = {v:.6g}"
+            low = float(np.diagonal(A).min())
+            if ok and self.diag_min is not None and low < self.diag_min - tol:
+                ok, what = False, f"min_i a_ii = {low:.6g} < diag_min = {self.diag_min:g}"
         elif self.name == "norm_inf":
             v = contraction.induced_norm(A, np.inf)
             ok, what = v <= self.gamma + tol, f"||A||_inf = {v:.6g}"
@@ -145,12 +153,18 @@ class Constraint:
         return None if ok else f"constraint {self.name} (gamma = {self.gamma}) violated: {what}"
 
 
-def make_constraint(name: str, gamma: float = 0.9) -> Constraint:
+def make_constraint(name: str, gamma: float = 0.9, diag_min: float | None = None) -> Constraint:
     if name not in CONSTRAINTS:
         raise ValueError(f"constraint must be one of {list(CONSTRAINTS)}, got {name!r}")
     gamma = float(gamma)
+    if diag_min is not None:
+        diag_min = float(diag_min)
+        if name != "mu_inf":
+            raise ValueError(f"diag_min applies to constraint 'mu_inf' only, got {name!r}")
+        if not (np.isfinite(diag_min) and diag_min <= gamma):
+            raise ValueError(f"diag_min must be finite and <= gamma = {gamma}, got {diag_min}")
     if not np.isfinite(gamma) or (name != "none" and not gamma < 1.0):
         raise ValueError(f"gamma must be finite and < 1 for constraint {name!r}, got {gamma}")
     if name == "norm_inf" and gamma < 0:
         raise ValueError(f"gamma is the radius of ||A||_inf <= gamma and must be >= 0, got {gamma}")
-    return Constraint(name, gamma)
+    return Constraint(name, gamma, diag_min)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from .._compare import compare_methods
-from ._constraints import make_constraint
 from ._data import load_dataset
 from ._network import ImplicitNetwork
 from ._report import evaluate
@@ -36,6 +35,7 @@ class ModelSpec:
     dtype: str = "float32"
     forward_method: str | None = None
     full_epochs: int | None = None  # epochs of the full run when it differs from the others
+    diag_min: float | None = None
 
 
 def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
@@ -102,9 +102,9 @@ def reproduce(quick: bool = True, dataset: str | None = None, data_dir=None, out
         hist = train(net, X, y, epochs=n_epochs, lr=3e-3, schedule="cosine", constraint=spec.constraint,
                      gamma=spec.gamma, lipschitz_weight=spec.lipschitz_weight, interval_eps=spec.interval_eps,
                      interval_weight=spec.interval_weight, interval_ramp=max(1, n_epochs // 3), seed=seed,
-                     progress=progress, forward_method=spec.forward_method)
+                     progress=progress, forward_method=spec.forward_method, diag_min=spec.diag_min)
         seconds = time.perf_counter() - t0
-        eta = make_constraint(spec.constraint, spec.gamma).weights(hist.state.raw)
+        eta = hist.config.make_constraint().weights(hist.state.raw)
         metrics = evaluate(net, Xe, ye, eta=eta)
         robust = robustness_table(net, Xe, ye, eps, attacks=True, eta=eta, pgd_steps=pgd_steps, seed=seed)
         curves[spec.name] = robust

@@ -44,6 +44,10 @@ class TrainConfig:
     interval_weight: float = 0.5
     interval_ramp: int = 0
     forward_method: str = ""  # "" = the constraint's own (see train)
+    diag_min: float | None = None
+
+    def make_constraint(self) -> Constraint:
+        return make_constraint(self.constraint, self.gamma, self.diag_min)
 
 
 @dataclasses.dataclass
@@ -146,7 +150,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
           schedule="constant", constraint="mu_inf", gamma=0.9, lipschitz_weight=0.0, atol=1e-4,
           loss="cross_entropy", seed=0, X_val=None, y_val=None, progress=True, callback=None,
           resume: History | None = None, interval_eps=0.0, interval_weight=0.5, interval_ramp=0,
-          forward_method=None) -> History:
+          forward_method=None, diag_min=None) -> History:
     """Train ``net`` in place by projected (or parametrised) gradient descent.
 
     Parameters
@@ -184,6 +188,13 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         so still guaranteed) needs far fewer iterations when ``A`` has strongly negative
         self-loops, as interval training produces; in two full Fashion-MNIST interval-training
         runs it certified less than averaging, so the reproduction keeps ``average``.
+    diag_min : float, optional
+        ``mu_inf`` only: also project onto ``a_ii ≥ diag_min``. μ∞ charges a self-loop by its
+        signed value, so training (interval training above all) drives self-loops far below
+        zero to afford larger off-diagonal weights; the averaged step ``α* = 1/(1 − min a_ii)``
+        then shrinks and the solves slow down. In full Fashion-MNIST interval training,
+        ``min a_ii`` passed −2.5 within 9 epochs and kept falling; with ``diag_min = -1`` the
+        training solves took 14-17 iterations per sample throughout.
 
     Returns
     -------
@@ -192,12 +203,13 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         lipschitz (tight bound), lipschitz_paper, unconverged (fraction of forward solves
         that missed atol), seconds.
     """
-    con = make_constraint(constraint, gamma)
+    con = make_constraint(constraint, gamma, diag_min)
     if forward_method and forward_method not in METHODS:
         raise ValueError(f"forward_method must be one of {METHODS}, got {forward_method!r}")
     cfg = TrainConfig(int(epochs), int(batch_size), float(lr), optimizer, schedule, constraint, float(gamma),
                       float(lipschitz_weight), float(atol), loss, int(seed), float(interval_eps),
-                      float(interval_weight), int(interval_ramp), forward_method or con.forward_method)
+                      float(interval_weight), int(interval_ramp), forward_method or con.forward_method,
+                      con.diag_min)
     if cfg.interval_eps < 0 or not 0 <= cfg.interval_weight <= 1 or cfg.interval_ramp < 0:
         raise ValueError("interval_eps must be >= 0, interval_weight in [0, 1], interval_ramp >= 0")
     if cfg.interval_eps > 0 and cfg.loss != "cross_entropy":

@@ -15,12 +15,13 @@ kappas = st.floats(min_value=0.01, max_value=3.0)
 _CLARABEL_OPTS = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-10)
 
 
-def _reference_mu_inf(A, gamma, eta=None):
-    """argmin ‖X − A‖_F s.t. X_ii + Σ_{j≠i} |X_ij| η_j/η_i ≤ γ for every row (cvxpy)."""
+def _reference_mu_inf(A, gamma, eta=None, diag_min=None):
+    """argmin ‖X − A‖_F s.t. X_ii + Σ_{j≠i} |X_ij| η_j/η_i ≤ γ for every row (and
+    X_ii ≥ diag_min when given) (cvxpy)."""
     n = A.shape[0]
     eta = np.ones(n) if eta is None else eta
     X = cp.Variable((n, n))
-    cons = []
+    cons = [] if diag_min is None else [cp.diag(X) >= diag_min]
     for i in range(n):
         others = [j for j in range(n) if j != i]
         expr = X[i, i]
@@ -242,3 +243,59 @@ def test_project_norm_inf_compiled_matches_sorting_reference(seed, n, kappa):
     A = _awkward_matrix(rng, n, m=int(rng.integers(1, 12)))
     np.testing.assert_allclose(c.project_norm_inf(A, kappa), _project_norm_inf_sorted(A, kappa), rtol=0,
                                atol=1e-12 * (1 + np.abs(A).max()))
+
+
+# ---------------------------------------------------------------------------------------
+# project_mu_inf with a floor on the diagonal
+# ---------------------------------------------------------------------------------------
+
+
+def test_project_mu_inf_diag_min_hand():
+    # γ = 0.5, d = -1: in s = a_ii − d ≥ 0 each row is an ℓ1 ball of radius γ − d = 1.5.
+    # Row 0: s = max(-3 + 1, 0) = 0 and |2| > 1.5 → (0, 1.5) → a_00 = -1, a_01 = 1.5.
+    # Row 1: (0.5, s = 3): both active, 3.5 − 2τ = 1.5 → τ = 1 > 0.5, so a_10 drops out;
+    # 3 − τ = 1.5 → τ = 1.5 → s = 1.5 → a_11 = 0.5, a_10 = 0.
+    A = np.array([[-3.0, 2.0], [0.5, 2.0]])
+    P = c.project_mu_inf(A, 0.5, diag_min=-1.0)
+    np.testing.assert_allclose(P, [[-1.0, 1.5], [0.0, 0.5]], atol=1e-15)
+    # A floor below every diagonal the plain projection produces changes nothing.
+    np.testing.assert_array_equal(c.project_mu_inf(A, 0.5, diag_min=-10.0), c.project_mu_inf(A, 0.5))
+
+
+def test_project_mu_inf_diag_min_above_gamma_is_an_error():
+    with pytest.raises(ValueError, match="diag_min"):
+        c.project_mu_inf(np.eye(2), 0.5, diag_min=0.6)
+    with pytest.raises(ValueError, match="diag_min"):
+        c.project_mu_inf(np.eye(2), 0.5, diag_min=np.nan)
+    # diag_min = gamma leaves one point per row: a_ii = γ, every other entry 0
+    np.testing.assert_array_equal(c.project_mu_inf(np.ones((3, 3)), 0.5, diag_min=0.5), 0.5 * np.eye(3))
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_project_mu_inf_diag_min_matches_cvxpy(seed):
+    rng = np.random.default_rng(seed)
+    n = 1 + seed % 7
+    _, A, eta = _instance(seed, n, seed % 2 == 1)
+    gamma = float(rng.uniform(-1.0, 0.99))
+    diag_min = gamma - float(rng.uniform(0.0, 3.0))
+    P = c.project_mu_inf(A, gamma, eta, diag_min=diag_min)
+    X = _reference_mu_inf(A, gamma, eta, diag_min)
+    assert np.linalg.norm(P - X) <= 1e-7 * max(1.0, np.linalg.norm(A))
+    assert np.linalg.norm(P - A) <= np.linalg.norm(X - A) + 1e-9 * max(1.0, np.linalg.norm(A))
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, gamma=gammas, drop=st.floats(0.0, 4.0), weighted=st.booleans())
+def test_project_mu_inf_diag_min_feasible_idempotent_variational(seed, n, gamma, drop, weighted):
+    rng, A, eta = _instance(seed, n, weighted)
+    diag_min = gamma - drop
+    P = c.project_mu_inf(A, gamma, eta, diag_min=diag_min)
+    tol = 1e-10 * max(1.0, np.abs(A).max())
+    assert c.mu_inf(P, eta) <= gamma + tol
+    assert np.diagonal(P).min() >= diag_min - tol
+    np.testing.assert_allclose(c.project_mu_inf(P, gamma, eta, diag_min=diag_min), P, rtol=0, atol=10 * tol)
+    scale = max(1.0, np.abs(A).sum())
+    for _ in range(5):
+        Z = c.project_mu_inf(random_matrix(rng, n, float(np.exp(rng.uniform(-1, 2)))), gamma, eta, diag_min=diag_min)
+        Z = Z + rng.uniform(0, 1) * (P - Z)
+        assert np.sum((A - P) * (Z - P)) <= 1e-9 * scale * max(1.0, np.abs(Z).sum())

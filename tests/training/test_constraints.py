@@ -298,3 +298,29 @@ def test_lipschitz_penalty_needs_mu_inf_below_one(diag, rng):
     A = diag * np.eye(3)
     with pytest.raises(ValueError, match="mu_inf"):
         lipschitz_penalty(A, rng.standard_normal((3, 2)), rng.standard_normal((2, 3)))
+
+
+# -- a floor on the diagonal (mu_inf) -------------------------------------------------------------
+def test_diag_min_is_kept_by_project_and_checked_by_violation(rng):
+    con = make_constraint("mu_inf", 0.5, diag_min=-1.0)
+    A = rng.standard_normal((6, 6)) * 3.0
+    A[np.diag_indices(6)] = -5.0
+    P = con.project({"A": A})["A"]
+    assert contraction.mu_inf(P) <= 0.5 + 1e-12 and np.diagonal(P).min() >= -1.0 - 1e-12
+    assert con.violation(P) is None
+    low = P.copy()
+    low[0, :] = 0.0
+    low[0, 0] = -3.0  # mu_inf fine, diagonal below the floor
+    message = con.violation(low)
+    assert message is not None and "diag_min" in message
+    assert make_constraint("mu_inf", 0.5).violation(low) is None  # no floor: feasible
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="norm_inf", gamma=0.5, diag_min=-1.0), "mu_inf' only"),
+    (dict(name="mu_inf", gamma=0.5, diag_min=0.7), "diag_min"),
+    (dict(name="mu_inf", gamma=0.5, diag_min=float("nan")), "diag_min"),
+])
+def test_bad_diag_min_raises_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_constraint(**kwargs)

@@ -512,3 +512,26 @@ def test_resume_accepts_checkpoints_from_before_the_forward_method_option(small,
     h.config = dataclasses.replace(h.config, forward_method="")  # as an older checkpoint stores it
     h = train(net, X, y, resume=h, **kwargs)
     assert len(h) == 2
+
+
+# -- a floor on the diagonal ---------------------------------------------------------------------
+def test_diag_min_holds_the_diagonal_and_alpha_star_through_training(small, tmp_path):
+    """Without the floor this run drives a self-loop below -0.3; with it, never below -0.1."""
+    X, y = small[0][:300], small[1][:300]
+    kwargs = dict(epochs=2, batch_size=50, lr=5e-2, gamma=0.5, progress=False)
+    free = ImplicitNetwork(64, 8, 10, seed=7)
+    train(free, X, y, **kwargs)
+    assert np.diagonal(free.A).min() < -0.3
+    net = ImplicitNetwork(64, 8, 10, seed=7)
+    lows = []
+    h = train(net, X, y, diag_min=-0.1, callback=lambda r: lows.append(float(np.diagonal(net.A).min())), **kwargs)
+    assert h.config.diag_min == -0.1 and min(lows) >= -0.1 - SLACK
+    assert all(r["alpha_star"] >= 1 / 1.1 - 1e-6 and r["mu_inf"] <= 0.5 + SLACK for r in h.epochs)
+    # recorded in the checkpoint and checked on load and resume
+    path = save(net, tmp_path / "floor.npz", history=h)
+    _, saved, _ = load_training(path)
+    assert saved.config.diag_min == -0.1
+    more = train(net, X, y, resume=saved, diag_min=-0.1, **{**kwargs, "epochs": 3})
+    assert len(more) == 3
+    with pytest.raises(ValueError, match="resume"):
+        train(net, X, y, resume=saved, **{**kwargs, "epochs": 3})

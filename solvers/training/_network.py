@@ -10,6 +10,7 @@ import contraction
 
 from .._activations import get_activation
 from .._api import solve, solve_adjoint
+from ._fused import fusable, fused_loss_and_grad
 
 __all__ = ["ImplicitNetwork", "SolverConfig", "LOSSES"]
 
@@ -134,6 +135,14 @@ class ImplicitNetwork:
         return float((self.predict(U, batch_size) == np.asarray(y)).mean())
 
     # -- loss and gradients ---------------------------------------------------------------
+    def _check_labels(self, targets, batch: int) -> np.ndarray:
+        t = np.asarray(targets)
+        if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"targets must be integer labels of shape ({batch},), got {t.shape} {t.dtype}")
+        if t.min() < 0 or t.max() >= self.n_out:
+            raise ValueError(f"targets must be labels in [0, {self.n_out}), got range [{t.min()}, {t.max()}]")
+        return t
+
     def _output_grad(self, Y, targets, loss, reduction):
         """Loss value and ``∂L/∂Y``; ``reduction`` 'mean' (training) or 'sum' (attacks)."""
         if loss not in LOSSES:
@@ -142,11 +151,7 @@ class ImplicitNetwork:
         scale = 1.0 / batch if reduction == "mean" else 1.0
         Y64 = Y.astype(np.float64)
         if loss == "cross_entropy":
-            t = np.asarray(targets)
-            if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
-                raise ValueError(f"targets must be integer labels of shape ({batch},), got {t.shape} {t.dtype}")
-            if t.min() < 0 or t.max() >= self.n_out:
-                raise ValueError(f"targets must be labels in [0, {self.n_out}), got range [{t.min()}, {t.max()}]")
+            t = self._check_labels(targets, batch)
             shifted = Y64 - Y64.max(axis=1, keepdims=True)
             logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             value = -logp[np.arange(batch), t].sum() * scale
@@ -179,8 +184,18 @@ class ImplicitNetwork:
     def loss_and_grad(self, U, targets, loss: str = "cross_entropy"):
         """Mean loss over the batch and its gradients ``{"A", "B", "b", "C", "c"}``.
 
-        The last call's solver statistics are in ``self.last_stats``.
+        The last call's solver statistics are in ``self.last_stats``. With the averaged forward
+        and adjoint solves on the numba engine and the cross-entropy loss (training's default),
+        the whole computation is one compiled call (:mod:`solvers.training._fused`).
         """
+        if fusable(self, loss):
+            out = fused_loss_and_grad(self, U, targets)
+            if out is not None:
+                return out
+        return self._loss_and_grad_generic(U, targets, loss)
+
+    def _loss_and_grad_generic(self, U, targets, loss: str = "cross_entropy"):
+        """:meth:`loss_and_grad` through :func:`solvers.solve` and :func:`solvers.solve_adjoint`."""
         fp = self._forward(U)
         value, dY = self._output_grad(fp.Y, targets, loss, "mean")
         V, ares = self._backward(fp, dY)

@@ -1,0 +1,198 @@
+"""The training step of the common case in one compiled call: averaged forward and adjoint
+solves on the numba engine, cross-entropy loss.
+
+:meth:`ImplicitNetwork.loss_and_grad` does, per batch, an input product, a forward solve, the
+loss, an adjoint solve and five gradient products: a dozen NumPy calls and two trips through
+the solvers' front door, each small at batch 100 × n 100, together about as long as the
+arithmetic. Here the batch is split once into one block of rows per thread (as the numba
+engine splits a solve) and each thread runs the whole step on its block:
+
+    W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Z = X Aᵀ + W,   Y = X Cᵀ + c,
+    dY = (softmax(Y) − onehot(y)) / batch,   G = dY C,
+    λ = G + (λ ⊙ σ'(Z)) A (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
+
+with the engine's own per-block solver (:func:`solvers._numba_engine._solve_rows`, so the
+iterations and stopping rule are the engine's, sample by sample), then its block's share of
+``Vᵀ X``, ``Vᵀ U`` and ``dYᵀ X``; the shares are summed at the end. The loss and ``dY`` are
+computed in float64 as in the generic path; everything else in the network's dtype.
+Tested against the generic path in ``tests/training/test_fused.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from contraction._steps import _optimal_alpha
+
+from .._activations import IDENTITY
+from .._numba_engine import METHOD_CODES, MIN_BLOCK_ROWS, _renamed, _solve_rows, _thread_count, act_derivative
+from .._threads import blas_threads
+
+__all__ = ["fusable", "fused_loss_and_grad"]
+
+_AVERAGE = METHOD_CODES["average"]
+
+
+def _step_impl(U, y, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, atol_a, max_iter, threads):
+    batch = U.shape[0]
+    m = U.shape[1]
+    n = A.shape[0]
+    q = C.shape[0]
+    dt = U.dtype
+    W = np.empty((batch, n), dt)
+    Zf = np.empty((batch, n), dt)
+    Yo = np.empty((batch, q), dt)
+    dY = np.empty((batch, q))
+    G64 = np.empty((batch, n))
+    dYt = np.empty((batch, q), dt)
+    V = np.empty((batch, n), dt)
+    losses = np.empty(batch)
+    # Work arrays of the engine's block solver: forward (f) and adjoint (a).
+    X = np.zeros((batch, n), dt)
+    Xa = np.zeros((batch, n), dt)
+    Wa = np.empty((batch, n), dt)
+    L = np.zeros((batch, n), dt)
+    La = np.zeros((batch, n), dt)
+    Ga = np.empty((batch, n), dt)
+    Da = np.empty((batch, n), dt)
+    Sa = np.empty((batch, n), dt)
+    Z = np.empty((batch, n), dt)
+    T = np.empty((batch, n), dt)
+    none = np.empty((0, n), dt)
+    MinvT = np.zeros((1, 1), dt)
+    idx_f = np.arange(batch)
+    idx_a = np.arange(batch)
+    r_first = np.zeros(batch)
+    r_cur = np.zeros(batch)
+    flag = np.zeros(batch, np.int8)
+    iters_f = np.zeros(batch, np.int64)
+    iters_a = np.zeros(batch, np.int64)
+    res_f = np.zeros(batch)
+    res_a = np.zeros(batch)
+    codes_f = np.full(batch, -1, np.int8)
+    codes_a = np.full(batch, -1, np.int8)
+    hist = np.full((0, batch), np.nan)
+    # Anderson's state, unused by the averaged iteration.
+    rp = np.full(0, np.inf)
+    forced = np.ones(0, np.bool_)
+    dF = np.zeros((0, 0, n), dt)
+    cnt = np.zeros(0, np.int64)
+    H = np.zeros((0, 0, 0))
+    hb = np.zeros((0, 0))
+
+    nblocks = max(1, min(threads, batch // MIN_BLOCK_ROWS))
+    size = (batch + nblocks - 1) // nblocks
+    gA = np.empty((nblocks, n, n), dt)
+    gB = np.empty((nblocks, n, m), dt)
+    gC = np.empty((nblocks, q, n), dt)
+    for blk in prange(nblocks):
+        lo = blk * size
+        hi = min(batch, lo + size)
+        if lo < hi:
+            np.dot(U[lo:hi], BT, W[lo:hi])
+            for s in range(lo, hi):
+                for i in range(n):
+                    W[s, i] += b[i]
+                    Wa[s, i] = W[s, i]
+            _solve_rows(lo, hi, _AVERAGE, AT, Xa, Wa, none, Z, T, none, none, none, MinvT, alpha, code, slope,
+                        atol_f, 0.0, max_iter, 0, idx_f, r_first, r_cur, flag, 1.0, 0, none, none, rp, forced, dF,
+                        dF, cnt, cnt, H, hb, H, X, iters_f, res_f, codes_f, hist, False)
+            np.dot(X[lo:hi], AT, Zf[lo:hi])
+            np.dot(X[lo:hi], CT, Yo[lo:hi])
+            for s in range(lo, hi):
+                for i in range(n):
+                    Zf[s, i] += W[s, i]
+                    Da[s, i] = act_derivative(code, slope, Zf[s, i])
+                top = -np.inf
+                for j in range(q):
+                    Yo[s, j] += c[j]
+                    top = max(top, float(Yo[s, j]))
+                total = 0.0
+                for j in range(q):
+                    total += math.exp(float(Yo[s, j]) - top)
+                lse = top + math.log(total)
+                losses[s] = lse - float(Yo[s, y[s]])
+                for j in range(q):
+                    g = math.exp(float(Yo[s, j]) - lse)
+                    if j == y[s]:
+                        g -= 1.0
+                    dY[s, j] = g / batch
+                    dYt[s, j] = dY[s, j]
+            np.dot(dY[lo:hi], C64, G64[lo:hi])  # G = dY C in float64, as the generic path
+            for s in range(lo, hi):
+                for i in range(n):
+                    Ga[s, i] = G64[s, i]
+            _solve_rows(lo, hi, _AVERAGE, A, La, Ga, Da, Z, T, Sa, none, none, MinvT, alpha, IDENTITY, 0.0,
+                        atol_a, 0.0, max_iter, 1, idx_a, r_first, r_cur, flag, 1.0, 0, none, none, rp, forced, dF,
+                        dF, cnt, cnt, H, hb, H, L, iters_a, res_a, codes_a, hist, False)
+            for s in range(lo, hi):
+                for i in range(n):
+                    V[s, i] = L[s, i] * act_derivative(code, slope, Zf[s, i])
+            np.dot(V[lo:hi].T, X[lo:hi], gA[blk])
+            np.dot(V[lo:hi].T, U[lo:hi], gB[blk])
+            np.dot(dYt[lo:hi].T, X[lo:hi], gC[blk])
+    # Sum the blocks' shares into block 0's, one row of the output per task.
+    for i in prange(n):
+        for k in range(1, nblocks):
+            for j in range(n):
+                gA[0, i, j] += gA[k, i, j]
+            for j in range(m):
+                gB[0, i, j] += gB[k, i, j]
+    for i in range(q):
+        for k in range(1, nblocks):
+            for j in range(n):
+                gC[0, i, j] += gC[k, i, j]
+    gb = np.zeros(n, dt)
+    gc = np.zeros(q, dt)
+    for s in range(batch):
+        for i in range(n):
+            gb[i] += V[s, i]
+        for j in range(q):
+            gc[j] += dYt[s, j]
+    return losses.sum() / batch, gA[0], gB[0], gb, gC[0], gc, Yo, iters_f, codes_f, iters_a, codes_a
+
+
+_step_serial = njit(cache=True)(_renamed(_step_impl, "_step_serial_impl"))
+_step_parallel = njit(cache=True, parallel=True)(_renamed(_step_impl, "_step_parallel_impl"))
+
+
+def fusable(net, loss: str) -> bool:
+    """Whether :func:`fused_loss_and_grad` computes what the generic path would."""
+    s = net.solver
+    return (loss == "cross_entropy" and s.engine == "numba" and s.method == "average"
+            and s.adjoint_method == "average")
+
+
+def fused_loss_and_grad(net, U, targets):
+    """``net.loss_and_grad(U, targets)`` for a :func:`fusable` network in one compiled call.
+
+    Returns ``None`` when an adjoint sample missed its tolerance: the caller then takes the
+    generic path, which finishes such samples with a dense solve.
+    """
+    U = net._as_inputs(U)
+    y = net._check_labels(targets, U.shape[0])
+    s = net.solver
+    A = np.ascontiguousarray(net.A)
+    alpha = _optimal_alpha(A, "average")
+    act = net.activation
+    threads = _thread_count()
+    parallel = threads > 1 and U.shape[0] >= 2 * MIN_BLOCK_ROWS
+    kernel = _step_parallel if parallel else _step_serial
+    with blas_threads(1) if parallel else contextlib.nullcontext():
+        value, gA, gB, gb, gC, gc, Y, iters_f, codes_f, iters_a, codes_a = kernel(
+            U, y.astype(np.int64), A, np.ascontiguousarray(A.T), net.B.T, net.b, net.C.T, net.C, net.C.astype(np.float64), net.c, float(alpha), int(act.code),
+            float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads)
+    if np.any(codes_a != 0):
+        return None
+    net.last_stats = {
+        "forward_iterations": float(iters_f.mean()),
+        "adjoint_iterations": float(iters_a.mean()),
+        "forward_converged": float((codes_f == 0).mean()),
+        "adjoint_converged": 1.0,
+        "logits": Y,
+    }
+    return float(value), {"A": gA, "B": gB, "b": gb, "C": gC, "c": gc}

@@ -1,0 +1,130 @@
+"""The compiled training step (solvers.training._fused) against the generic path it replaces:
+the same loss, gradients, iteration counts and statistics, whatever the thread blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from solvers.training import ImplicitNetwork, train
+from solvers.training import _fused
+
+ACTIVATIONS = ["relu", ("leaky_relu", 0.1), "hard_tanh", "tanh", "softplus"]
+
+
+@pytest.fixture(params=[1, 3], ids=["one-block", "three-blocks"])
+def blocks(request, monkeypatch):
+    """The kernel splits the batch into one block per thread: force 1 and 3 blocks."""
+    monkeypatch.setattr(_fused, "_thread_count", lambda: request.param)
+    return request.param
+
+
+def _network(activation, dtype, seed=0, n_in=12, n_hidden=9, n_out=4):
+    net = ImplicitNetwork(n_in, n_hidden, n_out, activation=activation, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    # strong, partly negative self-loops: samples finish at different iterations
+    A = rng.standard_normal((n_hidden, n_hidden)) / np.sqrt(n_hidden)
+    A[np.diag_indices(n_hidden)] = rng.uniform(-3.0, 0.0, n_hidden)
+    from contraction import project_mu_inf
+
+    net.A = project_mu_inf(A, 0.8).astype(dtype)
+    net.b = rng.standard_normal(n_hidden).astype(dtype)
+    net.c = rng.standard_normal(n_out).astype(dtype)
+    return net
+
+
+def _compare(net, U, y, rtol):
+    assert _fused.fusable(net, "cross_entropy")
+    value, grads = net.loss_and_grad(U, y)
+    stats = dict(net.last_stats)
+    ref_value, ref_grads = net._loss_and_grad_generic(U, y)
+    ref = net.last_stats
+    assert value == pytest.approx(ref_value, rel=rtol, abs=rtol)
+    for k, g in ref_grads.items():
+        assert grads[k].dtype == g.dtype and grads[k].shape == g.shape, k
+        np.testing.assert_allclose(grads[k], g, rtol=rtol, atol=rtol * (1 + np.abs(g).max()), err_msg=k)
+    for k in ("forward_iterations", "adjoint_iterations", "forward_converged", "adjoint_converged"):
+        assert stats[k] == pytest.approx(ref[k], abs=1e-12), k
+    np.testing.assert_allclose(stats["logits"], ref["logits"], rtol=rtol, atol=rtol)
+    return stats
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch", [1, 7, 70])
+def test_fused_step_equals_the_generic_path(activation, dtype, batch, blocks):
+    net = _network(activation, dtype, seed=batch)
+    rng = np.random.default_rng(batch)
+    U = rng.uniform(-1, 1, (batch, net.n_in))
+    y = rng.integers(0, net.n_out, batch)
+    stats = _compare(net, U, y, rtol=1e-10 if dtype == np.float64 else 2e-4)
+    if batch == 70:
+        assert stats["forward_iterations"] > 5
+
+
+def test_fused_step_keeps_the_engine_stopping_rule_per_sample(blocks):
+    """Samples stop on their own: a mix of easy (small) and hard inputs gives unequal counts
+    that equal the engine's, and a tighter tolerance needs more iterations."""
+    net = _network("relu", np.float64, seed=4)
+    rng = np.random.default_rng(4)
+    U = np.vstack([1e-6 * rng.uniform(-1, 1, (20, net.n_in)), 5 * rng.uniform(-1, 1, (50, net.n_in))])
+    y = rng.integers(0, net.n_out, 70)
+    loose = _compare(net, U, y, rtol=1e-10)["forward_iterations"]
+    net.solver = dataclasses.replace(net.solver, atol=1e-10, adjoint_atol=1e-10)
+    tight = _compare(net, U, y, rtol=1e-10)["forward_iterations"]
+    assert tight > loose
+
+
+def test_failed_adjoint_falls_back_to_the_generic_path(monkeypatch):
+    """max_iter too small: the forward misses atol (reported, as in the generic path) and the
+    adjoint's failed samples are finished densely, exactly as the generic path does."""
+    net = _network("relu", np.float64, seed=5)
+    net.solver = dataclasses.replace(net.solver, max_iter=2)
+    rng = np.random.default_rng(5)
+    U = rng.uniform(-1, 1, (40, net.n_in))
+    y = rng.integers(0, net.n_out, 40)
+    assert _fused.fused_loss_and_grad(net, U, y) is None
+    value, grads = net.loss_and_grad(U, y)
+    assert net.last_stats["forward_converged"] < 1.0
+    ref_value, ref_grads = net._loss_and_grad_generic(U, y)
+    assert value == ref_value
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], ref_grads[k])
+
+
+@pytest.mark.parametrize("change", [dict(method="anderson"), dict(adjoint_method="anderson"), dict(engine="numpy")])
+def test_other_solver_configurations_take_the_generic_path(change):
+    net = ImplicitNetwork(6, 5, 3)
+    assert _fused.fusable(net, "cross_entropy") and not _fused.fusable(net, "mse")
+    net.solver = dataclasses.replace(net.solver, **change)
+    assert not _fused.fusable(net, "cross_entropy")
+
+
+def test_fused_step_validates_labels_like_the_generic_path():
+    net = ImplicitNetwork(6, 5, 3)
+    U = np.zeros((4, 6))
+    with pytest.raises(ValueError, match="labels in"):
+        net.loss_and_grad(U, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="integer labels"):
+        net.loss_and_grad(U, np.zeros(4))
+    with pytest.raises(ValueError, match="finite"):
+        net.loss_and_grad(np.full((4, 6), np.nan), np.zeros(4, int))
+
+
+def test_training_with_the_fused_step_equals_training_without(monkeypatch, digits):
+    X, y = digits[0][:400], digits[1][:400]
+    kwargs = dict(epochs=2, batch_size=50, lr=1e-2, progress=False, gamma=0.5)
+    a = ImplicitNetwork(64, 16, 10, seed=2, dtype=np.float64)
+    ha = train(a, X, y, **kwargs)
+    monkeypatch.setattr(_fused, "fusable", lambda net, loss: False)
+    import solvers.training._network as network
+
+    monkeypatch.setattr(network, "fusable", lambda net, loss: False)
+    b = ImplicitNetwork(64, 16, 10, seed=2, dtype=np.float64)
+    hb = train(b, X, y, **kwargs)
+    for k in ("loss", "train_acc", "fwd_iters", "adj_iters"):
+        assert ha[-1][k] == pytest.approx(hb[-1][k], rel=1e-9), k
+    np.testing.assert_allclose(a.A, b.A, atol=1e-9)
+    np.testing.assert_allclose(a.B, b.B, atol=1e-9)

@@ -187,7 +187,8 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         ``peaceman_rachford`` for ``mon``). ``anderson`` (safeguarded by the averaged factor,
         so still guaranteed) needs far fewer iterations when ``A`` has strongly negative
         self-loops, as interval training produces; in two full Fashion-MNIST interval-training
-        runs it certified less than averaging, so the reproduction keeps ``average``.
+        runs it certified less than averaging, so the reproduction keeps ``average`` and
+        bounds the self-loops instead (``diag_min``).
     diag_min : float, optional
         ``mu_inf`` only: also project onto ``a_ii ≥ diag_min``. μ∞ charges a self-loop by its
         signed value, so training (interval training above all) drives self-loops far below

@@ -15,7 +15,8 @@ with the engine's own per-block solver (:func:`solvers._numba_engine._solve_rows
 iterations and stopping rule are the engine's, sample by sample), then its block's share of
 ``Vᵀ X``, ``Vᵀ U`` and ``dYᵀ X``; the shares are summed at the end. The loss and ``dY`` are
 computed in float64 as in the generic path; everything else in the network's dtype.
-Tested against the generic path in ``tests/training/test_fused.py``.
+Samples whose adjoint misses its tolerance are finished with a dense solve, as in the
+generic path. Tested against the generic path in ``tests/training/test_fused.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from numba import njit, prange
 from contraction._steps import _optimal_alpha
 
 from .._activations import IDENTITY
+from .._api import solve_adjoint
 from .._numba_engine import METHOD_CODES, MIN_BLOCK_ROWS, _renamed, _solve_rows, _thread_count, act_derivative
 from .._threads import blas_threads
 
@@ -153,7 +155,7 @@ def _step_impl(U, y, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, at
             gb[i] += V[s, i]
         for j in range(q):
             gc[j] += dYt[s, j]
-    return losses.sum() / batch, gA[0], gB[0], gb, gC[0], gc, Yo, iters_f, codes_f, iters_a, codes_a
+    return losses.sum() / batch, gA[0], gB[0], gb, gC[0], gc, Yo, iters_f, codes_f, iters_a, codes_a, X, Zf, Ga, L
 
 
 _step_serial = njit(cache=True)(_renamed(_step_impl, "_step_serial_impl"))
@@ -170,8 +172,8 @@ def fusable(net, loss: str) -> bool:
 def fused_loss_and_grad(net, U, targets):
     """``net.loss_and_grad(U, targets)`` for a :func:`fusable` network in one compiled call.
 
-    Returns ``None`` when an adjoint sample missed its tolerance: the caller then takes the
-    generic path, which finishes such samples with a dense solve.
+    Adjoint samples that miss their tolerance are finished with a dense solve, and the
+    gradients of ``A``, ``B``, ``b`` recomputed, as the generic path does.
     """
     U = net._as_inputs(U)
     y = net._check_labels(targets, U.shape[0])
@@ -183,16 +185,20 @@ def fused_loss_and_grad(net, U, targets):
     parallel = threads > 1 and U.shape[0] >= 2 * MIN_BLOCK_ROWS
     kernel = _step_parallel if parallel else _step_serial
     with blas_threads(1) if parallel else contextlib.nullcontext():
-        value, gA, gB, gb, gC, gc, Y, iters_f, codes_f, iters_a, codes_a = kernel(
-            U, y.astype(np.int64), A, np.ascontiguousarray(A.T), net.B.T, net.b, net.C.T, net.C, net.C.astype(np.float64), net.c, float(alpha), int(act.code),
-            float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads)
-    if np.any(codes_a != 0):
-        return None
+        value, gA, gB, gb, gC, gc, Y, iters_f, codes_f, iters_a, codes_a, X, Z, G, lam = kernel(
+            U, y.astype(np.int64), A, np.ascontiguousarray(A.T), net.B.T, net.b, net.C.T, net.C,
+            net.C.astype(np.float64), net.c, float(alpha), int(act.code), float(act.slope), float(s.atol),
+            float(s.adjoint_atol), int(s.max_iter), threads)
+    bad = codes_a != 0
+    if bad.any():
+        lam[bad], _ = solve_adjoint(A, Z[bad], G[bad], method="direct", activation=act, check=False)
+        V = (lam.astype(np.float64) * act.derivative(Z)).astype(net.dtype)
+        gA, gB, gb = V.T @ X, V.T @ U, V.sum(axis=0)
     net.last_stats = {
         "forward_iterations": float(iters_f.mean()),
         "adjoint_iterations": float(iters_a.mean()),
         "forward_converged": float((codes_f == 0).mean()),
-        "adjoint_converged": 1.0,
+        "adjoint_converged": float((~bad).mean()),
         "logits": Y,
     }
     return float(value), {"A": gA, "B": gB, "b": gb, "C": gC, "c": gc}

@@ -189,9 +189,7 @@ class ImplicitNetwork:
         the whole computation is one compiled call (:mod:`solvers.training._fused`).
         """
         if fusable(self, loss):
-            out = fused_loss_and_grad(self, U, targets)
-            if out is not None:
-                return out
+            return fused_loss_and_grad(self, U, targets)
         return self._loss_and_grad_generic(U, targets, loss)
 
     def _loss_and_grad_generic(self, U, targets, loss: str = "cross_entropy"):

@@ -195,7 +195,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         zero to afford larger off-diagonal weights; the averaged step ``α* = 1/(1 − min a_ii)``
         then shrinks and the solves slow down. In full Fashion-MNIST interval training,
         ``min a_ii`` passed −2.5 within 9 epochs and kept falling; with ``diag_min = -1`` the
-        training solves took 14-17 iterations per sample throughout.
+        epochs' mean forward iterations stayed between 8 and 17 over 45 epochs.
 
     Returns
     -------

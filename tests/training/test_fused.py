@@ -129,10 +129,9 @@ def test_training_with_the_fused_step_equals_training_without(monkeypatch, digit
     kwargs = dict(epochs=2, batch_size=50, lr=1e-2, progress=False, gamma=0.5)
     a = ImplicitNetwork(64, 16, 10, seed=2, dtype=np.float64)
     ha = train(a, X, y, **kwargs)
-    monkeypatch.setattr(_fused, "fusable", lambda net, loss: False)
     import solvers.training._network as network
 
-    monkeypatch.setattr(network, "fusable", lambda net, loss: False)
+    monkeypatch.setattr(network, "fusable", lambda net, loss: False)  # the name loss_and_grad calls
     b = ImplicitNetwork(64, 16, 10, seed=2, dtype=np.float64)
     hb = train(b, X, y, **kwargs)
     for k in ("loss", "train_acc", "fwd_iters", "adj_iters"):

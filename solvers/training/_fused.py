@@ -53,24 +53,14 @@ def _step_impl(U, y, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, at
     dYt = np.empty((batch, q), dt)
     V = np.empty((batch, n), dt)
     losses = np.empty(batch)
-    # Work arrays of the engine's block solver: forward (f) and adjoint (a).
+    # Outputs of the engine's block solver: forward (f) and adjoint (a).
     X = np.zeros((batch, n), dt)
-    Xa = np.zeros((batch, n), dt)
-    Wa = np.empty((batch, n), dt)
     L = np.zeros((batch, n), dt)
-    La = np.zeros((batch, n), dt)
+    zeros = np.zeros((batch, n), dt)  # both solves start at 0
     Ga = np.empty((batch, n), dt)
     Da = np.empty((batch, n), dt)
-    Sa = np.empty((batch, n), dt)
-    Z = np.empty((batch, n), dt)
-    T = np.empty((batch, n), dt)
     none = np.empty((0, n), dt)
     MinvT = np.zeros((1, 1), dt)
-    idx_f = np.arange(batch)
-    idx_a = np.arange(batch)
-    r_first = np.zeros(batch)
-    r_cur = np.zeros(batch)
-    flag = np.zeros(batch, np.int8)
     iters_f = np.zeros(batch, np.int64)
     iters_a = np.zeros(batch, np.int64)
     res_f = np.zeros(batch)
@@ -78,13 +68,6 @@ def _step_impl(U, y, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, at
     codes_f = np.full(batch, -1, np.int8)
     codes_a = np.full(batch, -1, np.int8)
     hist = np.full((0, batch), np.nan)
-    # Anderson's state, unused by the averaged iteration.
-    rp = np.full(0, np.inf)
-    forced = np.ones(0, np.bool_)
-    dF = np.zeros((0, 0, n), dt)
-    cnt = np.zeros(0, np.int64)
-    H = np.zeros((0, 0, 0))
-    hb = np.zeros((0, 0))
 
     nblocks = max(1, min(threads, batch // MIN_BLOCK_ROWS))
     size = (batch + nblocks - 1) // nblocks
@@ -99,10 +82,9 @@ def _step_impl(U, y, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, at
             for s in range(lo, hi):
                 for i in range(n):
                     W[s, i] += b[i]
-                    Wa[s, i] = W[s, i]
-            _solve_rows(lo, hi, _AVERAGE, AT, Xa, Wa, none, Z, T, none, none, none, MinvT, alpha, code, slope,
-                        atol_f, 0.0, max_iter, 0, idx_f, r_first, r_cur, flag, 1.0, 0, none, none, rp, forced, dF,
-                        dF, cnt, cnt, H, hb, H, X, iters_f, res_f, codes_f, hist, False)
+            _solve_rows(_AVERAGE, AT, W[lo:hi], none, zeros[lo:hi], MinvT, alpha, code, slope, atol_f, 0.0,
+                        max_iter, 0, 1.0, 0, X[lo:hi], iters_f[lo:hi], res_f[lo:hi], codes_f[lo:hi], hist[:, lo:hi],
+                        False)
             np.dot(X[lo:hi], AT, Zf[lo:hi])
             np.dot(X[lo:hi], CT, Yo[lo:hi])
             for s in range(lo, hi):
@@ -128,9 +110,9 @@ def _step_impl(U, y, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, at
             for s in range(lo, hi):
                 for i in range(n):
                     Ga[s, i] = G64[s, i]
-            _solve_rows(lo, hi, _AVERAGE, A, La, Ga, Da, Z, T, Sa, none, none, MinvT, alpha, IDENTITY, 0.0,
-                        atol_a, 0.0, max_iter, 1, idx_a, r_first, r_cur, flag, 1.0, 0, none, none, rp, forced, dF,
-                        dF, cnt, cnt, H, hb, H, L, iters_a, res_a, codes_a, hist, False)
+            _solve_rows(_AVERAGE, A, Ga[lo:hi], Da[lo:hi], zeros[lo:hi], MinvT, alpha, IDENTITY, 0.0, atol_a,
+                        0.0, max_iter, 1, 1.0, 0, L[lo:hi], iters_a[lo:hi], res_a[lo:hi], codes_a[lo:hi],
+                        hist[:, lo:hi], False)
             for s in range(lo, hi):
                 for i in range(n):
                     V[s, i] = L[s, i] * act_derivative(code, slope, Zf[s, i])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from ._norms import _scale_inf, mu_inf
 from ._validation import as_finite_scalar, as_square_matrix, as_weights
@@ -76,6 +77,21 @@ def _optimal_alpha(A: np.ndarray, method: str) -> float:
     if method in ("average", "anderson"):
         return 1.0 / (1.0 - min(0.0, a_min))
     return 1.0 / (1.0 - a_min) if a_min < 1.0 else 1.0
+
+
+@njit(cache=True)
+def _average_factor_compiled(A, alpha) -> float:
+    """:func:`contraction_factor` of ``average`` (plain ℓ∞) for a validated square ``A``:
+    ``max_i max(|1 − α|, |1 − α + α a_ii| + α Σ_{j≠i} |a_ij|)``, without NumPy temporaries
+    (the solvers call it on every Anderson solve)."""
+    best = abs(1.0 - alpha)
+    for i in range(A.shape[0]):
+        off = 0.0
+        for j in range(A.shape[1]):
+            if j != i:
+                off += abs(A[i, j])
+        best = max(best, abs(1.0 - alpha + alpha * A[i, i]) + alpha * off)
+    return best
 
 
 def resolvent_matrix(A, alpha: float) -> np.ndarray:

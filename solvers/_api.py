@@ -12,11 +12,11 @@ import numpy as np
 
 import contraction
 from contraction._norms import _mu_inf_compiled
-from contraction._steps import _optimal_alpha
+from contraction._steps import _average_factor_compiled, _optimal_alpha
 from contraction._validation import as_finite_scalar, as_square_matrix
 
 from ._activations import IDENTITY, get_activation
-from ._threads import blas_threads, blas_threads_for
+from ._threads import blas_threads
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
 __all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
@@ -33,14 +33,21 @@ _F32_EPS = float(np.finfo(np.float32).eps)
 def _engine(name: str):
     if not isinstance(name, str) or name not in ENGINES:
         raise TypeError(f"unknown engine {name!r}; choose from {ENGINES}")
-    module = importlib.import_module(_ENGINE_MODULES[name], __package__)
+    module = _loaded.get(name)
+    if module is None:
+        module = _loaded[name] = importlib.import_module(_ENGINE_MODULES[name], __package__)
     if name == "cuda":
         module.require_gpu()
     return module
 
 
+#: Engine modules imported so far (the CUDA one is imported only when asked for).
+_loaded: dict = {}
+_SUCCESS = int(Status.SUCCESS)
+
+
 def _check_int(x, name: str, low: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer)):
+    if type(x) is not int and (isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer))):
         raise ValueError(f"{name} must be an integer, got {x!r}")
     if x < low:
         raise ValueError(f"{name} must be >= {low}, got {x}")
@@ -53,14 +60,14 @@ def _as_batch(W, n: int, name: str, dtype=None) -> tuple[np.ndarray, bool]:
         arr = np.asarray(W)
     except Exception as exc:
         raise ValueError(f"{name} must be a numeric array: {exc}") from None
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[-1] != n:
         raise ValueError(f"{name} must have shape ({n},) or (batch, {n}) to match A, got {arr.shape}")
     if arr.ndim == 2 and arr.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one sample, got shape {arr.shape}")
-    bad = ~np.isfinite(arr)
-    if bad.any():
+    if not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
         raise ValueError(f"{name} must be finite; non-finite entries at {np.argwhere(bad)[:5].tolist()}")
     was_1d = arr.ndim == 1
     arr = np.atleast_2d(arr)
@@ -160,7 +167,7 @@ def _anderson_accept(A64, method, alpha) -> float:
     """Anderson's safeguard ratio: the averaged factor when it contracts, else 1."""
     if method != "anderson":
         return 1.0
-    factor = contraction.contraction_factor(A64, alpha, "average")
+    factor = _average_factor_compiled(A64, float(alpha))
     return factor if factor < 1.0 else 1.0
 
 
@@ -191,7 +198,7 @@ def _adjoint_direct(A, D, G, was_1d, engine, record, raise_on_failure):
     residual = np.abs(G + (lam * D) @ A - lam).sum(axis=1)
     codes[~np.isfinite(residual)] = Status.NONFINITE
     result = AdjointResult(
-        converged=codes == Status.SUCCESS,
+        converged=codes == _SUCCESS,
         status=_overall(codes),
         iterations=np.zeros(G.shape[0], dtype=np.int64),
         residual=residual,
@@ -297,14 +304,13 @@ def solve(
                 f"(1 + alpha) I - alpha A is singular for alpha={alpha}: choose another alpha"
             ) from None
     accept = _anderson_accept(A64, method, alpha)
-    with blas_threads_for(*Wb.shape):
-        X, iters, res, codes, hist = eng.run(
-            method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
-            atol, rtol, max_iter, 0, MinvT, memory, accept, record,
-        )
+    X, iters, res, codes, hist = eng.run(
+        method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
+        atol, rtol, max_iter, 0, MinvT, memory, accept, record,
+    )
     result = FixedPointResult(
         x=X[0] if was_1d else X,
-        converged=codes == Status.SUCCESS,
+        converged=codes == _SUCCESS,
         status=_overall(codes),
         iterations=iters,
         residual=res,
@@ -388,13 +394,12 @@ def solve_adjoint(
     if check:
         _warn_if_not_guaranteed(A64, method, alpha, "adjoint: ")
     accept = _anderson_accept(A64, method, alpha)
-    with blas_threads_for(*Gb.shape):
-        lam, iters, res, codes, hist = eng.run(
-            method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
-            atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,
-        )
+    lam, iters, res, codes, hist = eng.run(
+        method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
+        atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,
+    )
     result = AdjointResult(
-        converged=codes == Status.SUCCESS,
+        converged=codes == _SUCCESS,
         status=_overall(codes),
         iterations=iters,
         residual=res,

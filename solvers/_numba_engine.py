@@ -18,10 +18,13 @@ import types
 import numba
 import numpy as np
 from numba import njit, prange
+from llvmlite import ir
+from numba.core import types as nbtypes
+from numba.extending import intrinsic
 
 from ._activations import PROX_NEWTON_STEPS, PROX_TOL
 from ._numpy_engine import ANDERSON_REG, DIVERGENCE_RATIO
-from ._threads import blas_threads
+from ._threads import SMALL_GEMM_WORK, blas_threads
 
 __all__ = ["run", "METHOD_CODES"]
 
@@ -102,13 +105,57 @@ def act_prox(code, slope, alpha, v):
 # below compiles to straight-line, vectorisable code for its activation.
 
 
-@njit(cache=True, inline="always")
-def _row_residual(code, slope, norm, z_row, w_row, x_row, t_row):
-    """Set ``z = z + w`` and ``t = σ(z)``; return ``(‖t − x‖, ‖x‖)`` in ℓ∞ (norm 0) or ℓ1.
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of a float as the signed integer of its width (a bitcast, no conversion)."""
+    width = {nbtypes.float64: nbtypes.int64, nbtypes.float32: nbtypes.int32}.get(x)
+    if width is None:
+        return None
 
-    A NaN difference makes the ℓ∞ residual NaN for good (``d != d`` keeps it), so a
-    non-finite iterate is never hidden by ``max``.
-    """
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(sig.return_type))
+
+    return width(x), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, b, like):
+    """The float of the type of ``like`` whose bits are the integer ``b`` (inverse of
+    :func:`_float_bits`; ``b`` may have been widened to int64 by integer arithmetic, and
+    is cut back to the width of ``like`` first)."""
+    width = {nbtypes.float64: 64, nbtypes.float32: 32}.get(like)
+    if width is None or not isinstance(b, nbtypes.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[0]
+        target = context.get_value_type(sig.return_type)
+        if b.bitwidth > width:
+            value = builder.trunc(value, ir.IntType(width))
+        return builder.bitcast(value, target)
+
+    return like(b, like), codegen
+
+
+# The ℓ∞ reductions below take the maximum of |d| over the bits: for non-negative floats
+# the order of the bits as integers is the order of the values, and |NaN| lies above +inf,
+# so an integer maximum (which vectorises, unlike a NaN-aware float maximum) is exactly the
+# maximum that lets a NaN through. ``reassoc`` lets the ℓ1 sums vectorise (partial sums in
+# any order); there is no finite-math assumption, so NaN and Inf reach the stopping rule.
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _row_residual(code, slope, norm, z_row, w_row, x_row, t_row):
+    """Set ``z = z + w`` and ``t = σ(z)``; return ``(‖t − x‖, ‖x‖)`` in ℓ∞ (norm 0) or ℓ1."""
+    if norm == 0:
+        rb = _float_bits(x_row[0])
+        rb -= rb  # 0 in the integer type of the dtype
+        xb = rb
+        for i in range(z_row.shape[0]):
+            z = z_row[i] + w_row[i]
+            z_row[i] = z
+            t_row[i] = act_value(code, slope, z)
+            rb = max(rb, _float_bits(abs(t_row[i] - x_row[i])))  # in the dtype of the rows
+            xb = max(xb, _float_bits(abs(x_row[i])))
+        return float(_bits_float(rb, x_row[0])), float(_bits_float(xb, x_row[0]))
     r = 0.0
     xn = 0.0
     for i in range(z_row.shape[0]):
@@ -116,19 +163,12 @@ def _row_residual(code, slope, norm, z_row, w_row, x_row, t_row):
         z_row[i] = z
         t = act_value(code, slope, z)
         t_row[i] = t
-        d = abs(t - x_row[i])
-        ax = abs(x_row[i])
-        if norm == 0:
-            if d > r or d != d:
-                r = d
-            xn = max(xn, ax)
-        else:
-            r += d
-            xn += ax
+        r += abs(t - x_row[i])
+        xn += abs(x_row[i])
     return r, xn
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
 def _residual(code, slope, norm, z_row, w_row, x_row, t_row):
     if norm == 0:
         if code == 0:
@@ -277,10 +317,11 @@ def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, 
     forced[g] = False
 
 
-@njit(cache=True)
-def _block(lo, hi, k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _block(lo, hi, k, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
            max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
-    """One iteration on the active rows ``lo:hi``: product, residual, stopping rule, step.
+    """One iteration on the active rows ``lo:hi``: product, residual, stopping rule, step
+    (``zero``: the candidates are all 0, so the product is skipped).
 
     Every row's work reads only its own rows and the shared read-only matrices, so blocks run
     on separate threads; each block's products are single-threaded BLAS calls.
@@ -291,7 +332,9 @@ def _block(lo, hi, k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, cod
         for s in range(lo, hi):
             for i in range(n):
                 Xa[s, i] = act_prox(code, slope, alpha, Ua[s, i])
-    if Da.shape[0] > 0:
+    if zero:  # x = 0 (the default start): A x = 0 exactly (A is finite), no product
+        Z[lo:hi] = 0.0
+    elif Da.shape[0] > 0:
         for s in range(lo, hi):
             for i in range(n):
                 S[s, i] = Xa[s, i] * Da[s, i]
@@ -384,15 +427,27 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     H = np.zeros((na_, mm, mm))
     hb = np.zeros((na_, mm))
     Gm = np.zeros((na_, mm, mm))
+    zero = True  # does the block start at x0 = 0?
+    for s in range(rows):
+        for i in range(n):
+            if Xa[s, i] != 0.0:
+                zero = False
+                break
+        if not zero:
+            break
     if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
-        np.dot(Xa, Mat, Z)
+        if zero:
+            Z[:, :] = 0.0
+        else:
+            np.dot(Xa, Mat, Z)
         for s in range(rows):
             for i in range(n):
                 Ua[s, i] = (1.0 - alpha) * Xa[s, i] + alpha * (Z[s, i] + Wa[s, i])
     na = rows
     k = 0
     for k in range(max_iter + 1):
-        _block(0, na, k, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
+        skip = zero and k == 0 and not splitting
+        _block(0, na, k, skip, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
                max_iter, norm, idx, r_first, r_cur, flag, accept, mm, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
         j = 0
         for s in range(na):
@@ -486,11 +541,14 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     if MinvT.shape[0] == 0:
         MinvT = np.zeros((1, 1), dtype)
     threads = _thread_count()
-    parallel = threads > 1 and W.shape[0] >= 2 * MIN_BLOCK_ROWS
+    batch, n = W.shape
+    parallel = threads > 1 and batch >= 2 * MIN_BLOCK_ROWS
     kernel = _run_parallel if parallel else _run_serial
     args = (METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
             float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record), threads)
-    if parallel:
+    # The blocks' products run on one BLAS thread each; a serial solve keeps BLAS's pool
+    # for products big enough to share (SMALL_GEMM_WORK).
+    if parallel or batch * n * n < SMALL_GEMM_WORK:
         with blas_threads(1):
             X, iters, res, codes, hist = kernel(*args)
     else:

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _activations as act
 from ._result import Status
+from ._threads import blas_threads_for
 
 __all__ = ["run", "DIVERGENCE_RATIO"]
 
@@ -181,7 +182,8 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     codes = np.full(batch, -1, dtype=np.int8)
     r_first = np.zeros(batch)
     hist = []
-    with np.errstate(over="ignore", invalid="ignore"):  # blow-ups are reported as NONFINITE
+    # Blow-ups are reported as NONFINITE; small products run on one BLAS thread (_threads).
+    with np.errstate(over="ignore", invalid="ignore"), blas_threads_for(batch, W.shape[1]):
         return _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, batch, atol, rtol,
                      max_iter, record)
 

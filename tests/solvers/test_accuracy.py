@@ -50,8 +50,10 @@ def _check_against_reference(A, W, X, res, spec, tag):
     # ... and the tolerance: r ≤ atol, so ‖x − x*‖∞ ≤ atol / (1 − max(0, μ)).
     assert np.all(res.residual <= ATOL), tag
     assert np.all(err <= ATOL * scale + TINY * scale), (tag, err)
-    # The reported residual is the fixed-point residual of the returned x.
-    np.testing.assert_allclose(res.residual, residual(A, W, res.x, spec), rtol=1e-9, atol=1e-15, err_msg=tag)
+    # The reported residual is the fixed-point residual of the returned x, up to the
+    # rounding of σ(Ax + w) − x: a few ulps of |x| (two BLAS libraries sum A x differently).
+    ulps = 4 * np.finfo(np.float64).eps * max(1.0, float(np.abs(res.x).max()))
+    np.testing.assert_allclose(res.residual, residual(A, W, res.x, spec), rtol=1e-9, atol=ulps, err_msg=tag)
 
 
 @pytest.mark.parametrize("spec", ACTIVATION_SPECS, ids=act_id)

@@ -192,6 +192,13 @@ class ImplicitNetwork:
             return fused_loss_and_grad(self, U, targets)
         return self._loss_and_grad_generic(U, targets, loss)
 
+    def _loss_and_grad_batch(self, U, targets, loss: str):
+        """:meth:`loss_and_grad` of a batch the trainer has validated: ``U`` finite and
+        C-contiguous in the network's dtype, ``targets`` checked once for the whole set."""
+        if fusable(self, loss):
+            return fused_loss_and_grad(self, U, targets, checked=True)
+        return self._loss_and_grad_generic(U, targets, loss)
+
     def _loss_and_grad_generic(self, U, targets, loss: str = "cross_entropy"):
         """:meth:`loss_and_grad` through :func:`solvers.solve` and :func:`solvers.solve_adjoint`."""
         fp = self._forward(U)

@@ -131,7 +131,7 @@ def test_training_with_the_fused_step_equals_training_without(monkeypatch, digit
     ha = train(a, X, y, **kwargs)
     import solvers.training._network as network
 
-    monkeypatch.setattr(network, "fusable", lambda net, loss: False)  # the name loss_and_grad calls
+    monkeypatch.setattr(network, "fusable", lambda net, loss: False)  # the name the trainer's batch gradient calls
     b = ImplicitNetwork(64, 16, 10, seed=2, dtype=np.float64)
     hb = train(b, X, y, **kwargs)
     for k in ("loss", "train_acc", "fwd_iters", "adj_iters"):

@@ -48,11 +48,12 @@ def measure(name, A):
 
 
 def spy_on_steps(net, on_call):
-    """Replace ``net.loss_and_grad`` by a wrapper calling ``on_call(call_number)`` first.
+    """Replace the network's batch gradient (``_loss_and_grad_batch``, ``loss_and_grad``
+    without the per-batch checks) by a wrapper calling ``on_call(call_number)`` first.
 
-    The trainer calls ``loss_and_grad`` once per optimiser step, with ``net.A`` as left by
-    the previous step's projection, so the wrapper sees the matrix of every step."""
-    original = net.loss_and_grad
+    The trainer calls it once per optimiser step, with ``net.A`` as left by the previous
+    step's projection, so the wrapper sees the matrix of every step."""
+    original = net._loss_and_grad_batch
     calls = {"n": 0}
 
     def wrapper(*args, **kwargs):
@@ -60,7 +61,7 @@ def spy_on_steps(net, on_call):
         on_call(calls["n"])
         return original(*args, **kwargs)
 
-    net.loss_and_grad = wrapper
+    net._loss_and_grad_batch = wrapper
     return calls
 
 
@@ -364,6 +365,16 @@ def test_bad_data_raises_value_error(small):
         train(net, Xnan, y, epochs=1, progress=False)
     with pytest.raises(ValueError, match="X_val"):
         train(net, X, y, epochs=1, X_val=X[:, :3], y_val=y, progress=False)
+    # Labels are checked once, before any step (the per-batch path trusts them): a label out
+    # of range anywhere, even in the last batch, stops training before it changes the network.
+    A0 = net.A.copy()
+    bad = y.copy()
+    bad[-1] = 10
+    with pytest.raises(ValueError, match=r"labels in \[0, 10\)"):
+        train(net, X, bad, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="integer labels"):
+        train(net, X, y.astype(float), epochs=1, progress=False)
+    np.testing.assert_array_equal(net.A, A0)
 
 
 def test_zero_epochs_returns_an_empty_history(small):
@@ -472,13 +483,13 @@ def test_forward_method_is_used_recorded_and_validated(small):
     kwargs = dict(epochs=1, batch_size=50, lr=1e-2, progress=False)
     net = ImplicitNetwork(64, 8, 10, seed=3)
     seen = []
-    original = net.loss_and_grad
+    original = net._loss_and_grad_batch
 
     def spy(*args, **kw):
         seen.append(net.solver.method)
         return original(*args, **kw)
 
-    net.loss_and_grad = spy
+    net._loss_and_grad_batch = spy
     h = train(net, X, y, forward_method="anderson", **kwargs)
     assert seen and set(seen) == {"anderson"}
     assert h.config.forward_method == "anderson" and h[0]["unconverged"] == 0.0

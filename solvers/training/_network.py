@@ -192,12 +192,13 @@ class ImplicitNetwork:
             return fused_loss_and_grad(self, U, targets)
         return self._loss_and_grad_generic(U, targets, loss)
 
-    def _loss_and_grad_batch(self, U, targets, loss: str):
-        """:meth:`loss_and_grad` of a batch the trainer has validated: ``U`` finite and
-        C-contiguous in the network's dtype, ``targets`` checked once for the whole set."""
+    def _loss_and_grad_batch(self, X, y, rows, loss: str):
+        """:meth:`loss_and_grad` of the batch ``X[rows]``, ``y[rows]`` of a set the trainer
+        has validated: ``X`` finite and C-contiguous in the network's dtype, ``y`` checked
+        once for the whole set."""
         if fusable(self, loss):
-            return fused_loss_and_grad(self, U, targets, checked=True)
-        return self._loss_and_grad_generic(U, targets, loss)
+            return fused_loss_and_grad(self, X, y, rows)
+        return self._loss_and_grad_generic(X[rows], y[rows], loss)
 
     def _loss_and_grad_generic(self, U, targets, loss: str = "cross_entropy"):
         """:meth:`loss_and_grad` through :func:`solvers.solve` and :func:`solvers.solve_adjoint`."""

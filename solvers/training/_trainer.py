@@ -229,7 +229,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
     X = np.ascontiguousarray(X, dtype=net.dtype)
     if cfg.loss == "cross_entropy":
-        y = net._check_labels(y, len(y))  # once here, not on every batch
+        y = net._check_labels(y, len(y)).astype(np.int64, copy=False)  # once here, not on every batch
     net.solver = dataclasses.replace(net.solver, method=cfg.forward_method, adjoint_method=con.adjoint_method,
                                      atol=cfg.atol, adjoint_atol=cfg.atol)
     N = len(X)
@@ -259,7 +259,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
             while state.batch < n_batches:
                 t0 = time.perf_counter()
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
-                value, grads = net._loss_and_grad_batch(X[idx], y[idx], cfg.loss)
+                value, grads = net._loss_and_grad_batch(X, y, idx, cfg.loss)
                 stats = net.last_stats
                 if cfg.interval_eps > 0:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)

@@ -138,3 +138,28 @@ def test_training_with_the_fused_step_equals_training_without(monkeypatch, digit
         assert ha[-1][k] == pytest.approx(hb[-1][k], rel=1e-9), k
     np.testing.assert_allclose(a.A, b.A, atol=1e-9)
     np.testing.assert_allclose(a.B, b.B, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_trainers_gathering_call_equals_the_gathered_batch(dtype, blocks):
+    """The trainer passes the whole set and the batch's row indices (the kernel gathers the
+    rows); that must be the step of the gathered batch, bit for bit, and for the generic path
+    too."""
+    net = _network("relu", dtype, seed=5)
+    rng = np.random.default_rng(5)
+    X = np.ascontiguousarray(rng.uniform(-1, 1, (300, net.n_in)).astype(dtype))
+    y = rng.integers(0, net.n_out, 300).astype(np.int64)
+    rows = rng.permutation(300)[:57]
+    value, grads = net._loss_and_grad_batch(X, y, rows, "cross_entropy")
+    stats = dict(net.last_stats)
+    ref_value, ref_grads = net.loss_and_grad(X[rows], y[rows])
+    assert value == ref_value
+    for k, g in ref_grads.items():
+        np.testing.assert_array_equal(grads[k], g, err_msg=k)
+    np.testing.assert_array_equal(stats["logits"], net.last_stats["logits"])
+    T = rng.standard_normal((300, net.n_out))  # regression targets: the generic path
+    mse_value, mse_grads = net._loss_and_grad_batch(X, T, rows, "mse")
+    ref_value, ref_grads = net.loss_and_grad(X[rows], T[rows], loss="mse")
+    assert mse_value == ref_value
+    for k, g in ref_grads.items():
+        np.testing.assert_array_equal(mse_grads[k], g, err_msg=k)

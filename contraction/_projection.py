@@ -39,6 +39,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ._parallel import PRANGE_ONLY
 from ._validation import as_finite_scalar, as_matrix, as_square_matrix, as_weights
 
 __all__ = ["project_mu_inf", "project_norm_inf"]
@@ -79,7 +80,7 @@ def _shrink_rows(t, V, W, c, f):
     return np.maximum(tau, 0.0)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=PRANGE_ONLY)
 def _project_rows(A, ratio, c, free_diagonal):
     """Project every row of ``A`` onto ``f·a_ii + Σ_j w_ij |a_ij| ≤ c`` (a new array).
 

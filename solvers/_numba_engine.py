@@ -22,6 +22,8 @@ from llvmlite import ir
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
+from contraction._parallel import PRANGE_ONLY
+
 from ._activations import PROX_NEWTON_STEPS, PROX_TOL
 from ._numpy_engine import ANDERSON_REG, DIVERGENCE_RATIO
 from ._threads import SMALL_GEMM_WORK, blas_threads
@@ -521,7 +523,7 @@ def _renamed(func, name: str):
 # Two compilations of one driver: ``prange`` over the thread blocks is a plain loop in the
 # serial one (one thread, or too few rows for two blocks).
 _run_serial = njit(cache=True)(_renamed(_run_impl, "_run_serial_impl"))
-_run_parallel = njit(cache=True, parallel=True)(_renamed(_run_impl, "_run_parallel_impl"))
+_run_parallel = njit(cache=True, parallel=PRANGE_ONLY)(_renamed(_run_impl, "_run_parallel_impl"))
 
 
 def _thread_count() -> int:

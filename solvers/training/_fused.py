@@ -27,6 +27,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from contraction._parallel import PRANGE_ONLY
 from contraction._steps import _optimal_alpha
 
 from .._activations import IDENTITY
@@ -158,7 +159,7 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
 
 
 _step_serial = njit(cache=True)(_renamed(_step_impl, "_step_serial_impl"))
-_step_parallel = njit(cache=True, parallel=True)(_renamed(_step_impl, "_step_parallel_impl"))
+_step_parallel = njit(cache=True, parallel=PRANGE_ONLY)(_renamed(_step_impl, "_step_parallel_impl"))
 
 
 def fusable(net, loss: str) -> bool:

@@ -7,7 +7,7 @@ the solvers' front door, each small at batch 100 × n 100, together about as lon
 arithmetic. Here the batch is split once into one block of rows per thread (as the numba
 engine splits a solve) and each thread runs the whole step on its block:
 
-    W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Z = X Aᵀ + W,   Y = X Cᵀ + c,
+    W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Z = X Aᵀ + W (the solve's last product),   Y = X Cᵀ + c,
     dY = (softmax(Y) − onehot(y)) / batch,   G = dY C,
     λ = G + (λ ⊙ σ'(Z)) A (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
 
@@ -94,12 +94,10 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
                     W[s, i] += b[i]
             _solve_rows(_AVERAGE, AT, W[lo:hi], none, zeros[lo:hi], MinvT, alpha, code, slope, atol_f, 0.0,
                         max_iter, 0, 1.0, 0, X[lo:hi], iters_f[lo:hi], res_f[lo:hi], codes_f[lo:hi], hist[:, lo:hi],
-                        False)
-            np.dot(X[lo:hi], AT, Zf[lo:hi])
+                        False, Zf[lo:hi])  # Zf = X Aᵀ + W from the solver's last product
             np.dot(X[lo:hi], CT, Yo[lo:hi])
             for s in range(lo, hi):
                 for i in range(n):
-                    Zf[s, i] += W[s, i]
                     Da[s, i] = act_derivative(code, slope, Zf[s, i])
                 top = -np.inf
                 for j in range(q):
@@ -122,7 +120,7 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
                     Ga[s, i] = G64[s, i]
             _solve_rows(_AVERAGE, A, Ga[lo:hi], Da[lo:hi], zeros[lo:hi], MinvT, alpha, IDENTITY, 0.0, atol_a,
                         0.0, max_iter, 1, 1.0, 0, L[lo:hi], iters_a[lo:hi], res_a[lo:hi], codes_a[lo:hi],
-                        hist[:, lo:hi], False)
+                        hist[:, lo:hi], False, none)
             for s in range(lo, hi):
                 for i in range(n):
                     V[s, i] = L[s, i] * act_derivative(code, slope, Zf[s, i])

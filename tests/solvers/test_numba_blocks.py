@@ -103,5 +103,18 @@ def test_serial_and_parallel_kernels_never_share_a_cache_entry():
     silently loads the serial machine code from the cache."""
     serial, parallel = _numba_engine._run_serial, _numba_engine._run_parallel
     assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+    # prange loops only, for every compilation: numba empties a dict of options on its first
+    # compilation (so the options are an object, kept intact however many kernels use them)
+    solvers.solve(np.eye(4) * 0.5, np.ones((40, 4)), engine="numba")
+    solvers.solve(np.eye(4, dtype=np.float32) * 0.5, np.ones((40, 4), np.float32), atol=1e-4, engine="numba")
+    from contraction._parallel import PRANGE_ONLY
+    from contraction._projection import _project_rows
+    from solvers.training import _fused, _optim
+
+    contraction.project_mu_inf(np.ones((3, 3)), 0.5)
+    for kernel in (parallel, _fused._step_parallel, _optim._adam_parallel, _project_rows):
+        options = kernel.targetoptions["parallel"]
+        assert options == PRANGE_ONLY and options.prange and not (options.numpy or options.reduction), kernel
+    assert PRANGE_ONLY.enabled and not PRANGE_ONLY.setitem
     assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
     assert serial.py_func.__code__.co_code == parallel.py_func.__code__.co_code  # one driver

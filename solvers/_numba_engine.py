@@ -17,8 +17,8 @@ import types
 
 import numba
 import numpy as np
-from numba import njit, prange
 from llvmlite import ir
+from numba import njit, prange
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
@@ -488,7 +488,7 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
 
 def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
               threads):
-    batch, n = W.shape
+    batch = W.shape[0]
     X = X0.copy()
     iters = np.zeros(batch, np.int64)
     res = np.zeros(batch, np.float64)

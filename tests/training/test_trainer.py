@@ -546,3 +546,22 @@ def test_diag_min_holds_the_diagonal_and_alpha_star_through_training(small, tmp_
     assert len(more) == 3
     with pytest.raises(ValueError, match="resume"):
         train(net, X, y, resume=saved, **{**kwargs, "epochs": 3})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_compiled_finite_check_of_big_data_sets(dtype):
+    """Data sets of 2^20+ floats are checked by a compiled pass (no boolean temporary): it must
+    find one NaN or infinity anywhere, and accept the largest finite value."""
+    from solvers.training._trainer import _all_finite
+
+    X = np.random.default_rng(0).uniform(-1, 1, (1400, 784)).astype(dtype)
+    assert X.size >= 1 << 20 and _all_finite(X)
+    for bad, where in ((np.nan, (0, 0)), (np.inf, (700, 3)), (-np.inf, (-1, -1))):
+        Y = X.copy()
+        Y[where] = bad
+        assert not _all_finite(Y), (bad, where)
+    Y = X.copy()
+    Y[5, 5] = np.finfo(dtype).max
+    assert _all_finite(Y)
+    assert not _all_finite(np.asfortranarray(np.where(X > 0.999, np.nan, X)))  # the NumPy path
+    assert _all_finite(np.ones((3, 3), np.uint8))

@@ -285,7 +285,7 @@ def solve(
     dtype = _dtype(A_in, W)
     Wb, was_1d = _as_batch(W, n, "W", dtype)
     A_ = np.ascontiguousarray(A_in, dtype=dtype)
-    X0 = _start(x0, "x0", Wb, was_1d, "W", dtype)
+    X0 = None if x0 is None else _start(x0, "x0", Wb, was_1d, "W", dtype)  # None: the engine starts at 0
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     needs64 = check or method in ("peaceman_rachford", "douglas_rachford", "anderson")
     A64 = A_ if A_.dtype == np.float64 or not needs64 else A_.astype(np.float64)
@@ -385,7 +385,7 @@ def solve_adjoint(
     Gb, was_1d = _as_batch(G, n, "G", dtype)
     Zb = _start(Z, "Z", Gb, was_1d, "G", np.float64)
     D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
-    L0 = _start(lam0, "lam0", Gb, was_1d, "G", dtype)
+    L0 = None if lam0 is None else _start(lam0, "lam0", Gb, was_1d, "G", dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     needs64 = check or method in ("anderson", "direct")
     A64 = A_in if A_in.dtype == np.float64 or not needs64 else A_in.astype(np.float64)

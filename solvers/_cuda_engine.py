@@ -260,7 +260,7 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     D = np.zeros((0, n), dt) if D is None else D
     MinvT = MinvT if MinvT.shape[0] else np.zeros((1, 1), dt)
     d = cuda.to_device
-    dX = d(np.ascontiguousarray(X0))
+    dX = d(np.zeros_like(W) if X0 is None else np.ascontiguousarray(X0))
     dZ = cuda.device_array((batch, n), dt)
     dU = cuda.device_array((nb, n), dt)
     dY = cuda.device_array((nb, n), dt)

@@ -394,7 +394,7 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     threads writing neighbouring entries of one shared array (the flags of samples 49 and 50
     share a cache line) bounce that line between cores on every write, and that alone made
     two blocks take as long as one (measured: 1.06 ms against 1.14 ms serial for 100 × 100).
-    The inputs ``W``, ``D``, ``X0`` are only read; ``X``, ``iters``, ``res``, ``codes`` and
+    The inputs ``W``, ``D``, ``X0`` are only read (``X0`` without rows: start at 0); ``X``, ``iters``, ``res``, ``codes`` and
     ``hist`` (views of the caller's output at this block's samples) are written once per
     finished sample (``hist`` once per iteration when recording). ``Zout``, when it has rows,
     receives each sample's last ``A x + w`` (of the returned ``x``: the stopping rule's own
@@ -405,7 +405,8 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     dt = W.dtype
     splitting = method == 3 or method == 4
     scaled = D.shape[0] > 0
-    Xa = X0.copy()
+    start = X0.shape[0] > 0  # else x0 = 0, allocated here (on the core that uses it)
+    Xa = X0.copy() if start else np.zeros_like(W)
     Wa = W.copy()
     Da = D.copy()
     Z = np.empty_like(Xa)
@@ -432,7 +433,7 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     hb = np.zeros((na_, mm))
     Gm = np.zeros((na_, mm, mm))
     zero = True  # does the block start at x0 = 0?
-    for s in range(rows):
+    for s in range(rows if start else 0):
         for i in range(n):
             if Xa[s, i] != 0.0:
                 zero = False
@@ -489,7 +490,8 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
 def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
               threads):
     batch = W.shape[0]
-    X = X0.copy()
+    start = X0.shape[0] > 0  # else every sample starts at 0
+    X = np.empty_like(W)  # every sample is written when it stops
     iters = np.zeros(batch, np.int64)
     res = np.zeros(batch, np.float64)
     codes = np.full(batch, -1, np.int8)
@@ -501,7 +503,7 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
         lo = c * size
         hi = min(batch, lo + size)
         if lo < hi:
-            last[c] = _solve_rows(method, Mat, W[lo:hi], D[lo:hi], X0[lo:hi], MinvT, alpha, code, slope, atol, rtol,
+            last[c] = _solve_rows(method, Mat, W[lo:hi], D[lo:hi], X0[lo:hi] if start else X0, MinvT, alpha, code, slope, atol, rtol,
                                   max_iter, norm, accept, memory, X[lo:hi], iters[lo:hi], res[lo:hi], codes[lo:hi],
                                   hist[:, lo:hi], record, X[:0])
     if record:
@@ -545,6 +547,7 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     """
     dtype = W.dtype
     D = np.zeros((0, W.shape[1]), dtype) if D is None else D
+    X0 = np.zeros((0, W.shape[1]), dtype) if X0 is None else X0  # no rows: start at 0
     if MinvT.shape[0] == 0:
         MinvT = np.zeros((1, 1), dtype)
     threads = _thread_count()

@@ -168,9 +168,10 @@ _STEPS = {
 def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
     """Iterate ``method`` until every sample meets ``r ≤ atol + rtol‖x‖`` or stops otherwise.
 
-    Returns ``(X, iterations, residual, codes, history)``; ``codes`` are :class:`Status`
-    values per sample.
+    ``X0`` is the start (``None``: 0). Returns ``(X, iterations, residual, codes, history)``;
+    ``codes`` are :class:`Status` values per sample.
     """
+    X0 = np.zeros_like(W) if X0 is None else X0
     problem = _Problem(Mat, W, D, code, slope, norm)
     step = _STEPS[method](problem, alpha=alpha, MinvT=MinvT, memory=memory, accept=accept)
     batch = W.shape[0]

@@ -61,9 +61,8 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
     V = np.empty((batch, n), dt)
     losses = np.empty(batch)
     # Outputs of the engine's block solver: forward (f) and adjoint (a).
-    X = np.zeros((batch, n), dt)
-    L = np.zeros((batch, n), dt)
-    zeros = np.zeros((batch, n), dt)  # both solves start at 0
+    X = np.empty((batch, n), dt)  # every sample is written when its solve stops
+    L = np.empty((batch, n), dt)
     Ga = np.empty((batch, n), dt)
     Da = np.empty((batch, n), dt)
     none = np.empty((0, n), dt)
@@ -92,7 +91,7 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
             for s in range(lo, hi):
                 for i in range(n):
                     W[s, i] += b[i]
-            _solve_rows(_AVERAGE, AT, W[lo:hi], none, zeros[lo:hi], MinvT, alpha, code, slope, atol_f, 0.0,
+            _solve_rows(_AVERAGE, AT, W[lo:hi], none, none, MinvT, alpha, code, slope, atol_f, 0.0,
                         max_iter, 0, 1.0, 0, X[lo:hi], iters_f[lo:hi], res_f[lo:hi], codes_f[lo:hi], hist[:, lo:hi],
                         False, Zf[lo:hi])  # Zf = X Aᵀ + W from the solver's last product
             np.dot(X[lo:hi], CT, Yo[lo:hi])
@@ -118,7 +117,7 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
             for s in range(lo, hi):
                 for i in range(n):
                     Ga[s, i] = G64[s, i]
-            _solve_rows(_AVERAGE, A, Ga[lo:hi], Da[lo:hi], zeros[lo:hi], MinvT, alpha, IDENTITY, 0.0, atol_a,
+            _solve_rows(_AVERAGE, A, Ga[lo:hi], Da[lo:hi], none, MinvT, alpha, IDENTITY, 0.0, atol_a,
                         0.0, max_iter, 1, 1.0, 0, L[lo:hi], iters_a[lo:hi], res_a[lo:hi], codes_a[lo:hi],
                         hist[:, lo:hi], False, none)
             for s in range(lo, hi):

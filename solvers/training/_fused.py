@@ -7,7 +7,8 @@ the solvers' front door, each small at batch 100 × n 100, together about as lon
 arithmetic. Here the batch is split once into one block of rows per thread (as the numba
 engine splits a solve) and each thread runs the whole step on its block:
 
-    W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Z = X Aᵀ + W (the solve's last product),   Y = X Cᵀ + c,
+    W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Y = X Cᵀ + c,
+    Z = X Aᵀ + W (the forward solve's last product, not recomputed),
     dY = (softmax(Y) − onehot(y)) / batch,   G = dY C,
     λ = G + (λ ⊙ σ'(Z)) A (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
 

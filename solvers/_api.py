@@ -171,6 +171,40 @@ def _anderson_accept(A64, method, alpha) -> float:
     return factor if factor < 1.0 else 1.0
 
 
+PRECISIONS = ("auto", "exact", "mixed")
+
+
+def _mixed(precision, engine: str, dtype, method: str, record: bool) -> bool:
+    """Whether the solve takes mixed products; ``precision`` validated.
+
+    ``mixed``: a float64 solve on the numba engine computes the product of each step
+    ``d = x⁺ − x`` in float32 and adds it to the float64 ``A x + w`` it keeps, and takes an
+    exact float64 product whenever the sample may stop (its residual predicted within 2× of
+    the tolerance), whenever the float32 rounding could have drifted by a quarter of the
+    residual, and before ``max_iter``. Every stopping decision, every reported residual and
+    every returned ``x`` therefore rest on an exact product. ``auto`` is ``mixed`` where it
+    applies (numba, float64, picard/average/forward_backward/anderson, ``record=False``: a
+    recorded history holds exact residuals only) and ``exact`` elsewhere.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise TypeError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "exact":
+        return False
+    why = None
+    mixed_methods = _engine("numba").MIXED_METHODS if engine == "numba" else ()
+    if engine != "numba":
+        why = f"engine={engine!r} (only 'numba' has it)"
+    elif dtype != np.float64:
+        why = f"dtype {np.dtype(dtype).name} (float64 solves only)"
+    elif method not in mixed_methods:
+        why = f"method={method!r} (only {', '.join(mixed_methods)})"
+    elif record:
+        why = "record=True (the history holds exact residuals)"
+    if why and precision == "mixed":
+        raise ValueError(f"precision='mixed' does not apply with {why}; use precision='auto' or 'exact'")
+    return why is None
+
+
 def _overall(codes: np.ndarray) -> Status:
     return Status(int(codes.max())) if codes.size else Status.SUCCESS
 
@@ -230,6 +264,7 @@ def solve(
     memory: int = 5,
     raise_on_failure: bool = False,
     check: bool = True,
+    precision: str = "auto",
 ) -> FixedPointResult:
     """Solve the equilibrium equation ``x = σ(A x + w)`` for one input or a batch.
 
@@ -261,6 +296,14 @@ def solve(
     check : bool
         Check the method's convergence guarantee first and warn
         (:class:`NotGuaranteedWarning`) with the violated condition and its margin.
+    precision : {"auto", "exact", "mixed"}
+        How the products ``A x`` are computed. ``exact``: every one in the solve's dtype.
+        ``mixed`` (numba engine, float64, not the splittings, ``record=False``): the product
+        of each step in float32, added to the float64 ``A x + w``, with an exact float64
+        product whenever a sample may stop or the float32 rounding could matter; samples stop
+        only on exact products, so ``x``, ``residual`` and the stopping rule are those of an
+        exact solve. ``auto`` (default): ``mixed`` where it applies, else ``exact``.
+        ``result.precision`` says which ran.
 
     Returns
     -------
@@ -304,9 +347,10 @@ def solve(
                 f"(1 + alpha) I - alpha A is singular for alpha={alpha}: choose another alpha"
             ) from None
     accept = _anderson_accept(A64, method, alpha)
+    mixed = _mixed(precision, engine, dtype, method, record)
     X, iters, res, codes, hist = eng.run(
         method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
-        atol, rtol, max_iter, 0, MinvT, memory, accept, record,
+        atol, rtol, max_iter, 0, MinvT, memory, accept, record, mixed,
     )
     result = FixedPointResult(
         x=X[0] if was_1d else X,
@@ -321,6 +365,7 @@ def solve(
         history=hist,
         error_bound=_error_bound(A_, res),
         sample_status=codes,
+        precision="mixed" if mixed else "exact",
     )
     if raise_on_failure and not result.success:
         raise NoConvergence(result)
@@ -344,6 +389,7 @@ def solve_adjoint(
     memory: int = 5,
     raise_on_failure: bool = False,
     check: bool = True,
+    precision: str = "auto",
 ):
     """Solve the adjoint equation ``λ = G + (λ ⊙ σ'(Z)) A`` (row-batch form).
 
@@ -363,7 +409,7 @@ def solve_adjoint(
         iteration has no guarantee, and as a reference.
     atol, rtol : float
         Stop when ``‖G + (λ ⊙ σ'(Z)) A − λ‖_1 ≤ atol + rtol ‖λ‖_1`` per sample.
-    Other parameters as in :func:`solve`.
+    Other parameters as in :func:`solve` (``precision``: the products ``(λ ⊙ σ'(Z)) A``).
 
     Returns
     -------
@@ -389,6 +435,7 @@ def solve_adjoint(
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     needs64 = check or method in ("anderson", "direct")
     A64 = A_in if A_in.dtype == np.float64 or not needs64 else A_in.astype(np.float64)
+    mixed = _mixed(precision, engine, dtype, method, record)
     if method == "direct":
         return _adjoint_direct(A64, D, Gb, was_1d, engine, record, raise_on_failure)
     if check:
@@ -396,7 +443,7 @@ def solve_adjoint(
     accept = _anderson_accept(A64, method, alpha)
     lam, iters, res, codes, hist = eng.run(
         method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
-        atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record,
+        atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record, mixed,
     )
     result = AdjointResult(
         converged=codes == _SUCCESS,
@@ -408,6 +455,7 @@ def solve_adjoint(
         engine=engine,
         history=hist,
         sample_status=codes,
+        precision="mixed" if mixed else "exact",
     )
     if raise_on_failure and not result.success:
         raise NoConvergence(result)

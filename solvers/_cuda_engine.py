@@ -246,8 +246,9 @@ def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF,
         forced[s] = False
 
 
-def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
-    """Same contract as :func:`solvers._numpy_engine.run`."""
+def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
+        mixed=False):
+    """Same contract as :func:`solvers._numpy_engine.run` (exact products: ``mixed`` is ignored)."""
     require_gpu()
     batch, n = W.shape
     dt = W.dtype

@@ -28,7 +28,7 @@ from ._activations import PROX_NEWTON_STEPS, PROX_TOL
 from ._numpy_engine import ANDERSON_REG, DIVERGENCE_RATIO
 from ._threads import SMALL_GEMM_WORK, blas_threads
 
-__all__ = ["run", "METHOD_CODES"]
+__all__ = ["run", "METHOD_CODES", "MIXED_METHODS"]
 
 METHOD_CODES = {
     "picard": 0,
@@ -38,6 +38,9 @@ METHOD_CODES = {
     "douglas_rachford": 4,
     "anderson": 5,
 }
+#: The methods that can take mixed products (``run(..., mixed=True)``, float64): those whose
+#: step moves the iterate itself (the splittings iterate on another variable).
+MIXED_METHODS = ("picard", "average", "forward_backward")
 _TINY = float(np.finfo(np.float64).tiny)
 
 
@@ -319,41 +322,131 @@ def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, 
     forced[g] = False
 
 
+@njit(cache=True, inline="always")
+def _step_entry(method, code, slope, alpha, x_row, t_row, z_row, d_row, scaled, out32, i):
+    """Entry ``i`` of the step: ``x⁺`` averaged (picard: α = 1) or forward–backward,
+    ``out32 = float32((x⁺ − x) ⊙ d)``; returns ``|(x⁺ − x) ⊙ d|``."""
+    x = x_row[i]
+    if method == 2:
+        v = (1.0 - alpha) * x + alpha * z_row[i]
+        xn = act_value(code, slope, v) if code == 0 or code == 2 else act_prox(code, slope, alpha, v)
+    else:
+        xn = x + alpha * (t_row[i] - x)
+    x_row[i] = xn
+    v = xn - x
+    if scaled:
+        v *= d_row[i]
+    out32[i] = v
+    return abs(v)
+
+
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _row_step_mixed(method, code, slope, alpha, norm, x_row, t_row, z_row, d_row, scaled, out32):
+    """Take the step of one row (average, picard or forward–backward) and keep it for the
+    float32 product: ``out32 = float32((x⁺ − x) ⊙ d)`` (``d`` only when ``scaled``). Returns
+    the norm of ``(x⁺ − x) ⊙ d`` (ℓ∞ for norm 0, else ℓ1; NaN or inf when not finite)."""
+    if norm == 0:  # the maximum over the bits, as in _row_residual (a NaN wins)
+        rb = _float_bits(x_row[0])
+        rb -= rb
+        for i in range(x_row.shape[0]):
+            rb = max(rb, _float_bits(_step_entry(method, code, slope, alpha, x_row, t_row, z_row, d_row, scaled,
+                                                 out32, i)))
+        return float(_bits_float(rb, x_row[0]))
+    acc = 0.0
+    for i in range(x_row.shape[0]):
+        acc += _step_entry(method, code, slope, alpha, x_row, t_row, z_row, d_row, scaled, out32, i)
+    return acc
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def _block(lo, hi, k, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
-           max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
-    """One iteration on the active rows ``lo:hi``: product, residual, stopping rule, step
+def _step_mixed(method, code, slope, alpha, norm, x_row, t_row, z_row, d_row, scaled, out32):
+    """:func:`_row_step_mixed` with the method and activation dispatched once per row (so
+    that each loop compiles for one activation; the adjoint is picard/average only)."""
+    if method == 2:
+        if code == 0:
+            return _row_step_mixed(2, 0, slope, alpha, norm, x_row, t_row, z_row, d_row, scaled, out32)
+        if code == 2:
+            return _row_step_mixed(2, 2, slope, alpha, norm, x_row, t_row, z_row, d_row, scaled, out32)
+        return _row_step_mixed(2, code, slope, alpha, norm, x_row, t_row, z_row, d_row, scaled, out32)
+    if norm == 0:
+        return _row_step_mixed(1, code, slope, alpha, 0, x_row, t_row, z_row, d_row, scaled, out32)
+    return _row_step_mixed(1, code, slope, alpha, 1, x_row, t_row, z_row, d_row, scaled, out32)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _block(k, ne, na, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
+           max_iter, norm, idx, r_first, r_cur, flag, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm,
+           Mat32, K, P32, D32, err, rprev, exact):
+    """One iteration on the active rows ``0:na``: product, residual, stopping rule, step
     (``zero``: the candidates are all 0, so the product is skipped).
+
+    Mixed products (``Mat32`` has rows; float64 only): rows ``0:ne`` take the exact product
+    ``x A`` in float64, rows ``ne:na`` update ``z`` by the float32 product of their last step
+    ``d = x − x_prev`` (``z ← z + d A``, the step kept in ``D32``). A sample stops only on an
+    exact pass, so its reported residual, and the stopping rule, use the exact ``σ(A x + w)``.
+    After each step the row chooses its next pass: exact when its residual is predicted to
+    reach the tolerance (``r · min(1, r / r_prev) ≤ 2 tol``), when ``err`` (a bound on the
+    float32 drift of ``z`` since its last exact product: ``K ‖d‖`` per step, ``K`` =
+    ``(n + 3) u₃₂ ‖|A|‖``, the rounding bound of any summation order: :func:`_mixed_setup`) exceeds a quarter of
+    the residual, before ``max_iter``, and when the step does not fit float32.
 
     Every row's work reads only its own rows and the shared read-only matrices, so blocks run
     on separate threads; each block's products are single-threaded BLAS calls.
     """
     n = Xa.shape[1]
+    mixed = Mat32.shape[0] > 0
+    scaled = Da.shape[0] > 0
     splitting = method == 3 or method == 4
     if splitting:
-        for s in range(lo, hi):
+        for s in range(na):
             for i in range(n):
                 Xa[s, i] = act_prox(code, slope, alpha, Ua[s, i])
     if zero:  # x = 0 (the default start): A x = 0 exactly (A is finite), no product
-        Z[lo:hi] = 0.0
-    elif Da.shape[0] > 0:
-        for s in range(lo, hi):
-            for i in range(n):
-                S[s, i] = Xa[s, i] * Da[s, i]
-        np.dot(S[lo:hi], Mat, Z[lo:hi])
+        Z[:na] = 0.0
+        ne = na
     else:
-        np.dot(Xa[lo:hi], Mat, Z[lo:hi])
+        if ne > 0:
+            if scaled:
+                for s in range(ne):
+                    for i in range(n):
+                        S[s, i] = Xa[s, i] * Da[s, i]
+                np.dot(S[:ne], Mat, Z[:ne])
+            else:
+                np.dot(Xa[:ne], Mat, Z[:ne])
+        if ne < na:  # d A, which the residual adds to the z = A x + w it has
+            np.dot(D32[ne:na], Mat32, P32[ne:na])
     going = 0
-    for s in range(lo, hi):
-        r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
+    for s in range(na):
+        g = idx[s]
+        if s < ne:
+            r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
+        else:
+            r, xn = _residual(code, slope, norm, Z[s], P32[s], Xa[s], T[s])
         r_cur[s] = r
         if k == 0:
-            r_first[idx[s]] = r
-        if not np.isfinite(r):
+            r_first[g] = r
+        tol = atol + rtol * xn
+        approx = s >= ne
+        if approx and not (r > tol and r <= DIVERGENCE_RATIO * r_first[g]):
+            # An approximate residual never stops a sample: one that would (met the
+            # tolerance, grew too much, not finite) gets its exact product now.
+            approx = False
+            if scaled:
+                for i in range(n):
+                    S[s, i] = Xa[s, i] * Da[s, i]
+                np.dot(S[s : s + 1], Mat, Z[s : s + 1])
+            else:
+                np.dot(Xa[s : s + 1], Mat, Z[s : s + 1])
+            r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
+            r_cur[s] = r
+            tol = atol + rtol * xn
+        if approx:
+            flag[s] = -1
+        elif not np.isfinite(r):
             flag[s] = 3
-        elif r <= atol + rtol * xn:
+        elif r <= tol:
             flag[s] = 0
-        elif r > DIVERGENCE_RATIO * r_first[idx[s]]:
+        elif r > DIVERGENCE_RATIO * r_first[g]:
             flag[s] = 2
         elif k == max_iter:
             flag[s] = 1
@@ -363,18 +456,26 @@ def _block(lo, hi, k, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
             continue
         going += 1
         if method == 5:
-            _anderson_step(s, idx[s], Xa, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
+            _anderson_step(s, g, Xa, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
+        elif mixed:
+            dn = _step_mixed(method, code, slope, alpha, norm, Xa[s], T[s], Z[s], Da[s] if scaled else T[s], scaled,
+                             D32[s])
+            e = (err[g] if approx else 0.0) + K * dn
+            guess = r * min(1.0, r / rprev[g]) if 0.0 < rprev[g] < math.inf else r
+            exact[s] = not (dn <= 1e30) or guess <= 2.0 * tol or e > 0.25 * r or k + 1 >= max_iter
+            err[g] = e
+            rprev[g] = r
         elif method == 2:
             _prox_step(code, slope, alpha, Xa[s], Z[s])
         elif not splitting:
             _average_step(alpha, Xa[s], T[s])
     if splitting and going > 0:
         # v = 2x − u; y = M⁻¹(v + α w); PR: u = 2y − v; DR: u = u + y − x (rows that go on).
-        for s in range(lo, hi):
+        for s in range(na):
             for i in range(n):
                 Z[s, i] = 2.0 * Xa[s, i] - Ua[s, i] + alpha * Wa[s, i]
-        np.dot(Z[lo:hi], MinvT, Y[lo:hi])
-        for s in range(lo, hi):
+        np.dot(Z[:na], MinvT, Y[:na])
+        for s in range(na):
             if flag[s] >= 0:
                 continue
             for i in range(n):
@@ -384,9 +485,19 @@ def _block(lo, hi, k, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
                     Ua[s, i] = Ua[s, i] + Y[s, i] - Xa[s, i]
 
 
+@njit(cache=True, inline="always")
+def _move_row(M, a, b, swap):
+    """Row ``a`` of ``M`` gets row ``b`` (``swap``: they trade places)."""
+    for i in range(M.shape[1]):
+        v = M[a, i]
+        M[a, i] = M[b, i]
+        if swap:
+            M[b, i] = v
+
+
 @njit(cache=True)
 def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, max_iter, norm, accept, m,
-                X, iters, res, codes, hist, record, Zout):
+                X, iters, res, codes, hist, record, Zout, Mat32, K):
     """The whole iteration on one block of samples (the rows of ``W``), independent of every
     other block. Returns the last iteration index.
 
@@ -399,12 +510,15 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     finished sample (``hist`` once per iteration when recording). ``Zout``, when it has rows,
     receives each sample's last ``A x + w`` (of the returned ``x``: the stopping rule's own
     product, so a caller that needs it saves one product). The active samples stay
-    packed at the start of the work arrays: finished ones are written out and the rest move up.
+    packed at the start of the work arrays: finished ones are written out and the rest move
+    up, those due for an exact product (mixed products, ``Mat32`` with rows: see
+    :func:`_block`) ahead of the others.
     """
     rows, n = W.shape
     dt = W.dtype
     splitting = method == 3 or method == 4
     scaled = D.shape[0] > 0
+    mixed = Mat32.shape[0] > 0
     start = X0.shape[0] > 0  # else x0 = 0, allocated here (on the core that uses it)
     Xa = X0.copy() if start else np.zeros_like(W)
     Wa = W.copy()
@@ -432,6 +546,12 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     H = np.zeros((na_, mm, mm))
     hb = np.zeros((na_, mm))
     Gm = np.zeros((na_, mm, mm))
+    nm = rows if mixed else 0
+    P32 = np.empty((nm, n), np.float32)
+    D32 = np.zeros((nm, n), np.float32)
+    err = np.zeros(nm)
+    rprev = np.full(nm, np.inf)
+    exact = np.ones(rows, np.bool_)
     zero = True  # does the block start at x0 = 0?
     for s in range(rows if start else 0):
         for i in range(n):
@@ -449,11 +569,13 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
             for i in range(n):
                 Ua[s, i] = (1.0 - alpha) * Xa[s, i] + alpha * (Z[s, i] + Wa[s, i])
     na = rows
+    ne = rows
     k = 0
     for k in range(max_iter + 1):
         skip = zero and k == 0 and not splitting
-        _block(0, na, k, skip, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
-               max_iter, norm, idx, r_first, r_cur, flag, accept, mm, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
+        _block(k, ne, na, skip, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alpha, code, slope, atol, rtol,
+               max_iter, norm, idx, r_first, r_cur, flag, accept, mm, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm,
+               Mat32, K, P32, D32, err, rprev, exact)
         j = 0
         for s in range(na):
             g = idx[s]
@@ -471,25 +593,48 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
                 continue
             if j != s:
                 idx[j] = g
-                for i in range(n):
-                    Xa[j, i] = Xa[s, i]
-                    Wa[j, i] = Wa[s, i]
+                _move_row(Xa, j, s, False)
+                _move_row(Wa, j, s, False)
                 if scaled:
-                    for i in range(n):
-                        Da[j, i] = Da[s, i]
+                    _move_row(Da, j, s, False)
                 if splitting:
-                    for i in range(n):
-                        Ua[j, i] = Ua[s, i]
+                    _move_row(Ua, j, s, False)
+                if mixed:
+                    _move_row(Z, j, s, False)
+                    _move_row(D32, j, s, False)
+                    exact[j] = exact[s]
             j += 1
         na = j
         if na == 0:
             break
+        ne = na
+        if mixed:  # the rows due for an exact product first
+            a = 0
+            b = na - 1
+            while True:
+                while a < na and exact[a]:
+                    a += 1
+                while b >= 0 and not exact[b]:
+                    b -= 1
+                if a >= b:
+                    break
+                idx[a], idx[b] = idx[b], idx[a]
+                _move_row(Xa, a, b, True)
+                _move_row(Wa, a, b, True)
+                if scaled:
+                    _move_row(Da, a, b, True)
+                _move_row(Z, a, b, True)
+                _move_row(D32, a, b, True)
+                exact[a] = True
+                exact[b] = False
+            ne = a
     return k
 
 
 def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
-              threads):
+              threads, mixed):
     batch = W.shape[0]
+    Mat32, K = _mixed_setup(Mat, norm, mixed)
     start = X0.shape[0] > 0  # else every sample starts at 0
     X = np.empty_like(W)  # every sample is written when it stops
     iters = np.zeros(batch, np.int64)
@@ -505,10 +650,37 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
         if lo < hi:
             last[c] = _solve_rows(method, Mat, W[lo:hi], D[lo:hi], X0[lo:hi] if start else X0, MinvT, alpha, code, slope, atol, rtol,
                                   max_iter, norm, accept, memory, X[lo:hi], iters[lo:hi], res[lo:hi], codes[lo:hi],
-                                  hist[:, lo:hi], record, X[:0])
+                                  hist[:, lo:hi], record, X[:0], Mat32, K)
     if record:
         hist = hist[: last.max() + 1].copy()
     return X, iters, res, codes, hist
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _mixed_setup(Mat, norm, mixed):
+    """``(Mat in float32, K)`` for mixed products (else an empty matrix): ``K ‖d‖`` bounds the
+    error of the float32 product ``d Mat`` in the residual's norm, for any summation order:
+    ``(n + 3) u₃₂`` (the rounding of ``d``, of ``Mat`` and of an n-term dot product) times
+    the norm of ``d ↦ d Mat`` (largest column sum of ``|Mat|`` in ℓ∞, largest row sum in ℓ1)."""
+    n = Mat.shape[0]
+    if not mixed:
+        return np.zeros((0, 0), np.float32), 0.0
+    Mat32 = np.empty((n, n), np.float32)
+    sums = np.zeros(n)  # the column sums of |Mat| (norm 0), accumulated row by row
+    big = 0.0  # the largest row sum (norm 1)
+    for a in range(n):
+        acc = 0.0
+        for b in range(n):
+            v = Mat[a, b]
+            Mat32[a, b] = v
+            if norm == 0:
+                sums[b] += abs(v)
+            else:
+                acc += abs(v)
+        big = max(big, acc)
+    if norm == 0:
+        big = sums.max()
+    return Mat32, (n + 3) * 2.0**-24 * big
 
 
 #: Fewest samples per thread block: below it a second thread costs more than it saves.
@@ -538,7 +710,8 @@ def _thread_count() -> int:
     return numba.get_num_threads()
 
 
-def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
+def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
+        mixed=False):
     """Same contract as :func:`solvers._numpy_engine.run`.
 
     The batch is split into one block per numba thread (``numba.set_num_threads``, at least
@@ -546,6 +719,7 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     single-threaded BLAS products, so the BLAS pool is held at one thread meanwhile.
     """
     dtype = W.dtype
+    mixed = bool(mixed) and method in MIXED_METHODS and dtype == np.float64 and not record
     D = np.zeros((0, W.shape[1]), dtype) if D is None else D
     X0 = np.zeros((0, W.shape[1]), dtype) if X0 is None else X0  # no rows: start at 0
     if MinvT.shape[0] == 0:
@@ -555,7 +729,8 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     parallel = threads > 1 and batch >= 2 * MIN_BLOCK_ROWS
     kernel = _run_parallel if parallel else _run_serial
     args = (METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
-            float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record), threads)
+            float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record), threads,
+            mixed)
     # The blocks' products run on one BLAS thread each; a serial solve keeps BLAS's pool
     # for products big enough to share (SMALL_GEMM_WORK).
     if parallel or batch * n * n < SMALL_GEMM_WORK:

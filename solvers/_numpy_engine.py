@@ -165,11 +165,13 @@ _STEPS = {
 }
 
 
-def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record):
+def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
+        mixed=False):
     """Iterate ``method`` until every sample meets ``r ≤ atol + rtol‖x‖`` or stops otherwise.
 
     ``X0`` is the start (``None``: 0). Returns ``(X, iterations, residual, codes, history)``;
-    ``codes`` are :class:`Status` values per sample.
+    ``codes`` are :class:`Status` values per sample. Every product is exact (in the dtype of
+    ``W``): ``mixed`` is accepted for the engines' common signature and ignored.
     """
     X0 = np.zeros_like(W) if X0 is None else X0
     problem = _Problem(Mat, W, D, code, slope, norm)

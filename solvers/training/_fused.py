@@ -33,7 +33,8 @@ from contraction._steps import _optimal_alpha
 
 from .._activations import IDENTITY
 from .._api import solve_adjoint
-from .._numba_engine import METHOD_CODES, MIN_BLOCK_ROWS, _renamed, _solve_rows, _thread_count, act_derivative
+from .._numba_engine import (METHOD_CODES, MIN_BLOCK_ROWS, MIXED_METHODS, _mixed_setup, _renamed, _solve_rows,
+                             _thread_count, act_derivative)
 from .._threads import blas_threads
 
 __all__ = ["fusable", "fused_loss_and_grad"]
@@ -42,7 +43,7 @@ _AVERAGE = METHOD_CODES["average"]
 
 
 def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, atol_a, max_iter,
-               threads):
+               threads, mixed):
     # The batch is rows ``rows`` of ``data`` and ``labels``; each thread gathers its own block
     # (the rows of a shuffled batch are scattered over the data set: two cores fetch them
     # from memory faster than one, and each block lands in the cache of the core using it).
@@ -67,6 +68,9 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
     Ga = np.empty((batch, n), dt)
     Da = np.empty((batch, n), dt)
     none = np.empty((0, n), dt)
+    # Mixed products (float64) as solve and solve_adjoint take them by default.
+    Mat32f, Kf = _mixed_setup(AT, 0, mixed)
+    Mat32a, Ka = _mixed_setup(A, 1, mixed)
     MinvT = np.zeros((1, 1), dt)
     iters_f = np.zeros(batch, np.int64)
     iters_a = np.zeros(batch, np.int64)
@@ -94,7 +98,7 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
                     W[s, i] += b[i]
             _solve_rows(_AVERAGE, AT, W[lo:hi], none, none, MinvT, alpha, code, slope, atol_f, 0.0,
                         max_iter, 0, 1.0, 0, X[lo:hi], iters_f[lo:hi], res_f[lo:hi], codes_f[lo:hi], hist[:, lo:hi],
-                        False, Zf[lo:hi])  # Zf = X Aᵀ + W from the solver's last product
+                        False, Zf[lo:hi], Mat32f, Kf)  # Zf = X Aᵀ + W from the solver's last product
             np.dot(X[lo:hi], CT, Yo[lo:hi])
             for s in range(lo, hi):
                 for i in range(n):
@@ -120,7 +124,7 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
                     Ga[s, i] = G64[s, i]
             _solve_rows(_AVERAGE, A, Ga[lo:hi], Da[lo:hi], none, MinvT, alpha, IDENTITY, 0.0, atol_a,
                         0.0, max_iter, 1, 1.0, 0, L[lo:hi], iters_a[lo:hi], res_a[lo:hi], codes_a[lo:hi],
-                        hist[:, lo:hi], False, none)
+                        hist[:, lo:hi], False, none, Mat32a, Ka)
             for s in range(lo, hi):
                 for i in range(n):
                     V[s, i] = L[s, i] * act_derivative(code, slope, Zf[s, i])
@@ -191,7 +195,8 @@ def fused_loss_and_grad(net, U, targets, rows=None):
         value, gA, gB, gb, gC, gc, Y, codes_a, U, X, Z, G, lam, stats = kernel(
             U, targets.astype(np.int64, copy=False), rows.astype(np.int64, copy=False), A, np.ascontiguousarray(A.T),
             net.B.T, net.b, net.C.T, net.C, net.C.astype(np.float64), net.c, float(alpha), int(act.code),
-            float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads)
+            float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads,
+            A.dtype == np.float64 and "average" in MIXED_METHODS)  # what solve's precision="auto" picks
     if stats[3] < 1.0:
         bad = codes_a != 0
         lam[bad], _ = solve_adjoint(A, Z[bad], G[bad], method="direct", activation=act, check=False)

@@ -323,21 +323,16 @@ def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, 
 
 
 @njit(cache=True, inline="always")
-def _step_entry(method, code, slope, alpha, x_row, t_row, z_row, d_row, scaled, out32, i):
-    """Entry ``i`` of the step: ``x⁺`` averaged (picard: α = 1) or forward–backward,
-    ``out32 = float32((x⁺ − x) ⊙ d)``; returns ``|(x⁺ − x) ⊙ d|``."""
-    x = x_row[i]
+def _step_entry(method, code, slope, alpha, x, t, z, d, scaled):
+    """One entry of the step: ``(x⁺, (x⁺ − x) d)`` (``d`` only when ``scaled``), ``x⁺``
+    averaged (picard: α = 1) or forward–backward. Scalars in and out: an inlined helper
+    that indexed the rows itself made the mixed solve 3.5× slower (100 × 100)."""
     if method == 2:
-        v = (1.0 - alpha) * x + alpha * z_row[i]
+        v = (1.0 - alpha) * x + alpha * z
         xn = act_value(code, slope, v) if code == 0 or code == 2 else act_prox(code, slope, alpha, v)
     else:
-        xn = x + alpha * (t_row[i] - x)
-    x_row[i] = xn
-    v = xn - x
-    if scaled:
-        v *= d_row[i]
-    out32[i] = v
-    return abs(v)
+        xn = x + alpha * (t - x)
+    return xn, ((xn - x) * d if scaled else xn - x)
 
 
 @njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
@@ -349,12 +344,15 @@ def _row_step_mixed(method, code, slope, alpha, norm, x_row, t_row, z_row, d_row
         rb = _float_bits(x_row[0])
         rb -= rb
         for i in range(x_row.shape[0]):
-            rb = max(rb, _float_bits(_step_entry(method, code, slope, alpha, x_row, t_row, z_row, d_row, scaled,
-                                                 out32, i)))
+            x_row[i], v = _step_entry(method, code, slope, alpha, x_row[i], t_row[i], z_row[i], d_row[i], scaled)
+            out32[i] = v
+            rb = max(rb, _float_bits(abs(v)))
         return float(_bits_float(rb, x_row[0]))
     acc = 0.0
     for i in range(x_row.shape[0]):
-        acc += _step_entry(method, code, slope, alpha, x_row, t_row, z_row, d_row, scaled, out32, i)
+        x_row[i], v = _step_entry(method, code, slope, alpha, x_row[i], t_row[i], z_row[i], d_row[i], scaled)
+        out32[i] = v
+        acc += abs(v)
     return acc
 
 

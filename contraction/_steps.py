@@ -71,7 +71,11 @@ def optimal_alpha(A, method: str = "average") -> float:
 
 def _optimal_alpha(A: np.ndarray, method: str) -> float:
     """:func:`optimal_alpha` for an already validated ``A`` and ``method``."""
-    a_min = float(np.diagonal(A).min())
+    return _optimal_alpha_from_min(float(np.diagonal(A).min()), method)
+
+
+def _optimal_alpha_from_min(a_min: float, method: str) -> float:
+    """:func:`optimal_alpha` from the smallest diagonal entry ``a_min`` of ``A``."""
     if method == "picard":
         return 1.0
     if method in ("average", "anderson"):

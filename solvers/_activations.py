@@ -55,6 +55,8 @@ class Activation:
 
 def get_activation(spec) -> Activation:
     """Accept ``"relu"``, ``"leaky_relu"``, ``("leaky_relu", 0.1)`` or an :class:`Activation`."""
+    if isinstance(spec, str) and spec in _BY_NAME:
+        return _BY_NAME[spec]
     if isinstance(spec, Activation):
         act = spec
     elif isinstance(spec, str):
@@ -69,7 +71,13 @@ def get_activation(spec) -> Activation:
         raise TypeError(f"unknown activation {act.name!r}; choose from {list(ACTIVATIONS)}")
     if not (0.0 <= act.slope < 1.0) or not np.isfinite(act.slope):
         raise ValueError(f"activation slope must be in [0, 1), got {act.slope}")
+    if isinstance(spec, str):
+        _BY_NAME[spec] = act  # frozen: one instance per valid name
     return act
+
+
+#: Validated activations by name (every solve looks its activation up).
+_BY_NAME: dict = {}
 
 
 def _sigmoid(z):

@@ -11,11 +11,11 @@ import warnings
 import numpy as np
 
 import contraction
-from contraction._norms import _mu_inf_compiled
-from contraction._steps import _average_factor_compiled, _optimal_alpha
+from contraction._steps import _average_factor_compiled, _optimal_alpha_from_min
 from contraction._validation import as_finite_scalar, as_square_matrix
 
 from ._activations import IDENTITY, get_activation
+from ._prepare import all_finite, matrix_facts
 from ._threads import blas_threads
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
@@ -66,7 +66,8 @@ def _as_batch(W, n: int, name: str, dtype=None) -> tuple[np.ndarray, bool]:
         raise ValueError(f"{name} must have shape ({n},) or (batch, {n}) to match A, got {arr.shape}")
     if arr.ndim == 2 and arr.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one sample, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
+    fast = arr.dtype.char in "fd" and arr.flags.c_contiguous
+    if not (all_finite(arr.reshape(-1)) if fast else np.isfinite(arr).all()):
         bad = ~np.isfinite(arr)
         raise ValueError(f"{name} must be finite; non-finite entries at {np.argwhere(bad)[:5].tolist()}")
     was_1d = arr.ndim == 1
@@ -127,7 +128,25 @@ def _guarantee_message(A: np.ndarray, method: str, alpha: float) -> str | None:
     return msg
 
 
-def _alpha(A, method, alpha, methods):
+def _square(A) -> np.ndarray:
+    """``A`` as a square float array (its finiteness is checked by :func:`_facts`); a
+    float ndarray passes as it is."""
+    if type(A) is np.ndarray and A.dtype.kind == "f" and A.ndim == 2 and A.shape[0] == A.shape[1] and A.size:
+        return A
+    return as_square_matrix(A)
+
+
+def _facts(A_in) -> tuple[float, float]:
+    """``(min a_ii, μ∞(A))`` of a square float array, in one compiled pass; a non-finite
+    ``A`` gets :func:`as_square_matrix`'s error, naming the entries."""
+    A = np.ascontiguousarray(A_in, dtype=None if A_in.dtype.char in "fd" else np.float64)
+    finite, a_min, mu = matrix_facts(A)
+    if not finite:
+        as_square_matrix(A_in)  # raises the ValueError that names the non-finite entries
+    return a_min, mu
+
+
+def _alpha(a_min, method, alpha, methods):
     if not isinstance(method, str) or method not in methods:
         raise TypeError(f"unknown method {method!r}; choose from {methods}")
     if method == "picard":
@@ -137,7 +156,7 @@ def _alpha(A, method, alpha, methods):
     if method == "direct":
         return float("nan")
     if alpha is None:
-        return _optimal_alpha(A, method)
+        return _optimal_alpha_from_min(a_min, method)
     return as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
 
 
@@ -209,8 +228,8 @@ def _overall(codes: np.ndarray) -> Status:
     return Status(int(codes.max())) if codes.size else Status.SUCCESS
 
 
-def _error_bound(A: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    mu = _mu_inf_compiled(A)  # μ∞(A); A is validated (any float dtype)
+def _error_bound(A: np.ndarray, residual: np.ndarray, mu: float) -> np.ndarray:
+    """Error bound of each residual; ``mu`` is ``μ∞(A)``."""
     if mu < 1.0:
         return residual / (1.0 - max(0.0, mu))
     eta, mu_eta = contraction.optimal_weights(A.astype(np.float64))
@@ -320,10 +339,11 @@ def solve(
     ----------
     S. Jafarpour et al., "Robust Implicit Networks via Non-Euclidean Contractions", NeurIPS 2021.
     """
-    A_in = as_square_matrix(A)
+    A_in = _square(A)
+    a_min, mu = _facts(A_in)
     n = A_in.shape[0]
     act = get_activation(activation)
-    alpha = _alpha(A_in, method, alpha, METHODS)
+    alpha = _alpha(a_min, method, alpha, METHODS)
     eng = _engine(engine)
     dtype = _dtype(A_in, W)
     Wb, was_1d = _as_batch(W, n, "W", dtype)
@@ -363,7 +383,7 @@ def solve(
         engine=engine,
         activation=act.name,
         history=hist,
-        error_bound=_error_bound(A_, res),
+        error_bound=_error_bound(A_, res, mu),
         sample_status=codes,
         precision="mixed" if mixed else "exact",
     )
@@ -422,10 +442,11 @@ def solve_adjoint(
     equals the ℓ∞ norm of ``(1 − α) I + α D A``: it contracts in ``‖·‖_1`` (the dual norm)
     with the same factor and the same ``α*`` as the forward iteration.
     """
-    A_in = as_square_matrix(A)
+    A_in = _square(A)
+    a_min, _ = _facts(A_in)
     n = A_in.shape[0]
     act = get_activation(activation)
-    alpha = _alpha(A_in, method, alpha, ADJOINT_METHODS)
+    alpha = _alpha(a_min, method, alpha, ADJOINT_METHODS)
     eng = _engine(engine)
     dtype = _dtype(A_in, G)
     Gb, was_1d = _as_batch(G, n, "G", dtype)

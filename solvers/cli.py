@@ -102,9 +102,10 @@ def cmd_solve(args) -> int:
     else:
         W = np.random.default_rng(args.seed).standard_normal((args.batch, A.shape[0]))
     result = solve(A, W, method=args.method, atol=args.atol, max_iter=args.max_iter,
-                   activation=args.activation, engine=args.engine)
+                   activation=args.activation, engine=args.engine, precision=args.precision)
     print(f"Matrix: {source}; inputs: {'file ' + args.W if args.W else f'{args.batch} Gaussian samples'}")
-    print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}: {result.status.name}: "
+    print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}, {result.precision} products: "
+          f"{result.status.name}: "
           f"{result.status.message}")
     print(f"iterations: mean {result.iterations.mean():.1f}, max {result.iterations.max()}; "
           f"residual max {result.residual.max():.3e}; error bound max {result.error_bound.max():.3e}")
@@ -127,7 +128,7 @@ def cmd_compare(args) -> int:
         A, W = instance(args.family, n=args.n, batch=args.batch, seed=args.seed)
         source = f"family {args.family} (n={args.n})"
     rows = compare_methods(A, W, activation=args.activation, atol=args.atol, max_iter=args.max_iter,
-                           engine=args.engine, repeats=args.repeats)
+                           engine=args.engine, repeats=args.repeats, precision=args.precision)
     print(f"Iteration schemes on {source}, batch {W.shape[0]}, {args.activation}, atol {args.atol:g}, "
           f"engine {args.engine}; mu_inf(A) = {contraction.mu_inf(A):.4g}, min a_ii = {np.diagonal(A).min():.4g}")
     print(format_table(rows))
@@ -440,6 +441,9 @@ def _add_solver_args(p, engines, activations, max_iter=1000):
     p.add_argument("--atol", type=float, default=1e-8)
     p.add_argument("--max-iter", type=int, default=max_iter)
     p.add_argument("--engine", choices=engines, default="numba")
+    p.add_argument("--precision", choices=("auto", "exact", "mixed"), default="auto",
+                   help="products: exact (in the dtype), or float32 steps between exact float64 "
+                        "products (mixed; auto: where it applies, the default)")
 
 
 def _add_data_args(p, datasets):

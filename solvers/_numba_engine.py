@@ -7,7 +7,9 @@ iteration on its block (one parallel region per solve, no synchronisation per st
 iteration one single-threaded BLAS GEMM on the block's still-active rows (two for the
 splittings), then the per-sample pass that evaluates the residual, applies the stopping
 rule and takes the step. Finished samples are written out and the block's active rows
-compacted, so the batch does not pay for its converged members.
+compacted, so the batch does not pay for its converged members. With mixed products
+(``run(..., mixed=True)``, float64) most passes update ``A x + w`` by a float32 product of
+the step and samples stop only on exact float64 products (see :func:`_block`).
 """
 
 from __future__ import annotations
@@ -379,14 +381,16 @@ def _block(k, ne, na, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
     (``zero``: the candidates are all 0, so the product is skipped).
 
     Mixed products (``Mat32`` has rows; float64 only): rows ``0:ne`` take the exact product
-    ``x A`` in float64, rows ``ne:na`` update ``z`` by the float32 product of their last step
-    ``d = x − x_prev`` (``z ← z + d A``, the step kept in ``D32``). A sample stops only on an
-    exact pass, so its reported residual, and the stopping rule, use the exact ``σ(A x + w)``.
-    After each step the row chooses its next pass: exact when its residual is predicted to
-    reach the tolerance (``r · min(1, r / r_prev) ≤ 2 tol``), when ``err`` (a bound on the
-    float32 drift of ``z`` since its last exact product: ``K ‖d‖`` per step, ``K`` =
-    ``(n + 3) u₃₂ ‖|A|‖``, the rounding bound of any summation order: :func:`_mixed_setup`) exceeds a quarter of
-    the residual, before ``max_iter``, and when the step does not fit float32.
+    ``x A`` in float64, rows ``ne:na`` update ``z = A x + w`` by the float32 product of their
+    last step ``d = x − x_prev`` (``z ← z + d A``, the step kept in ``D32``). A sample stops
+    only on an exact product: an approximate residual that meets the tolerance, grew 1e6-fold
+    or is not finite is recomputed exactly on the spot (one GEMV), so the reported residual
+    and the stopping rule use the exact ``σ(A x + w)``. After each step the row chooses its
+    next pass: exact when its residual is predicted to reach the tolerance
+    (``r · min(1, r / r_prev) ≤ 2 tol``), when ``err`` (a bound on the float32 drift of ``z``
+    since its last exact product: ``K ‖d‖`` per step, ``K = (n + 3) u₃₂ ‖|A|‖``, the rounding
+    bound of any summation order, :func:`_mixed_setup`) exceeds a quarter of the residual,
+    before ``max_iter``, and when the step does not fit float32.
 
     Every row's work reads only its own rows and the shared read-only matrices, so blocks run
     on separate threads; each block's products are single-threaded BLAS calls.

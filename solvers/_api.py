@@ -202,8 +202,9 @@ def _mixed(precision, engine: str, dtype, method: str, record: bool) -> bool:
     the tolerance), whenever the float32 rounding could have drifted by a quarter of the
     residual, and before ``max_iter``. Every stopping decision, every reported residual and
     every returned ``x`` therefore rest on an exact product. ``auto`` is ``mixed`` where it
-    applies (numba, float64, picard/average/forward_backward/anderson, ``record=False``: a
-    recorded history holds exact residuals only) and ``exact`` elsewhere.
+    applies (numba, float64, picard/average/forward_backward, ``record=False``: a recorded
+    history holds exact residuals only) and ``exact`` elsewhere; Anderson stays exact (its
+    extrapolation on drifting residuals took up to 9 more iterations).
     """
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise TypeError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
@@ -317,7 +318,8 @@ def solve(
         (:class:`NotGuaranteedWarning`) with the violated condition and its margin.
     precision : {"auto", "exact", "mixed"}
         How the products ``A x`` are computed. ``exact``: every one in the solve's dtype.
-        ``mixed`` (numba engine, float64, not the splittings, ``record=False``): the product
+        ``mixed`` (numba engine, float64, picard, average or forward_backward,
+        ``record=False``): the product
         of each step in float32, added to the float64 ``A x + w``, with an exact float64
         product whenever a sample may stop or the float32 rounding could matter; samples stop
         only on exact products, so ``x``, ``residual`` and the stopping rule are those of an

@@ -719,6 +719,8 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     The batch is split into one block per numba thread (``numba.set_num_threads``, at least
     :data:`MIN_BLOCK_ROWS` samples each); each thread iterates its block to the end with
     single-threaded BLAS products, so the BLAS pool is held at one thread meanwhile.
+    ``mixed``: float32 products of the steps between exact ones (:func:`_block`); taken for
+    float64 solves of :data:`MIXED_METHODS` without ``record``, ignored otherwise.
     """
     dtype = W.dtype
     mixed = bool(mixed) and method in MIXED_METHODS and dtype == np.float64 and not record

@@ -195,6 +195,19 @@ def _residual(code, slope, norm, z_row, w_row, x_row, t_row):
 
 
 @njit(cache=True)
+def _exact_product(Xa, Da, S, Mat, Z, lo, hi, scaled):
+    """``Z[lo:hi] = (X ⊙ D)[lo:hi] Mat`` (``D`` only when ``scaled``): one BLAS call, from
+    one place (numba expands every ``np.dot`` site into a long stretch of code to compile)."""
+    if scaled:
+        for s in range(lo, hi):
+            for i in range(Xa.shape[1]):
+                S[s, i] = Xa[s, i] * Da[s, i]
+        np.dot(S[lo:hi], Mat, Z[lo:hi])
+    else:
+        np.dot(Xa[lo:hi], Mat, Z[lo:hi])
+
+
+@njit(cache=True)
 def _average_step(alpha, x_row, t_row):
     """``x ← x + α (T(x) − x)``."""
     for i in range(x_row.shape[0]):
@@ -380,7 +393,7 @@ def _block(k, ne, na, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
     """One iteration on the active rows ``0:na``: product, residual, stopping rule, step
     (``zero``: the candidates are all 0, so the product is skipped).
 
-    Mixed products (``Mat32`` has rows; float64 only): rows ``0:ne`` take the exact product
+    Mixed products (``Mat32`` given, not None; float64 only): rows ``0:ne`` take the exact product
     ``x A`` in float64, rows ``ne:na`` update ``z = A x + w`` by the float32 product of their
     last step ``d = x − x_prev`` (``z ← z + d A``, the step kept in ``D32``). A sample stops
     only on an exact product: an approximate residual that meets the tolerance, grew 1e6-fold
@@ -396,7 +409,6 @@ def _block(k, ne, na, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
     on separate threads; each block's products are single-threaded BLAS calls.
     """
     n = Xa.shape[1]
-    mixed = Mat32.shape[0] > 0
     scaled = Da.shape[0] > 0
     splitting = method == 3 or method == 4
     if splitting:
@@ -408,40 +420,34 @@ def _block(k, ne, na, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
         ne = na
     else:
         if ne > 0:
-            if scaled:
-                for s in range(ne):
-                    for i in range(n):
-                        S[s, i] = Xa[s, i] * Da[s, i]
-                np.dot(S[:ne], Mat, Z[:ne])
-            else:
-                np.dot(Xa[:ne], Mat, Z[:ne])
-        if ne < na:  # d A, which the residual adds to the z = A x + w it has
-            np.dot(D32[ne:na], Mat32, P32[ne:na])
+            _exact_product(Xa, Da, S, Mat, Z, 0, ne, scaled)
+        if Mat32 is not None:  # (``is None`` tests on Mat32: compiled only where it is given)
+            if ne < na:  # d A, which the residual adds to the z = A x + w it has
+                np.dot(D32[ne:na], Mat32, P32[ne:na])
     going = 0
     for s in range(na):
         g = idx[s]
-        if s < ne:
+        if Mat32 is None:
             r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
+            tol = atol + rtol * xn
+            approx = False
         else:
-            r, xn = _residual(code, slope, norm, Z[s], P32[s], Xa[s], T[s])
+            approx = s >= ne
+            while True:
+                if approx:
+                    r, xn = _residual(code, slope, norm, Z[s], P32[s], Xa[s], T[s])
+                else:
+                    r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
+                tol = atol + rtol * xn
+                if not approx or (r > tol and r <= DIVERGENCE_RATIO * r_first[g]):
+                    break
+                # An approximate residual never stops a sample: one that would (met the
+                # tolerance, grew too much, not finite) gets its exact product now.
+                approx = False
+                _exact_product(Xa, Da, S, Mat, Z, s, s + 1, scaled)
         r_cur[s] = r
         if k == 0:
             r_first[g] = r
-        tol = atol + rtol * xn
-        approx = s >= ne
-        if approx and not (r > tol and r <= DIVERGENCE_RATIO * r_first[g]):
-            # An approximate residual never stops a sample: one that would (met the
-            # tolerance, grew too much, not finite) gets its exact product now.
-            approx = False
-            if scaled:
-                for i in range(n):
-                    S[s, i] = Xa[s, i] * Da[s, i]
-                np.dot(S[s : s + 1], Mat, Z[s : s + 1])
-            else:
-                np.dot(Xa[s : s + 1], Mat, Z[s : s + 1])
-            r, xn = _residual(code, slope, norm, Z[s], Wa[s], Xa[s], T[s])
-            r_cur[s] = r
-            tol = atol + rtol * xn
         if approx:
             flag[s] = -1
         elif not np.isfinite(r):
@@ -459,7 +465,7 @@ def _block(k, ne, na, zero, method, Mat, Xa, Wa, Da, Z, T, S, Ua, Y, MinvT, alph
         going += 1
         if method == 5:
             _anderson_step(s, g, Xa, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm)
-        elif mixed:
+        elif Mat32 is not None:
             dn = _step_mixed(method, code, slope, alpha, norm, Xa[s], T[s], Z[s], Da[s] if scaled else T[s], scaled,
                              D32[s])
             e = (err[g] if approx else 0.0) + K * dn
@@ -513,14 +519,13 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     receives each sample's last ``A x + w`` (of the returned ``x``: the stopping rule's own
     product, so a caller that needs it saves one product). The active samples stay
     packed at the start of the work arrays: finished ones are written out and the rest move
-    up, those due for an exact product (mixed products, ``Mat32`` with rows: see
+    up, those due for an exact product (mixed products, ``Mat32`` not None: see
     :func:`_block`) ahead of the others.
     """
     rows, n = W.shape
     dt = W.dtype
     splitting = method == 3 or method == 4
     scaled = D.shape[0] > 0
-    mixed = Mat32.shape[0] > 0
     start = X0.shape[0] > 0  # else x0 = 0, allocated here (on the core that uses it)
     Xa = X0.copy() if start else np.zeros_like(W)
     Wa = W.copy()
@@ -548,7 +553,9 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
     H = np.zeros((na_, mm, mm))
     hb = np.zeros((na_, mm))
     Gm = np.zeros((na_, mm, mm))
-    nm = rows if mixed else 0
+    nm = 0  # rows of the mixed products' work arrays
+    if Mat32 is not None:
+        nm = rows
     P32 = np.empty((nm, n), np.float32)
     D32 = np.zeros((nm, n), np.float32)
     err = np.zeros(nm)
@@ -601,7 +608,7 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
                     _move_row(Da, j, s, False)
                 if splitting:
                     _move_row(Ua, j, s, False)
-                if mixed:
+                if Mat32 is not None:
                     _move_row(Z, j, s, False)
                     _move_row(D32, j, s, False)
                     exact[j] = exact[s]
@@ -610,7 +617,7 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
         if na == 0:
             break
         ne = na
-        if mixed:  # the rows due for an exact product first
+        if Mat32 is not None:  # the rows due for an exact product first
             a = 0
             b = na - 1
             while True:
@@ -634,9 +641,8 @@ def _solve_rows(method, Mat, W, D, X0, MinvT, alpha, code, slope, atol, rtol, ma
 
 
 def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
-              threads, mixed):
+              threads, Mat32, K):
     batch = W.shape[0]
-    Mat32, K = _mixed_setup(Mat, norm, mixed)
     start = X0.shape[0] > 0  # else every sample starts at 0
     X = np.empty_like(W)  # every sample is written when it stops
     iters = np.zeros(batch, np.int64)
@@ -659,14 +665,12 @@ def _run_impl(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, n
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def _mixed_setup(Mat, norm, mixed):
-    """``(Mat in float32, K)`` for mixed products (else an empty matrix): ``K ‖d‖`` bounds the
+def _mixed_setup(Mat, norm):
+    """``(Mat in float32, K)`` for mixed products: ``K ‖d‖`` bounds the
     error of the float32 product ``d Mat`` in the residual's norm, for any summation order:
     ``(n + 3) u₃₂`` (the rounding of ``d``, of ``Mat`` and of an n-term dot product) times
     the norm of ``d ↦ d Mat`` (largest column sum of ``|Mat|`` in ℓ∞, largest row sum in ℓ1)."""
     n = Mat.shape[0]
-    if not mixed:
-        return np.zeros((0, 0), np.float32), 0.0
     Mat32 = np.empty((n, n), np.float32)
     sums = np.zeros(n)  # the column sums of |Mat| (norm 0), accumulated row by row
     big = 0.0  # the largest row sum (norm 1)
@@ -732,9 +736,11 @@ def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, M
     batch, n = W.shape
     parallel = threads > 1 and batch >= 2 * MIN_BLOCK_ROWS
     kernel = _run_parallel if parallel else _run_serial
+    # Without mixed products Mat32 is None: the kernels are then compiled without that code.
+    Mat32, K = _mixed_setup(Mat, int(norm)) if mixed else (None, 0.0)
     args = (METHOD_CODES[method], Mat, W, D, X0, float(alpha), int(code), float(slope), float(atol),
             float(rtol), int(max_iter), int(norm), MinvT, int(memory), float(accept), bool(record), threads,
-            mixed)
+            Mat32, K)
     # The blocks' products run on one BLAS thread each; a serial solve keeps BLAS's pool
     # for products big enough to share (SMALL_GEMM_WORK).
     if parallel or batch * n * n < SMALL_GEMM_WORK:

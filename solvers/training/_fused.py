@@ -43,7 +43,7 @@ _AVERAGE = METHOD_CODES["average"]
 
 
 def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slope, atol_f, atol_a, max_iter,
-               threads, mixed):
+               threads, Mat32f, Kf, Mat32a, Ka):
     # The batch is rows ``rows`` of ``data`` and ``labels``; each thread gathers its own block
     # (the rows of a shuffled batch are scattered over the data set: two cores fetch them
     # from memory faster than one, and each block lands in the cache of the core using it).
@@ -68,9 +68,6 @@ def _step_impl(data, labels, rows, A, AT, BT, b, CT, C, C64, c, alpha, code, slo
     Ga = np.empty((batch, n), dt)
     Da = np.empty((batch, n), dt)
     none = np.empty((0, n), dt)
-    # Mixed products (float64) as solve and solve_adjoint take them by default.
-    Mat32f, Kf = _mixed_setup(AT, 0, mixed)
-    Mat32a, Ka = _mixed_setup(A, 1, mixed)
     MinvT = np.zeros((1, 1), dt)
     iters_f = np.zeros(batch, np.int64)
     iters_a = np.zeros(batch, np.int64)
@@ -189,14 +186,19 @@ def fused_loss_and_grad(net, U, targets, rows=None):
     alpha = _optimal_alpha(A, "average")
     act = net.activation
     threads = _thread_count()
+    # Mixed products in float64, as solve and solve_adjoint take them by default (the forward
+    # product is X Aᵀ, the adjoint's Λ A); None (float32): compiled without them.
+    if A.dtype == np.float64 and "average" in MIXED_METHODS:
+        mixed = (*_mixed_setup(np.ascontiguousarray(A.T), 0), *_mixed_setup(A, 1))
+    else:
+        mixed = (None, 0.0, None, 0.0)
     parallel = threads > 1 and rows.shape[0] >= 2 * MIN_BLOCK_ROWS
     kernel = _step_parallel if parallel else _step_serial
     with blas_threads(1) if parallel else contextlib.nullcontext():
         value, gA, gB, gb, gC, gc, Y, codes_a, U, X, Z, G, lam, stats = kernel(
             U, targets.astype(np.int64, copy=False), rows.astype(np.int64, copy=False), A, np.ascontiguousarray(A.T),
             net.B.T, net.b, net.C.T, net.C, net.C.astype(np.float64), net.c, float(alpha), int(act.code),
-            float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads,
-            A.dtype == np.float64 and "average" in MIXED_METHODS)  # what solve's precision="auto" picks
+            float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads, *mixed)
     if stats[3] < 1.0:
         bad = codes_a != 0
         lam[bad], _ = solve_adjoint(A, Z[bad], G[bad], method="direct", activation=act, check=False)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import contraction
-from solvers import ACTIVATIONS, ENGINES
+from solvers import ACTIVATIONS, ENGINES, PRECISIONS
 from solvers.cli import positive_int
 from solvers._compare import FAMILIES, compare_methods, format_table, instance, plot_comparison
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-iter", type=positive_int, default=5000, help="iteration limit (default 5000)")
     parser.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine (default numba)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed solves per method (default 3)")
-    parser.add_argument("--precision", choices=("auto", "exact", "mixed"), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="products of the timed solves (default auto: mixed where it applies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the matrix and inputs (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out/iteration_schemes.png"), help="figure path")

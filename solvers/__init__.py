@@ -6,7 +6,7 @@ One front door (:func:`solve`, :func:`solve_adjoint`), six methods, three engine
 """
 
 from ._activations import ACTIVATIONS, Activation, get_activation
-from ._api import ADJOINT_METHODS, ENGINES, METHODS, solve, solve_adjoint
+from ._api import ADJOINT_METHODS, ENGINES, METHODS, PRECISIONS, solve, solve_adjoint
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "METHODS",
     "NoConvergence",
     "NotGuaranteedWarning",
+    "PRECISIONS",
     "Status",
     "get_activation",
     "solve",

@@ -20,7 +20,7 @@ from ._prepare import all_finite, matrix_facts
 from ._threads import blas_threads
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
-__all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
+__all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES", "PRECISIONS"]
 
 METHODS = contraction.METHODS
 #: The adjoint equation is linear: the averaged iteration (and its accelerations) contract in

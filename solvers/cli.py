@@ -437,11 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_solver_args(p, engines, activations, max_iter=1000):
+    from ._api import PRECISIONS
+
     p.add_argument("--activation", choices=list(activations), default="relu")
     p.add_argument("--atol", type=float, default=1e-8)
     p.add_argument("--max-iter", type=int, default=max_iter)
     p.add_argument("--engine", choices=engines, default="numba")
-    p.add_argument("--precision", choices=("auto", "exact", "mixed"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="products: exact (in the dtype), or float32 steps between exact float64 "
                         "products (mixed; auto: where it applies, the default)")
 

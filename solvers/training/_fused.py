@@ -185,18 +185,19 @@ def fused_loss_and_grad(net, U, targets, rows=None):
     A = np.ascontiguousarray(net.A)
     alpha = _optimal_alpha(A, "average")
     act = net.activation
+    AT = np.ascontiguousarray(A.T)
     threads = _thread_count()
     # Mixed products in float64, as solve and solve_adjoint take them by default (the forward
     # product is X Aᵀ, the adjoint's Λ A); None (float32): compiled without them.
     if A.dtype == np.float64 and "average" in MIXED_METHODS:
-        mixed = (*_mixed_setup(np.ascontiguousarray(A.T), 0), *_mixed_setup(A, 1))
+        mixed = (*_mixed_setup(AT, 0), *_mixed_setup(A, 1))
     else:
         mixed = (None, 0.0, None, 0.0)
     parallel = threads > 1 and rows.shape[0] >= 2 * MIN_BLOCK_ROWS
     kernel = _step_parallel if parallel else _step_serial
     with blas_threads(1) if parallel else contextlib.nullcontext():
         value, gA, gB, gb, gC, gc, Y, codes_a, U, X, Z, G, lam, stats = kernel(
-            U, targets.astype(np.int64, copy=False), rows.astype(np.int64, copy=False), A, np.ascontiguousarray(A.T),
+            U, targets.astype(np.int64, copy=False), rows.astype(np.int64, copy=False), A, AT,
             net.B.T, net.b, net.C.T, net.C, net.C.astype(np.float64), net.c, float(alpha), int(act.code),
             float(act.slope), float(s.atol), float(s.adjoint_atol), int(s.max_iter), threads, *mixed)
     if stats[3] < 1.0:

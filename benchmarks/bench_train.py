@@ -342,7 +342,7 @@ def breakdown(torch, net, twin, Xtr, ytr, rows, seed: int) -> None:
     spinning for a while after its last call, so interleaving would time the two pools
     fighting over 2 cores. nemon runs under the trainer's BLAS policy (blas_threads_for).
     """
-    from solvers._threads import blas_threads_for
+    from solvers.engine import blas_threads_for
 
     steps = len(rows) * (len(Xtr) // BATCH_SIZE)
     in_epoch = dict(twin.clock)
@@ -419,16 +419,16 @@ def print_comparison(rows, acc, n_train: int) -> bool:
 
 def main_job() -> None:
     """``nemon train`` with its command-line defaults: time to 0.90 test accuracy, total time."""
-    from solvers.cli import _load_data, _train_kwargs, build_parser
+    from solvers.cli import build_parser, load_data, train_config
     from solvers.training import ImplicitNetwork, SolverConfig, train
 
     # The command line's own defaults and data loading (so this cannot drift from `nemon train`).
     args = build_parser().parse_args(["train", "--no-progress"])
-    Xtr, ytr, Xte, yte = _load_data(args)
-    kwargs = _train_kwargs(args)
+    Xtr, ytr, Xte, yte = load_data(args)
+    config = train_config(args)
     print()
     print(f"Main job: `nemon train` defaults: {args.dataset} ({len(Xtr):,} train / {len(Xte):,} test), "
-          f"n = {args.hidden}, {kwargs['epochs']} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr:g} "
+          f"n = {args.hidden}, {config.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr:g} "
           f"({args.schedule}), {args.constraint} gamma {args.gamma}, atol {args.atol:g}, {args.activation}, "
           f"{args.dtype}, engine {args.engine}; test accuracy after every epoch")
     net = ImplicitNetwork(Xtr.shape[1], args.hidden, int(ytr.max()) + 1, activation=args.activation, seed=args.seed,
@@ -439,7 +439,7 @@ def main_job() -> None:
     def on_epoch(record):
         stamps.append((time.perf_counter() - start, record["val_acc"]))
 
-    train(net, Xtr, ytr, X_val=Xte, y_val=yte, progress=False, callback=on_epoch, **kwargs)
+    train(net, Xtr, ytr, config, X_val=Xte, y_val=yte, progress=False, callback=on_epoch)
     total = time.perf_counter() - start
     reached = next(((k + 1, t, a) for k, (t, a) in enumerate(stamps) if a >= MAIN_JOB_ACCURACY), None)
     print("epoch  seconds  test acc")

@@ -5,8 +5,13 @@ contraction factors, Lipschitz bounds and certified radii, and projections onto 
 well-posed polytope. Plain numpy (cvxpy for the semidefinite and reference programs).
 """
 
+from ._numba_cache import configure_numba_cache
+
+configure_numba_cache()  # before any kernel is defined: numba picks its cache folder then
+
 from ._conditions import CONDITIONS, ConditionResult, WellposednessReport, lben_value, wellposedness
 from ._examples import EXAMPLES, example
+from ._facts import all_finite, matrix_facts
 from ._lipschitz import certified_radius, lipschitz_bound
 from ._norms import induced_norm, log_norm, mu_1, mu_2, mu_inf, vector_norm
 from ._projection import project_mu_inf, project_norm_inf
@@ -16,6 +21,7 @@ from ._steps import (
     error_bound,
     iteration_bound,
     optimal_alpha,
+    optimal_alpha_from_diagonal,
     resolvent_matrix,
 )
 from ._weights import (
@@ -32,6 +38,7 @@ __all__ = [
     "EXAMPLES",
     "METHODS",
     "WellposednessReport",
+    "all_finite",
     "certified_radius",
     "contraction_factor",
     "error_bound",
@@ -42,11 +49,13 @@ __all__ = [
     "lben_value",
     "lipschitz_bound",
     "log_norm",
+    "matrix_facts",
     "metzler_majorant",
     "mu_1",
     "mu_2",
     "mu_inf",
     "optimal_alpha",
+    "optimal_alpha_from_diagonal",
     "optimal_weights",
     "project_mu_inf",
     "project_norm_inf",

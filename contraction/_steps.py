@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from ._norms import _scale_inf, mu_inf
 from ._validation import as_finite_scalar, as_square_matrix, as_weights
@@ -32,6 +31,7 @@ from ._validation import as_finite_scalar, as_square_matrix, as_weights
 __all__ = [
     "METHODS",
     "optimal_alpha",
+    "optimal_alpha_from_diagonal",
     "contraction_factor",
     "iteration_bound",
     "error_bound",
@@ -66,36 +66,17 @@ def optimal_alpha(A, method: str = "average") -> float:
     """
     A = as_square_matrix(A)
     _check_method(method)
-    return _optimal_alpha(A, method)
+    return optimal_alpha_from_diagonal(float(np.diagonal(A).min()), method)
 
 
-def _optimal_alpha(A: np.ndarray, method: str) -> float:
-    """:func:`optimal_alpha` for an already validated ``A`` and ``method``."""
-    return _optimal_alpha_from_min(float(np.diagonal(A).min()), method)
-
-
-def _optimal_alpha_from_min(a_min: float, method: str) -> float:
-    """:func:`optimal_alpha` from the smallest diagonal entry ``a_min`` of ``A``."""
+def optimal_alpha_from_diagonal(a_min: float, method: str = "average") -> float:
+    """:func:`optimal_alpha` from the smallest diagonal entry ``a_min`` of ``A`` (the only
+    entry it depends on), for callers that know it already."""
     if method == "picard":
         return 1.0
     if method in ("average", "anderson"):
         return 1.0 / (1.0 - min(0.0, a_min))
     return 1.0 / (1.0 - a_min) if a_min < 1.0 else 1.0
-
-
-@njit(cache=True)
-def _average_factor_compiled(A, alpha) -> float:
-    """:func:`contraction_factor` of ``average`` (plain ℓ∞) for a validated square ``A``:
-    ``max_i max(|1 − α|, |1 − α + α a_ii| + α Σ_{j≠i} |a_ij|)``, without NumPy temporaries
-    (the solvers call it on every Anderson solve)."""
-    best = abs(1.0 - alpha)
-    for i in range(A.shape[0]):
-        off = 0.0
-        for j in range(A.shape[1]):
-            if j != i:
-                off += abs(A[i, j])
-        best = max(best, abs(1.0 - alpha + alpha * A[i, i]) + alpha * off)
-    return best
 
 
 def resolvent_matrix(A, alpha: float) -> np.ndarray:

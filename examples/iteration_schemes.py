@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import contraction
-from solvers import ACTIVATIONS, ENGINES, PRECISIONS
+from solvers import ACTIVATIONS, ENGINES
 from solvers.cli import positive_int
-from solvers._compare import FAMILIES, compare_methods, format_table, instance, plot_comparison
+from solvers.compare import FAMILIES, compare_methods, format_table, instance, plot_comparison
 
 
 def main(argv=None) -> int:
@@ -40,8 +40,6 @@ def main(argv=None) -> int:
     parser.add_argument("--max-iter", type=positive_int, default=5000, help="iteration limit (default 5000)")
     parser.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine (default numba)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed solves per method (default 3)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="products of the timed solves (default auto: mixed where it applies)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the matrix and inputs (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out/iteration_schemes.png"), help="figure path")
     args = parser.parse_args(argv)
@@ -54,7 +52,7 @@ def main(argv=None) -> int:
           f"mu_inf(A) = {mu:.4g}, min a_ii = {a_min:.4g}, atol = {args.atol:.0e}, engine {args.engine}")
     print()
     rows = compare_methods(A, W, activation=args.activation, atol=args.atol, max_iter=args.max_iter,
-                           engine=args.engine, repeats=args.repeats, precision=args.precision)
+                           engine=args.engine, repeats=args.repeats)
     print(format_table(rows))
     print()
     print("rate = (r_K / r_0)^(1/K) of the batch-max residual; factor = worst-case l-inf contraction "

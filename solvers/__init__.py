@@ -5,8 +5,10 @@ One front door (:func:`solve`, :func:`solve_adjoint`), six methods, three engine
 (``numba.cuda``). Every method stops on the same ℓ∞ fixed-point residual.
 """
 
+import contraction  # noqa: F401  (first: it sets numba's cache folder before any kernel is defined)
+
 from ._activations import ACTIVATIONS, Activation, get_activation
-from ._api import ADJOINT_METHODS, ENGINES, METHODS, PRECISIONS, solve, solve_adjoint
+from ._api import ADJOINT_METHODS, ENGINES, METHODS, solve, solve_adjoint
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
 __all__ = [
@@ -19,7 +21,6 @@ __all__ = [
     "METHODS",
     "NoConvergence",
     "NotGuaranteedWarning",
-    "PRECISIONS",
     "Status",
     "get_activation",
     "solve",

@@ -1,10 +1,12 @@
-"""The front door: ``solve`` and ``solve_adjoint`` validate, check guarantees, dispatch
-to an engine and build the result. No iteration happens here."""
+"""The front door: ``solve`` and ``solve_adjoint`` validate, check guarantees, describe the
+solve once (:class:`._engines.task.Task`), dispatch to an engine and build the result. No
+iteration happens here."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import importlib
 import numbers
 import warnings
@@ -12,23 +14,27 @@ import warnings
 import numpy as np
 
 import contraction
-from contraction._steps import _average_factor_compiled, _optimal_alpha_from_min
 from contraction._validation import as_finite_scalar, as_square_matrix
 
-from ._activations import IDENTITY, get_activation
-from ._prepare import all_finite, matrix_facts
-from ._threads import blas_threads
+from ._activations import get_activation
+from ._engines.task import Task
+from ._engines.threads import blas_threads
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
-__all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES", "PRECISIONS"]
+__all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
 
 METHODS = contraction.METHODS
 #: The adjoint equation is linear: the averaged iteration (and its accelerations) contract in
 #: ℓ1 with the forward factor; ``direct`` is a batched dense solve (exact, O(batch n³)).
 ADJOINT_METHODS = ("picard", "average", "anderson", "direct")
 ENGINES = ("numpy", "numba", "cuda")
-_ENGINE_MODULES = {"numpy": "._numpy_engine", "numba": "._numba_engine", "cuda": "._cuda_engine"}
+_ENGINE_MODULES = {"numpy": "._engines.numpy_engine", "numba": "._engines.numba_engine",
+                   "cuda": "._engines.cuda_engine"}
+_SPLITTINGS = ("peaceman_rachford", "douglas_rachford")
 _F32_EPS = float(np.finfo(np.float32).eps)
+_SUCCESS = int(Status.SUCCESS)
+#: Engine modules imported so far (the CUDA one is imported only when asked for).
+_loaded: dict = {}
 
 
 def _engine(name: str):
@@ -40,11 +46,6 @@ def _engine(name: str):
     if name == "cuda":
         module.require_gpu()
     return module
-
-
-#: Engine modules imported so far (the CUDA one is imported only when asked for).
-_loaded: dict = {}
-_SUCCESS = int(Status.SUCCESS)
 
 
 def _check_int(x, name: str, low: int) -> int:
@@ -68,7 +69,7 @@ def _as_batch(W, n: int, name: str, dtype=None) -> tuple[np.ndarray, bool]:
     if arr.ndim == 2 and arr.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one sample, got shape {arr.shape}")
     fast = arr.dtype.char in "fd" and arr.flags.c_contiguous
-    if not (all_finite(arr.reshape(-1)) if fast else np.isfinite(arr).all()):
+    if not (contraction.all_finite(arr.reshape(-1)) if fast else np.isfinite(arr).all()):
         bad = ~np.isfinite(arr)
         raise ValueError(f"{name} must be finite; non-finite entries at {np.argwhere(bad)[:5].tolist()}")
     was_1d = arr.ndim == 1
@@ -87,22 +88,81 @@ def _start(x, name: str, like: np.ndarray, like_1d: bool, like_name: str, dtype)
     return xb
 
 
-def _dtype(A: np.ndarray, W) -> np.dtype:
-    w = np.asarray(W)
-    both32 = A.dtype == np.float32 and w.dtype == np.float32
-    return np.dtype(np.float32 if both32 else np.float64)
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+    """What a solve knows about ``A``, each computed once."""
+
+    A: np.ndarray  # square, float, finite (as given: float32 stays float32)
+    a_min: float  # min a_ii
+    mu: float  # μ∞(A)
+
+    @property
+    def A64(self) -> np.ndarray:
+        return self.A if self.A.dtype == np.float64 else self.A.astype(np.float64)
 
 
-def _guarantee_message(A: np.ndarray, method: str, alpha: float) -> str | None:
+def _facts(A) -> _Facts:
+    """``A`` validated, with ``min a_ii`` and ``μ∞(A)`` from one compiled pass; a non-finite
+    ``A`` gets :func:`as_square_matrix`'s error, naming the entries."""
+    if not (type(A) is np.ndarray and A.dtype.kind == "f" and A.ndim == 2 and A.shape[0] == A.shape[1] and A.size):
+        A = as_square_matrix(A)
+    A_c = np.ascontiguousarray(A, dtype=None if A.dtype.char in "fd" else np.float64)
+    finite, a_min, mu = contraction.matrix_facts(A_c)
+    if not finite:
+        as_square_matrix(A)  # raises the ValueError that names the non-finite entries
+    return _Facts(A_c, float(a_min), float(mu))
+
+
+def _alpha(facts: _Facts, method, alpha, methods) -> float:
+    if not isinstance(method, str) or method not in methods:
+        raise TypeError(f"unknown method {method!r}; choose from {methods}")
+    if method == "picard":
+        if alpha is not None and alpha != 1.0:
+            raise ValueError(f"alpha must be 1 (or None) for picard, got {alpha}; use method='average'")
+        return 1.0
+    if method == "direct":
+        return float("nan")
+    if alpha is None:
+        return contraction.optimal_alpha_from_diagonal(facts.a_min, method)
+    return as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
+
+
+def _tolerances(atol, rtol, max_iter, memory, dtype, check):
+    atol = as_finite_scalar(atol, "atol", low=0.0)
+    rtol = as_finite_scalar(rtol, "rtol", low=0.0)
+    max_iter = _check_int(max_iter, "max_iter", 0)
+    memory = _check_int(memory, "memory", 1)
+    if check and dtype == np.float32 and 0.0 < atol + rtol < 4 * _F32_EPS:
+        warnings.warn(
+            f"atol + rtol = {atol + rtol:.1e} is below float32 resolution ({_F32_EPS:.1e}); "
+            "expect MAX_ITER: loosen the tolerance or use float64",
+            UserWarning,
+            stacklevel=4,
+        )
+    return atol, rtol, max_iter, memory
+
+
+def _factor(facts: _Facts, method: str, alpha: float) -> float:
+    """The method's worst-case ℓ∞ factor: the closed form of DESIGN.md section 4 from the
+    μ∞ already known on the guaranteed step range, :func:`contraction.contraction_factor`
+    elsewhere."""
+    mu, a_min = facts.mu, facts.a_min
+    if method in ("picard", "average", "anderson") and alpha <= 1.0 / (1.0 - min(0.0, a_min)):
+        return 1.0 - alpha * (1.0 - max(0.0, mu))
+    if method == "forward_backward" and a_min < 1.0 and alpha <= 1.0 / (1.0 - a_min):
+        return 1.0 - alpha * (1.0 - mu)
+    return contraction.contraction_factor(facts.A64, alpha, method)
+
+
+def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
     """``None`` when ``method`` with step ``alpha`` provably converges, else why not."""
     base = "average" if method == "anderson" else method
-    factor = contraction.contraction_factor(A, alpha, base)
+    factor = _factor(facts, base, alpha)
     if factor < 1.0:
         return None
-    if base in ("peaceman_rachford", "douglas_rachford"):
-        mu2 = contraction.mu_2(A)
-        if mu2 < 1.0:
-            return None  # monotone (l2) guarantee, any alpha > 0
+    A = facts.A64
+    if base in _SPLITTINGS and contraction.mu_2(A) < 1.0:
+        return None  # monotone (l2) guarantee, any alpha > 0
     eta, _ = contraction.optimal_weights(A)
     weighted = contraction.contraction_factor(A, alpha, base, eta=eta)
     if weighted < 1.0:
@@ -119,65 +179,18 @@ def _guarantee_message(A: np.ndarray, method: str, alpha: float) -> str | None:
         norm = contraction.induced_norm(A, np.inf)
         msg += (
             f"; picard needs ||A||_inf < 1 (here {norm:.4g}, margin {1 - norm:.3g}) or every a_ii >= 0 "
-            f"(min a_ii = {np.diagonal(A).min():.4g}); use method='average' (alpha* = "
-            f"{contraction.optimal_alpha(A):.4g})"
+            f"(min a_ii = {facts.a_min:.4g}); use method='average' (alpha* = "
+            f"{contraction.optimal_alpha_from_diagonal(facts.a_min):.4g})"
         )
     else:
-        msg += f"; the guaranteed step is alpha <= {contraction.optimal_alpha(A, base):.4g}"
-    if base in ("peaceman_rachford", "douglas_rachford"):
+        msg += f"; the guaranteed step is alpha <= {contraction.optimal_alpha_from_diagonal(facts.a_min, base):.4g}"
+    if base in _SPLITTINGS:
         msg += f"; the monotone (l2) guarantee needs mu_2(A) < 1, here {contraction.mu_2(A):.4g}"
     return msg
 
 
-def _square(A) -> np.ndarray:
-    """``A`` as a square float array (its finiteness is checked by :func:`_facts`); a
-    float ndarray passes as it is."""
-    if type(A) is np.ndarray and A.dtype.kind == "f" and A.ndim == 2 and A.shape[0] == A.shape[1] and A.size:
-        return A
-    return as_square_matrix(A)
-
-
-def _facts(A_in) -> tuple[float, float]:
-    """``(min a_ii, μ∞(A))`` of a square float array, in one compiled pass; a non-finite
-    ``A`` gets :func:`as_square_matrix`'s error, naming the entries."""
-    A = np.ascontiguousarray(A_in, dtype=None if A_in.dtype.char in "fd" else np.float64)
-    finite, a_min, mu = matrix_facts(A)
-    if not finite:
-        as_square_matrix(A_in)  # raises the ValueError that names the non-finite entries
-    return a_min, mu
-
-
-def _alpha(a_min, method, alpha, methods):
-    if not isinstance(method, str) or method not in methods:
-        raise TypeError(f"unknown method {method!r}; choose from {methods}")
-    if method == "picard":
-        if alpha is not None and alpha != 1.0:
-            raise ValueError(f"alpha must be 1 (or None) for picard, got {alpha}; use method='average'")
-        return 1.0
-    if method == "direct":
-        return float("nan")
-    if alpha is None:
-        return _optimal_alpha_from_min(a_min, method)
-    return as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
-
-
-def _tolerances(atol, rtol, max_iter, memory, dtype, check):
-    atol = as_finite_scalar(atol, "atol", low=0.0)
-    rtol = as_finite_scalar(rtol, "rtol", low=0.0)
-    max_iter = _check_int(max_iter, "max_iter", 0)
-    memory = _check_int(memory, "memory", 1)
-    if check and dtype == np.float32 and 0.0 < atol + rtol < 4 * _F32_EPS:
-        warnings.warn(
-            f"atol + rtol = {atol + rtol:.1e} is below float32 resolution ({_F32_EPS:.1e}); "
-            "expect MAX_ITER: loosen the tolerance or use float64",
-            UserWarning,
-            stacklevel=3,
-        )
-    return atol, rtol, max_iter, memory
-
-
-def _warn_if_not_guaranteed(A64, method, alpha, prefix):
-    msg = _guarantee_message(A64, method, alpha)
+def _warn_if_not_guaranteed(facts, method, alpha, prefix):
+    msg = _guarantee_message(facts, method, alpha)
     if msg:
         # stacklevel 3: the warning points at the caller of solve / solve_adjoint.
         warnings.warn(prefix + msg, NotGuaranteedWarning, stacklevel=3)
@@ -185,8 +198,7 @@ def _warn_if_not_guaranteed(A64, method, alpha, prefix):
 
 #: The splittings' resolvent inverses ``(M⁻¹)ᵀ`` of recent matrices, most recent last:
 #: ``(n, dtype, α, hash of A's bytes) -> (copy of A, (M⁻¹)ᵀ)``. Repeated solves with one
-#: ``A`` (a trained model's batches, a benchmark) then skip the O(n³) inverse: at n = 500
-#: 12 ms, against 0.6 ms for the hash and 0.06 ms for the comparison that confirms a hit.
+#: ``A`` (a trained model's batches, a benchmark) then skip the O(n³) inverse.
 _RESOLVENTS: collections.OrderedDict = collections.OrderedDict()
 #: Most bytes the cache keeps (its copies of A and the inverses).
 RESOLVENT_CACHE_BYTES = 64 << 20
@@ -203,8 +215,8 @@ def _resolvent_inverse_T(A64: np.ndarray, alpha: float, dtype) -> np.ndarray:
         return hit[1]
     M = contraction.resolvent_matrix(A64, alpha)
     try:
-        # One BLAS thread: a multi-threaded inverse leaves OpenBLAS workers spinning
-        # (~0.1 s) against the engine's own threads.
+        # One BLAS thread: a multi-threaded inverse leaves OpenBLAS workers spinning against
+        # the engine's own threads.
         with blas_threads(1) if A64.shape[0] <= 1000 else contextlib.nullcontext():
             MinvT = np.ascontiguousarray(np.linalg.inv(M).T, dtype=dtype)
     except np.linalg.LinAlgError:
@@ -215,90 +227,40 @@ def _resolvent_inverse_T(A64: np.ndarray, alpha: float, dtype) -> np.ndarray:
     return MinvT
 
 
-def _anderson_accept(A64, method, alpha) -> float:
+def _anderson_accept(facts: _Facts, method: str, alpha: float) -> float:
     """Anderson's safeguard ratio: the averaged factor when it contracts, else 1."""
     if method != "anderson":
         return 1.0
-    factor = _average_factor_compiled(A64, float(alpha))
+    factor = contraction.contraction_factor(facts.A64, alpha, "average")
     return factor if factor < 1.0 else 1.0
-
-
-PRECISIONS = ("auto", "exact", "mixed")
-
-
-def _mixed(precision, engine: str, dtype, method: str, record: bool) -> bool:
-    """Whether the solve takes mixed products; ``precision`` validated.
-
-    ``mixed``: a float64 solve on the numba engine computes the product of each step
-    ``d = x⁺ − x`` in float32 and adds it to the float64 ``A x + w`` it keeps, and takes an
-    exact float64 product whenever the sample may stop (its residual predicted within 2× of
-    the tolerance), whenever the float32 rounding could have drifted by a quarter of the
-    residual, and before ``max_iter``. Every stopping decision, every reported residual and
-    every returned ``x`` therefore rest on an exact product. ``auto`` is ``mixed`` where it
-    applies (numba, float64, picard/average/forward_backward, ``record=False``: a recorded
-    history holds exact residuals only) and ``exact`` elsewhere; Anderson stays exact (its
-    extrapolation on drifting residuals took up to 9 more iterations).
-    """
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise TypeError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
-    if precision == "exact":
-        return False
-    why = None
-    mixed_methods = _engine("numba").MIXED_METHODS if engine == "numba" else ()
-    if engine != "numba":
-        why = f"engine={engine!r} (only 'numba' has it)"
-    elif dtype != np.float64:
-        why = f"dtype {np.dtype(dtype).name} (float64 solves only)"
-    elif method not in mixed_methods:
-        why = f"method={method!r} (only {', '.join(mixed_methods)})"
-    elif record:
-        why = "record=True (the history holds exact residuals)"
-    if why and precision == "mixed":
-        raise ValueError(f"precision='mixed' does not apply with {why}; use precision='auto' or 'exact'")
-    return why is None
 
 
 def _overall(codes: np.ndarray) -> Status:
     return Status(int(codes.max())) if codes.size else Status.SUCCESS
 
 
-def _error_bound(A: np.ndarray, residual: np.ndarray, mu: float) -> np.ndarray:
-    """Error bound of each residual; ``mu`` is ``μ∞(A)``."""
-    if mu < 1.0:
-        return residual / (1.0 - max(0.0, mu))
-    eta, mu_eta = contraction.optimal_weights(A.astype(np.float64))
+def _error_bound(facts: _Facts, residual: np.ndarray) -> np.ndarray:
+    """Error bound of each residual from ``μ∞(A)`` (optimal weights when only those certify)."""
+    if facts.mu < 1.0:
+        return residual / (1.0 - max(0.0, facts.mu))
+    eta, mu_eta = contraction.optimal_weights(facts.A64)
     if mu_eta >= 1.0:
         return np.full_like(residual, np.inf)
     # ‖e‖_∞ ≤ max η ‖e‖_∞,η ≤ max η · r_η / (1 − max(0, μ_η)), and r_η ≤ r / min η.
     return residual * (eta.max() / eta.min()) / (1.0 - max(0.0, mu_eta))
 
 
-def _adjoint_direct(A, D, G, was_1d, engine, record, raise_on_failure):
-    """Batched dense solve of ``λ (I − diag(d) A) = g``; singular systems are NONFINITE."""
-    n = A.shape[0]
-    M = np.eye(n)[None] - D.astype(np.float64)[:, :, None] * A[None]  # I − diag(d_s) A
-    codes = np.zeros(G.shape[0], dtype=np.int8)
-    try:
-        lam = np.linalg.solve(np.swapaxes(M, 1, 2), G.astype(np.float64)[:, :, None])[:, :, 0]
-    except np.linalg.LinAlgError:
-        lam = np.full(G.shape, np.nan)
-    residual = np.abs(G + (lam * D) @ A - lam).sum(axis=1)
-    codes[~np.isfinite(residual)] = Status.NONFINITE
-    result = AdjointResult(
-        converged=codes == _SUCCESS,
-        status=_overall(codes),
-        iterations=np.zeros(G.shape[0], dtype=np.int64),
-        residual=residual,
-        alpha=float("nan"),
-        method="direct",
-        engine=engine,
-        history=np.array([residual]) if record else None,
-        sample_status=codes,
-    )
-    if raise_on_failure and not result.success:
-        raise NoConvergence(result)
-    lam = lam.astype(G.dtype)
-    return (lam[0] if was_1d else lam), result
+def _prepare(A, rhs, rhs_name, method, alpha, methods, engine, atol, rtol, max_iter, memory, check):
+    """What ``solve`` and ``solve_adjoint`` share: ``A``'s facts, the step, the engine, the
+    right-hand side as a batch in the solve's dtype and the tolerances, all validated."""
+    facts = _facts(A)
+    alpha = _alpha(facts, method, alpha, methods)
+    eng = _engine(engine)
+    dtype = np.dtype(np.float32 if facts.A.dtype == np.float32 and np.asarray(rhs).dtype == np.float32
+                     else np.float64)
+    Rb, was_1d = _as_batch(rhs, facts.A.shape[0], rhs_name, dtype)
+    atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
+    return facts, alpha, eng, dtype, Rb, was_1d, atol, rtol, max_iter, memory
 
 
 def solve(
@@ -317,7 +279,6 @@ def solve(
     memory: int = 5,
     raise_on_failure: bool = False,
     check: bool = True,
-    precision: str = "auto",
 ) -> FixedPointResult:
     """Solve the equilibrium equation ``x = σ(A x + w)`` for one input or a batch.
 
@@ -349,15 +310,6 @@ def solve(
     check : bool
         Check the method's convergence guarantee first and warn
         (:class:`NotGuaranteedWarning`) with the violated condition and its margin.
-    precision : {"auto", "exact", "mixed"}
-        How the products ``A x`` are computed. ``exact``: every one in the solve's dtype.
-        ``mixed`` (numba engine, float64, picard, average or forward_backward,
-        ``record=False``): the product
-        of each step in float32, added to the float64 ``A x + w``, with an exact float64
-        product whenever a sample may stop or the float32 rounding could matter; samples stop
-        only on exact products, so ``x``, ``residual`` and the stopping rule are those of an
-        exact solve. ``auto`` (default): ``mixed`` where it applies, else ``exact``.
-        ``result.precision`` says which ran.
 
     Returns
     -------
@@ -374,30 +326,19 @@ def solve(
     ----------
     S. Jafarpour et al., "Robust Implicit Networks via Non-Euclidean Contractions", NeurIPS 2021.
     """
-    A_in = _square(A)
-    a_min, mu = _facts(A_in)
-    n = A_in.shape[0]
     act = get_activation(activation)
-    alpha = _alpha(a_min, method, alpha, METHODS)
-    eng = _engine(engine)
-    dtype = _dtype(A_in, W)
-    Wb, was_1d = _as_batch(W, n, "W", dtype)
-    A_ = np.ascontiguousarray(A_in, dtype=dtype)
+    facts, alpha, eng, dtype, Wb, was_1d, atol, rtol, max_iter, memory = _prepare(
+        A, W, "W", method, alpha, METHODS, engine, atol, rtol, max_iter, memory, check)
     X0 = None if x0 is None else _start(x0, "x0", Wb, was_1d, "W", dtype)  # None: the engine starts at 0
-    atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
-    needs64 = check or method in ("peaceman_rachford", "douglas_rachford", "anderson")
-    A64 = A_ if A_.dtype == np.float64 or not needs64 else A_.astype(np.float64)
     if check:
-        _warn_if_not_guaranteed(A64, method, alpha, "")
-    MinvT = np.zeros((0, 0), dtype)
-    if method in ("peaceman_rachford", "douglas_rachford"):
-        MinvT = _resolvent_inverse_T(A64, alpha, dtype)
-    accept = _anderson_accept(A64, method, alpha)
-    mixed = _mixed(precision, engine, dtype, method, record)
-    X, iters, res, codes, hist = eng.run(
-        method, np.ascontiguousarray(A_.T), Wb, None, X0, alpha, act.code, act.slope,
-        atol, rtol, max_iter, 0, MinvT, memory, accept, record, mixed,
+        _warn_if_not_guaranteed(facts, method, alpha, "")
+    task = Task(
+        kind="forward", A=np.ascontiguousarray(facts.A, dtype=dtype), rhs=Wb, D=None, x0=X0, method=method,
+        alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
+        memory=memory, accept=_anderson_accept(facts, method, alpha),
+        MinvT=_resolvent_inverse_T(facts.A64, alpha, dtype) if method in _SPLITTINGS else None,
     )
+    X, iters, res, codes, hist, _ = eng.run(task)
     result = FixedPointResult(
         x=X[0] if was_1d else X,
         converged=codes == _SUCCESS,
@@ -409,13 +350,40 @@ def solve(
         engine=engine,
         activation=act.name,
         history=hist,
-        error_bound=_error_bound(A_, res, mu),
+        error_bound=_error_bound(facts, res),
         sample_status=codes,
-        precision="mixed" if mixed else "exact",
     )
     if raise_on_failure and not result.success:
         raise NoConvergence(result)
     return result
+
+
+def _adjoint_direct(A, D, G, was_1d, engine, record, raise_on_failure):
+    """Batched dense solve of ``λ (I − diag(d) A) = g``; singular systems are NONFINITE."""
+    n = A.shape[0]
+    M = np.eye(n)[None] - D.astype(np.float64)[:, :, None] * A[None]  # I − diag(d_s) A
+    codes = np.zeros(G.shape[0], dtype=np.int8)
+    try:
+        lam = np.linalg.solve(np.swapaxes(M, 1, 2), G.astype(np.float64)[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        lam = np.full(G.shape, np.nan)
+    residual = np.abs(G + (lam * D) @ A - lam).sum(axis=1)
+    codes[~np.isfinite(residual)] = Status.NONFINITE
+    result = AdjointResult(
+        converged=codes == _SUCCESS,
+        status=_overall(codes),
+        iterations=np.zeros(G.shape[0], dtype=np.int64),
+        residual=residual,
+        alpha=float("nan"),
+        method="direct",
+        engine=engine,
+        history=np.array([residual]) if record else None,
+        sample_status=codes,
+    )
+    if raise_on_failure and not result.success:
+        raise NoConvergence(result)
+    lam = lam.astype(G.dtype)
+    return (lam[0] if was_1d else lam), result
 
 
 def solve_adjoint(
@@ -435,7 +403,6 @@ def solve_adjoint(
     memory: int = 5,
     raise_on_failure: bool = False,
     check: bool = True,
-    precision: str = "auto",
 ):
     """Solve the adjoint equation ``λ = G + (λ ⊙ σ'(Z)) A`` (row-batch form).
 
@@ -455,7 +422,7 @@ def solve_adjoint(
         iteration has no guarantee, and as a reference.
     atol, rtol : float
         Stop when ``‖G + (λ ⊙ σ'(Z)) A − λ‖_1 ≤ atol + rtol ‖λ‖_1`` per sample.
-    Other parameters as in :func:`solve` (``precision``: the products ``(λ ⊙ σ'(Z)) A``).
+    Other parameters as in :func:`solve`.
 
     Returns
     -------
@@ -468,30 +435,22 @@ def solve_adjoint(
     equals the ℓ∞ norm of ``(1 − α) I + α D A``: it contracts in ``‖·‖_1`` (the dual norm)
     with the same factor and the same ``α*`` as the forward iteration.
     """
-    A_in = _square(A)
-    a_min, _ = _facts(A_in)
-    n = A_in.shape[0]
     act = get_activation(activation)
-    alpha = _alpha(a_min, method, alpha, ADJOINT_METHODS)
-    eng = _engine(engine)
-    dtype = _dtype(A_in, G)
-    Gb, was_1d = _as_batch(G, n, "G", dtype)
+    facts, alpha, eng, dtype, Gb, was_1d, atol, rtol, max_iter, memory = _prepare(
+        A, G, "G", method, alpha, ADJOINT_METHODS, engine, atol, rtol, max_iter, memory, check)
     Zb = _start(Z, "Z", Gb, was_1d, "G", np.float64)
     D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
     L0 = None if lam0 is None else _start(lam0, "lam0", Gb, was_1d, "G", dtype)
-    atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
-    needs64 = check or method in ("anderson", "direct")
-    A64 = A_in if A_in.dtype == np.float64 or not needs64 else A_in.astype(np.float64)
-    mixed = _mixed(precision, engine, dtype, method, record)
     if method == "direct":
-        return _adjoint_direct(A64, D, Gb, was_1d, engine, record, raise_on_failure)
+        return _adjoint_direct(facts.A64, D, Gb, was_1d, engine, record, raise_on_failure)
     if check:
-        _warn_if_not_guaranteed(A64, method, alpha, "adjoint: ")
-    accept = _anderson_accept(A64, method, alpha)
-    lam, iters, res, codes, hist = eng.run(
-        method, np.ascontiguousarray(A_in, dtype=dtype), Gb, D, L0, alpha, IDENTITY, 0.0,
-        atol, rtol, max_iter, 1, np.zeros((0, 0), dtype), memory, accept, record, mixed,
+        _warn_if_not_guaranteed(facts, method, alpha, "adjoint: ")
+    task = Task(
+        kind="adjoint", A=np.ascontiguousarray(facts.A, dtype=dtype), rhs=Gb, D=D, x0=L0, method=method,
+        alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
+        memory=memory, accept=_anderson_accept(facts, method, alpha),
     )
+    lam, iters, res, codes, hist, _ = eng.run(task)
     result = AdjointResult(
         converged=codes == _SUCCESS,
         status=_overall(codes),
@@ -502,7 +461,6 @@ def solve_adjoint(
         engine=engine,
         history=hist,
         sample_status=codes,
-        precision="mixed" if mixed else "exact",
     )
     if raise_on_failure and not result.success:
         raise NoConvergence(result)

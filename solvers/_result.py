@@ -70,9 +70,6 @@ class FixedPointResult:
         ``‖x − x*‖_∞`` bound from the residual (``inf`` without a contraction certificate).
     sample_status : ndarray of int8, shape (batch,)
         Per-sample :class:`Status` codes.
-    precision : str
-        ``"exact"`` (every product in the solve's dtype) or ``"mixed"`` (float32 products of
-        the steps between exact float64 ones; every stopping decision on an exact product).
     """
 
     x: np.ndarray
@@ -87,7 +84,6 @@ class FixedPointResult:
     history: np.ndarray | None
     error_bound: np.ndarray
     sample_status: np.ndarray
-    precision: str = "exact"
 
     @property
     def success(self) -> bool:
@@ -119,7 +115,6 @@ class AdjointResult:
     engine: str
     history: np.ndarray | None
     sample_status: np.ndarray
-    precision: str = "exact"
 
     @property
     def success(self) -> bool:

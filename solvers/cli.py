@@ -102,10 +102,9 @@ def cmd_solve(args) -> int:
     else:
         W = np.random.default_rng(args.seed).standard_normal((args.batch, A.shape[0]))
     result = solve(A, W, method=args.method, atol=args.atol, max_iter=args.max_iter,
-                   activation=args.activation, engine=args.engine, precision=args.precision)
+                   activation=args.activation, engine=args.engine)
     print(f"Matrix: {source}; inputs: {'file ' + args.W if args.W else f'{args.batch} Gaussian samples'}")
-    print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}, {result.precision} products: "
-          f"{result.status.name}: "
+    print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}: {result.status.name}: "
           f"{result.status.message}")
     print(f"iterations: mean {result.iterations.mean():.1f}, max {result.iterations.max()}; "
           f"residual max {result.residual.max():.3e}; error bound max {result.error_bound.max():.3e}")
@@ -116,7 +115,7 @@ def cmd_solve(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ._compare import compare_methods, format_table, instance, plot_comparison
+    from .compare import compare_methods, format_table, instance, plot_comparison
 
     if args.matrix is not None:
         A = load_matrix(args.matrix, "A")
@@ -128,7 +127,7 @@ def cmd_compare(args) -> int:
         A, W = instance(args.family, n=args.n, batch=args.batch, seed=args.seed)
         source = f"family {args.family} (n={args.n})"
     rows = compare_methods(A, W, activation=args.activation, atol=args.atol, max_iter=args.max_iter,
-                           engine=args.engine, repeats=args.repeats, precision=args.precision)
+                           engine=args.engine, repeats=args.repeats)
     print(f"Iteration schemes on {source}, batch {W.shape[0]}, {args.activation}, atol {args.atol:g}, "
           f"engine {args.engine}; mu_inf(A) = {contraction.mu_inf(A):.4g}, min a_ii = {np.diagonal(A).min():.4g}")
     print(format_table(rows))
@@ -140,17 +139,21 @@ def cmd_compare(args) -> int:
 DEFAULT_EPOCHS = 15
 
 
-def _train_kwargs(args):
-    return dict(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, batch_size=args.batch_size,
-                lr=args.lr, optimizer=args.optimizer, schedule=args.schedule, constraint=args.constraint, gamma=args.gamma,
-                lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
-                interval_eps=args.interval_eps, interval_weight=args.interval_weight,
-                interval_ramp=args.interval_ramp, forward_method=args.forward_method, diag_min=args.diag_min)
+def train_config(args):
+    """The :class:`TrainConfig` of ``nemon train``'s options."""
+    from .training import TrainConfig
+
+    return TrainConfig(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, optimizer=args.optimizer, schedule=args.schedule, constraint=args.constraint,
+                       gamma=args.gamma, lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
+                       interval_eps=args.interval_eps, interval_weight=args.interval_weight,
+                       interval_ramp=args.interval_ramp, forward_method=args.forward_method or "",
+                       diag_min=args.diag_min)
 
 
 def cmd_train(args) -> int:
     from . import training as tr
-    from .training._report import evaluate, format_epoch_table, format_report, plot_history
+    from .training import evaluate, format_epoch_table, format_report, plot_history
 
     if args.resume:
         try:
@@ -161,27 +164,27 @@ def cmd_train(args) -> int:
         if history is None:
             raise CLIError(f"{args.resume} holds no training state to resume")
         epochs = history.config.epochs if args.epochs is None else args.epochs
-        kwargs = {**dataclasses.asdict(history.config), "epochs": epochs}
+        config = dataclasses.replace(history.config, epochs=epochs)
         print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
-    Xtr, ytr, Xte, yte = _load_data(args)
+    Xtr, ytr, Xte, yte = load_data(args)
     if not args.resume:
         net = tr.ImplicitNetwork(Xtr.shape[1], args.hidden, int(ytr.max()) + 1, activation=args.activation,
                                  seed=args.seed, dtype=np.dtype(args.dtype),
                                  solver=tr.SolverConfig(engine=args.engine))
-        kwargs, history = _train_kwargs(args), None
+        config, history = train_config(args), None
     net.solver = dataclasses.replace(net.solver, engine=args.engine)
     print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {len(Xte)} test), "
-          f"constraint {kwargs['constraint']} (gamma {kwargs['gamma']}"
-          f"{'' if kwargs.get('diag_min') is None else ', diag_min %g' % kwargs['diag_min']}), {kwargs['optimizer']} lr {kwargs['lr']}, "
-          f"{kwargs['epochs']} epochs")
+          f"constraint {config.constraint} (gamma {config.gamma}"
+          f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
+          f"{config.epochs} epochs")
     print(format_epoch_table([], header=True))
 
     def show(record):
         print(format_epoch_table([record], header=False), flush=True)
 
-    kwargs.pop("loss", None)
-    hist = tr.train(net, Xtr, ytr, X_val=Xte, y_val=yte, progress=not args.no_progress, callback=show,
-                    resume=history, **kwargs)
+    hist = tr.train(net, Xtr, ytr, config, X_val=Xte, y_val=yte, progress=not args.no_progress, callback=show,
+                    resume=history)
+    net.solver = hist.solver  # evaluate and save with the solver it was trained with
     con = hist.config.make_constraint()
     metrics = {**evaluate(net, Xte, yte, eta=con.weights(hist.state.raw)), "dataset": args.dataset,
                "data_seed": args.data_seed}
@@ -201,10 +204,10 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import training as tr
-    from .training._report import evaluate, format_report
+    from .training import evaluate, format_report
 
     net, history, saved = _load_checkpoint(args)
-    _, _, Xte, yte = _load_data(args)
+    _, _, Xte, yte = load_data(args)
     if Xte.shape[1] != net.n_in:
         raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
     eta = None
@@ -226,11 +229,11 @@ def _eps_list(text: str):
 
 def _robustness(args, attacks: bool) -> int:
     from . import training as tr
-    from .training._robust import format_robustness, plot_robustness, robustness_table
+    from .training import format_robustness, plot_robustness, robustness_table
 
     net, history, saved = _load_checkpoint(args)
     eps = _eps_list(args.eps)
-    _, _, Xte, yte = _load_data(args)
+    _, _, Xte, yte = load_data(args)
     if Xte.shape[1] != net.n_in:
         raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
     if args.samples < 1 or args.steps < 1 or args.restarts < 1:
@@ -259,7 +262,7 @@ def cmd_attack(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .training._reproduce import format_reproduce_table, reproduce
+    from .training import format_reproduce_table, reproduce
 
     rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=args.out,
                            eps=_eps_list(args.eps), seed=args.seed, epochs=args.epochs,
@@ -307,7 +310,7 @@ def _default_dataset(args, saved: dict) -> None:
             args.data_seed = saved.get("data_seed", 0)
 
 
-def _load_data(args):
+def load_data(args):
     args.dataset = args.dataset or "mnist5k"
     args.data_seed = 0 if args.data_seed is None else args.data_seed
     from .training import load_dataset
@@ -338,8 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lben", action="store_true", help="skip the LBEN semidefinite program (large n)")
     p.set_defaults(func=cmd_check)
 
-    from ._api import ENGINES, METHODS
-    from ._activations import ACTIVATIONS
+    from . import ACTIVATIONS, ENGINES, METHODS
 
     p = sub.add_parser("solve", help="solve x = sigma(Ax + w) for a batch and report the outcome")
     _add_matrix_args(p)
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the solution as .npy")
     p.set_defaults(func=cmd_solve)
 
-    from ._compare import FAMILIES
+    from .compare import FAMILIES
 
     p = sub.add_parser("compare", help="every iteration scheme on one instance: table and figure")
     p.add_argument("matrix", nargs="?", help="A as .npy, .csv or text (default: a built-in family)")
@@ -363,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver_args(p, ENGINES, ACTIVATIONS, max_iter=5000)
     p.set_defaults(func=cmd_compare)
 
-    from .training._constraints import CONSTRAINTS
-    from .training._data import DATASETS
+    from .training import CONSTRAINTS, DATASETS
 
     p = sub.add_parser("train", help="train an implicit network (default: mnist5k, n=100, gamma=0.9)")
     _add_data_args(p, DATASETS)
@@ -437,15 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_solver_args(p, engines, activations, max_iter=1000):
-    from ._api import PRECISIONS
-
     p.add_argument("--activation", choices=list(activations), default="relu")
     p.add_argument("--atol", type=float, default=1e-8)
     p.add_argument("--max-iter", type=int, default=max_iter)
     p.add_argument("--engine", choices=engines, default="numba")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="products: exact (in the dtype), or float32 steps between exact float64 "
-                        "products (mixed; auto: where it applies, the default)")
 
 
 def _add_data_args(p, datasets):
@@ -456,12 +452,38 @@ def _add_data_args(p, datasets):
     p.add_argument("--data-seed", type=int, default=None, help="seed of the train/test split (default 0)")
 
 
+class _Stderr(logging.Handler):
+    """Writes records to the ``sys.stderr`` of the moment (tests and redirections replace it)."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # a closed stream must not break the command
+            self.handleError(record)
+
+
+def _show_compilation() -> None:
+    """First compilations say so on stderr (what compiles, that it happens once, how long)."""
+    log = logging.getLogger("nemon.compile")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("nemon: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _show_compilation()
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"nemon {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except CLIError as exc:
         print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
         return 2

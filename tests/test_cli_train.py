@@ -201,7 +201,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     code, _, err = run(*train_args(tmp_path, "straight"))
     assert code == 0, err
 
-    original = ImplicitNetwork._loss_and_grad_batch  # what the trainer calls per batch
+    original = ImplicitNetwork.compute_gradients  # what the trainer calls per batch
     calls = {"n": 0}
 
     def interrupting(self, *args, **kwargs):
@@ -210,7 +210,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ImplicitNetwork, "_loss_and_grad_batch", interrupting)
+    monkeypatch.setattr(ImplicitNetwork, "compute_gradients", interrupting)
     code, out, err = run(*train_args(tmp_path, "cut"))
     monkeypatch.undo()
     assert code == 130, err

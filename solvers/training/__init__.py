@@ -9,11 +9,15 @@ checkpoints (:func:`save`, :func:`load`).
 from ._checkpoint import CheckpointError, load, load_training, save
 from ._constraints import CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx
-from ._network import LOSSES, ImplicitNetwork, SolverConfig
+from ._network import LOSSES, Gradients, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule
+from ._report import evaluate, format_epoch_table, format_report, plot_history
+from ._reproduce import ModelSpec, format_reproduce_table, model_specs, reproduce
 from ._robust import (
     certified_accuracy,
     fgsm_attack,
+    format_robustness,
+    plot_robustness,
     interval_bounds,
     pgd_attack,
     robust_accuracy,
@@ -26,6 +30,7 @@ __all__ = [
     "CheckpointError",
     "Constraint",
     "DATASETS",
+    "Gradients",
     "History",
     "ImplicitNetwork",
     "LOSSES",
@@ -35,7 +40,17 @@ __all__ = [
     "SolverConfig",
     "TrainConfig",
     "TrainerState",
+    "ModelSpec",
     "certified_accuracy",
+    "evaluate",
+    "format_epoch_table",
+    "format_report",
+    "format_reproduce_table",
+    "format_robustness",
+    "model_specs",
+    "plot_history",
+    "plot_robustness",
+    "reproduce",
     "fgsm_attack",
     "interval_bounds",
     "lipschitz_penalty",

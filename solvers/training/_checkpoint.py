@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._activations import get_activation
+from solvers import get_activation
+
 from ._network import ImplicitNetwork, SolverConfig
 from ._optim import OptimizerState
 from ._trainer import History, TrainConfig, TrainerState
@@ -178,7 +179,8 @@ def load_training(path):
             if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in counters):
                 raise TypeError(f"epoch, batch and optimizer_t must be integers >= 0, got {counters}")
             state = TrainerState(tr["epoch"], tr["batch"], raw, OptimizerState(tr["optimizer_t"], m, v), dict(partial))
-            history = History(config, list(tr["epochs"]), state, bool(tr.get("interrupted", False)))
+            history = History(config, list(tr["epochs"]), state, bool(tr.get("interrupted", False)),
+                              solver=config.solver(net.solver))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid training state: {exc}") from None
         _check_training_arrays(path, net, con, raw, m, v)

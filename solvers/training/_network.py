@@ -8,11 +8,11 @@ import numpy as np
 
 import contraction
 
-from .._activations import get_activation
-from .._api import solve, solve_adjoint
-from ._fused import fusable, fused_loss_and_grad
+from solvers import get_activation, solve, solve_adjoint
 
-__all__ = ["ImplicitNetwork", "SolverConfig", "LOSSES"]
+from ._fused import fusable, fused_gradients
+
+__all__ = ["ImplicitNetwork", "SolverConfig", "Gradients", "LOSSES"]
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -27,6 +27,20 @@ class SolverConfig:
     adjoint_atol: float = 1e-4
     max_iter: int = 1000
     engine: str = "numba"
+
+
+@dataclasses.dataclass(frozen=True)
+class Gradients:
+    """What :meth:`ImplicitNetwork.compute_gradients` computed for one batch.
+
+    ``value``: the mean loss; ``grads``: ``{"A", "B", "b", "C", "c"}`` in the network's dtype;
+    ``stats``: ``forward_iterations`` and ``adjoint_iterations`` (means),
+    ``forward_converged`` and ``adjoint_converged`` (fractions), ``logits``.
+    """
+
+    value: float
+    grads: dict
+    stats: dict
 
 
 @dataclasses.dataclass
@@ -103,7 +117,8 @@ class ImplicitNetwork:
     def parameter_count(self) -> int:
         return int(sum(p.size for p in self.parameters().values()))
 
-    def _as_inputs(self, U) -> np.ndarray:
+    def as_inputs(self, U) -> np.ndarray:
+        """``U`` checked (shape (batch, n_in), finite) as a C-contiguous array of the network's dtype."""
         U = np.asarray(U)
         if U.ndim != 2 or U.shape[1] != self.n_in:
             raise ValueError(f"U must have shape (batch, {self.n_in}), got {U.shape}")
@@ -112,10 +127,10 @@ class ImplicitNetwork:
         return np.ascontiguousarray(U, dtype=self.dtype)
 
     # -- forward ------------------------------------------------------------------------
-    def _forward(self, U) -> ForwardPass:
-        U = self._as_inputs(U)
+    def _forward(self, U, solver=None) -> ForwardPass:
+        U = self.as_inputs(U)
         W = U @ self.B.T + self.b
-        s = self.solver
+        s = self.solver if solver is None else solver
         res = solve(self.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter,
                     activation=self.activation, engine=s.engine, check=False)
         X = res.x
@@ -123,19 +138,22 @@ class ImplicitNetwork:
         Y = X @ self.C.T + self.c
         return ForwardPass(U, X, Z, Y, res.iterations, res.converged)
 
-    def forward(self, U) -> np.ndarray:
-        """Logits (or regression outputs), shape (batch, n_out)."""
-        return self._forward(U).Y
+    def forward(self, U, solver=None) -> np.ndarray:
+        """Logits (or regression outputs), shape (batch, n_out); ``solver`` (a
+        :class:`SolverConfig`) overrides :attr:`solver` for this call."""
+        return self._forward(U, solver).Y
 
-    def predict(self, U, batch_size: int = 1000) -> np.ndarray:
+    def predict(self, U, batch_size: int = 1000, solver=None) -> np.ndarray:
         U = np.asarray(U)
-        return np.concatenate([self.forward(U[i : i + batch_size]).argmax(axis=1) for i in range(0, len(U), batch_size)])
+        return np.concatenate([self.forward(U[i : i + batch_size], solver).argmax(axis=1)
+                               for i in range(0, len(U), batch_size)])
 
-    def accuracy(self, U, y, batch_size: int = 1000) -> float:
-        return float((self.predict(U, batch_size) == np.asarray(y)).mean())
+    def accuracy(self, U, y, batch_size: int = 1000, solver=None) -> float:
+        return float((self.predict(U, batch_size, solver) == np.asarray(y)).mean())
 
     # -- loss and gradients ---------------------------------------------------------------
-    def _check_labels(self, targets, batch: int) -> np.ndarray:
+    def check_labels(self, targets, batch: int) -> np.ndarray:
+        """``targets`` checked as ``batch`` integer labels in ``[0, n_out)``."""
         t = np.asarray(targets)
         if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
             raise ValueError(f"targets must be integer labels of shape ({batch},), got {t.shape} {t.dtype}")
@@ -151,7 +169,7 @@ class ImplicitNetwork:
         scale = 1.0 / batch if reduction == "mean" else 1.0
         Y64 = Y.astype(np.float64)
         if loss == "cross_entropy":
-            t = self._check_labels(targets, batch)
+            t = self.check_labels(targets, batch)
             shifted = Y64 - Y64.max(axis=1, keepdims=True)
             logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             value = -logp[np.arange(batch), t].sum() * scale
@@ -167,9 +185,9 @@ class ImplicitNetwork:
             dY = 2.0 * diff / self.n_out
         return float(value), dY * scale
 
-    def _backward(self, fp: ForwardPass, dY):
+    def _backward(self, fp: ForwardPass, dY, solver=None):
         G = (dY @ self.C.astype(np.float64)).astype(self.dtype)
-        s = self.solver
+        s = self.solver if solver is None else solver
         lam, res = solve_adjoint(self.A, fp.Z, G, method=s.adjoint_method, atol=s.adjoint_atol,
                                  max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
         if not res.success and s.adjoint_method != "direct":
@@ -181,30 +199,56 @@ class ImplicitNetwork:
         V = lam * self.activation.derivative(fp.Z)
         return V.astype(np.float64), res
 
-    def loss_and_grad(self, U, targets, loss: str = "cross_entropy"):
-        """Mean loss over the batch and its gradients ``{"A", "B", "b", "C", "c"}``.
+    def loss_and_grad(self, U, targets, loss: str = "cross_entropy", solver=None):
+        """Mean loss over the batch and its gradients ``{"A", "B", "b", "C", "c"}``
+        (:meth:`compute_gradients` without the statistics)."""
+        g = self.compute_gradients(U, targets, loss, solver=solver)
+        return g.value, g.grads
 
-        The last call's solver statistics are in ``self.last_stats``. With the averaged forward
-        and adjoint solves on the numba engine and the cross-entropy loss (training's default),
-        the whole computation is one compiled call (:mod:`solvers.training._fused`).
+    def compute_gradients(self, U, targets, loss: str = "cross_entropy", *, solver=None, rows=None,
+                          fused=None) -> Gradients:
+        """Loss, gradients and solver statistics of a batch.
+
+        Parameters
+        ----------
+        U, targets : arrays
+            Inputs (batch, n_in) and labels (or regression targets for ``loss="mse"``).
+        loss : {"cross_entropy", "mse"}
+        solver : SolverConfig, optional
+            Overrides :attr:`solver` for this call (the trainer's own settings).
+        rows : array of int, optional
+            The batch is ``U[rows]``, ``targets[rows]`` of a set already validated: ``U``
+            finite and C-contiguous in the network's dtype, ``targets`` checked labels (the
+            trainer checks the whole set once, not every batch).
+        fused : bool, optional
+            With the averaged forward and adjoint solves on the numba engine and the
+            cross-entropy loss, the whole computation is one compiled call per thread block
+            (:mod:`solvers.training._fused`); ``False`` forces the generic path through
+            :func:`solvers.solve` and :func:`solvers.solve_adjoint` (same results).
         """
-        if fusable(self, loss):
-            return fused_loss_and_grad(self, U, targets)
-        return self._loss_and_grad_generic(U, targets, loss)
+        s = self.solver if solver is None else solver
+        use_fused = fusable(s, loss) if fused is None else bool(fused)
+        if use_fused and not fusable(s, loss):
+            raise ValueError("fused=True needs loss='cross_entropy' and averaged forward and adjoint "
+                             f"solves on the numba engine, got {s} and loss={loss!r}")
+        if rows is None:
+            U = self.as_inputs(U)
+            if loss == "cross_entropy":
+                targets = self.check_labels(targets, U.shape[0]).astype(np.int64, copy=False)
+            rows_ = np.arange(U.shape[0])
+        else:
+            rows_ = np.asarray(rows, dtype=np.int64)
+        if use_fused:
+            return Gradients(*fused_gradients(self, U, targets, rows_, s))
+        if rows is not None:
+            U, targets = U[rows_], targets[rows_]
+        return self._generic_gradients(U, targets, loss, s)
 
-    def _loss_and_grad_batch(self, X, y, rows, loss: str):
-        """:meth:`loss_and_grad` of the batch ``X[rows]``, ``y[rows]`` of a set the trainer
-        has validated: ``X`` finite and C-contiguous in the network's dtype, ``y`` checked
-        once for the whole set."""
-        if fusable(self, loss):
-            return fused_loss_and_grad(self, X, y, rows)
-        return self._loss_and_grad_generic(X[rows], y[rows], loss)
-
-    def _loss_and_grad_generic(self, U, targets, loss: str = "cross_entropy"):
-        """:meth:`loss_and_grad` through :func:`solvers.solve` and :func:`solvers.solve_adjoint`."""
-        fp = self._forward(U)
+    def _generic_gradients(self, U, targets, loss, solver) -> Gradients:
+        """:meth:`compute_gradients` through :func:`solvers.solve` and :func:`solvers.solve_adjoint`."""
+        fp = self._forward(U, solver)
         value, dY = self._output_grad(fp.Y, targets, loss, "mean")
-        V, ares = self._backward(fp, dY)
+        V, ares = self._backward(fp, dY, solver)
         # Products in the network's dtype: float32 networks stay float32 end to end.
         V, dYt = V.astype(self.dtype), dY.astype(self.dtype)
         grads = {
@@ -214,14 +258,14 @@ class ImplicitNetwork:
             "C": dYt.T @ fp.X,
             "c": dYt.sum(axis=0),
         }
-        self.last_stats = {
+        stats = {
             "forward_iterations": float(fp.iterations.mean()),
             "adjoint_iterations": float(ares.iterations.mean()),
             "forward_converged": float(fp.converged.mean()),
             "adjoint_converged": float(ares.converged.mean()),
             "logits": fp.Y,
         }
-        return value, {k: g.astype(self.dtype) for k, g in grads.items()}
+        return Gradients(value, {k: g.astype(self.dtype) for k, g in grads.items()}, stats)
 
     def input_gradient(self, U, targets, loss: str = "cross_entropy") -> np.ndarray:
         """``∂ loss_s / ∂u_s`` for every sample ``s`` (each row the gradient of its own loss)."""

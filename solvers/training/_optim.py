@@ -6,11 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
-from numba import njit, prange
-
-from contraction._parallel import PRANGE_ONLY
-
-from .._numba_engine import _renamed
+from numba import njit
 
 __all__ = ["OptimizerConfig", "OptimizerState", "Schedule", "make_optimizer_state", "step"]
 
@@ -65,28 +61,19 @@ def make_optimizer_state(params: dict) -> OptimizerState:
     )
 
 
-def _adam_impl(p, g, m, v, beta1, rest1, beta2, rest2, eps, step_size, inv_correction2):
+@njit(cache=True, nogil=True, error_model="numpy")
+def _adam(p, g, m, v, beta1, rest1, beta2, rest2, eps, step_size, inv_correction2):
     """One fused Adam update of flat arrays (``rest = 1 − β``). Every scalar comes in the
-    parameter's dtype, so a float32 network updates in float32, 16 lanes at a time (a Python
-    ``1`` in here would make the arithmetic float64); ``error_model="numpy"`` drops the
-    division-by-zero check that would stop vectorisation."""
-    for i in prange(p.size):
+    parameter's dtype, so a float32 network updates in float32 (a Python ``1`` in here would
+    make the arithmetic float64); ``error_model="numpy"`` drops the division-by-zero check
+    that would stop vectorisation."""
+    for i in range(p.size):
         gi = g[i]
         mi = beta1 * m[i] + rest1 * gi
         vi = beta2 * v[i] + rest2 * gi * gi
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (np.sqrt(vi * inv_correction2) + eps)
-
-
-_adam = njit(cache=True, error_model="numpy")(_renamed(_adam_impl, "_adam_serial_impl"))
-# Big parameters (B: 78,400 entries for MNIST) stream four arrays through memory; two threads
-# have twice the cache bandwidth (measured on 2 cores: 24 -> 14 us per float32 update of B).
-_adam_parallel = njit(cache=True, error_model="numpy", parallel=PRANGE_ONLY)(
-    _renamed(_adam_impl, "_adam_parallel_impl")
-)
-#: Entries from which an update runs on every numba thread.
-PARALLEL_ADAM_SIZE = 1 << 15
 
 
 def step(config: OptimizerConfig, state: OptimizerState, params: dict, grads: dict, lr_factor: float = 1.0):
@@ -100,8 +87,7 @@ def step(config: OptimizerConfig, state: OptimizerState, params: dict, grads: di
             v = state.v[k]
             if all(a.flags.c_contiguous for a in (p, m, v)):  # ravel gives views: update in place
                 f = p.dtype.type
-                update = _adam_parallel if p.size >= PARALLEL_ADAM_SIZE else _adam
-                update(p.ravel(), np.ravel(g).astype(p.dtype, copy=False), m.ravel(), v.ravel(), f(config.beta1),
+                _adam(p.ravel(), np.ravel(g).astype(p.dtype, copy=False), m.ravel(), v.ravel(), f(config.beta1),
                        f(1 - config.beta1), f(config.beta2), f(1 - config.beta2), f(config.eps),
                        f(lr / (1 - config.beta1**state.t)), f(1 / (1 - config.beta2**state.t)))
                 continue

@@ -8,8 +8,9 @@ import numpy as np
 
 import contraction
 
-from .._api import solve
-from .._threads import blas_threads_for
+from solvers import solve
+from solvers.engine import blas_threads_for
+
 from ._network import ImplicitNetwork
 
 __all__ = ["evaluate", "format_report", "format_epoch_table", "plot_history"]
@@ -83,15 +84,13 @@ def format_epoch_table(records, header: bool = True) -> str:
 
 def plot_history(history, path, title: str = "") -> Path:
     """Loss, accuracies, solver iterations and the Lipschitz bound per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ep = history.column("epoch")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    fig = Figure(figsize=(16, 3.8))
+    axes = fig.subplots(1, 4)
     axes[0].plot(ep, history.column("loss"), "o-")
     axes[0].set_title("training loss")
     axes[1].plot(ep, history.column("train_acc"), "o-", label="train")
@@ -112,5 +111,4 @@ def plot_history(history, path, title: str = "") -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .._compare import compare_methods
+from solvers.compare import compare_methods
+
 from ._data import load_dataset
-from ._network import ImplicitNetwork
+from ._network import ImplicitNetwork, SolverConfig
 from ._report import evaluate
 from ._robust import plot_robustness, robustness_table
-from ._trainer import train
+from ._trainer import TrainConfig, train
 
 __all__ = ["ModelSpec", "model_specs", "reproduce", "format_reproduce_table", "EPS_DEFAULT"]
 
@@ -25,41 +26,41 @@ EPS_DEFAULT = (0.01, 0.02, 0.05, 0.1)
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+    """One model of the comparison: its architecture and its training run (``config``; the
+    epochs, the ε ramp and the seed are set per invocation by :func:`reproduce`)."""
+
     name: str
-    constraint: str
-    gamma: float = 0.9
+    config: TrainConfig
     hidden: int = 100
-    lipschitz_weight: float = 0.0
-    interval_eps: float = 0.0
-    interval_weight: float = 0.5
     dtype: str = "float32"
-    forward_method: str | None = None
     full_epochs: int | None = None  # epochs of the full run when it differs from the others
-    diag_min: float | None = None
-    lr: float = 3e-3
 
 
 def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
     """The models of the comparison; the feed-forward baseline gets about the same parameter count."""
     implicit = hidden * hidden + hidden * n_in + hidden + n_out * hidden + n_out
     ff_hidden = int(round((implicit - n_out) / (n_in + 1 + n_out)))
+    base = TrainConfig(lr=3e-3, schedule="cosine")
+
+    def run(**fields) -> TrainConfig:
+        return dataclasses.replace(base, **fields)
+
     return [
-        ModelSpec("implicit mu_inf", "mu_inf", hidden=hidden),
-        ModelSpec("implicit mu_inf + Lipschitz", "mu_inf", hidden=hidden, lipschitz_weight=1e-4),
+        ModelSpec("implicit mu_inf", run(constraint="mu_inf"), hidden),
+        ModelSpec("implicit mu_inf + Lipschitz", run(constraint="mu_inf", lipschitz_weight=1e-4), hidden),
         # Trained at a slightly larger radius than the largest evaluated one (0.1), 45 epochs in
         # the full run (the seed authors trained theirs for 41), self-loops held at >= -1 (without
-        # the floor they fall below -2.5 and alpha* with them: 72.6 mean forward iterations at the
-        # end of the full run, 25.4 with it), Adam at 2e-3.
-        ModelSpec("implicit mu_inf + interval", "mu_inf", hidden=hidden, interval_eps=0.11, interval_weight=0.65,
-                  full_epochs=45, diag_min=-1.0, lr=2e-3),
-        ModelSpec("implicit nemon_param", "nemon_param", hidden=hidden),
+        # the floor they fall far below and alpha* with them), Adam at 2e-3.
+        ModelSpec("implicit mu_inf + interval", run(constraint="mu_inf", interval_eps=0.11, interval_weight=0.65,
+                                                    diag_min=-1.0, lr=2e-3), hidden, full_epochs=45),
+        ModelSpec("implicit nemon_param", run(constraint="nemon_param"), hidden),
         # float64: MON's large ||A||_inf and state norms put float32's residual floor
         # (~eps32 ||A|| ||x||) near atol = 1e-4 late in training.
-        ModelSpec("implicit mon", "mon", hidden=hidden, dtype="float64"),
-        ModelSpec("implicit norm_inf", "norm_inf", hidden=hidden),
-        ModelSpec("implicit none", "none", hidden=hidden),
-        ModelSpec("feed-forward ReLU", "zero", gamma=0.0, hidden=ff_hidden),
-        ModelSpec("feed-forward ReLU + interval", "zero", gamma=0.0, hidden=ff_hidden, interval_eps=0.11),
+        ModelSpec("implicit mon", run(constraint="mon"), hidden, dtype="float64"),
+        ModelSpec("implicit norm_inf", run(constraint="norm_inf"), hidden),
+        ModelSpec("implicit none", run(constraint="none"), hidden),
+        ModelSpec("feed-forward ReLU", run(constraint="zero", gamma=0.0), ff_hidden),
+        ModelSpec("feed-forward ReLU + interval", run(constraint="zero", gamma=0.0, interval_eps=0.11), ff_hidden),
     ]
 
 
@@ -97,21 +98,20 @@ def reproduce(quick: bool = True, dataset: str | None = None, data_dir=None, out
             raise ValueError(f"models must be names from {[s.name for s in specs]}, got {list(models)}")
         specs = chosen
     for spec in specs:
-        net = ImplicitNetwork(X.shape[1], spec.hidden, int(y.max()) + 1, seed=seed, dtype=np.dtype(spec.dtype))
-        net.solver = dataclasses.replace(net.solver, engine=engine)
+        net = ImplicitNetwork(X.shape[1], spec.hidden, int(y.max()) + 1, seed=seed, dtype=np.dtype(spec.dtype),
+                              solver=SolverConfig(engine=engine))
         n_epochs = spec.full_epochs if (spec.full_epochs and not quick and not fixed_epochs) else epochs
+        config = dataclasses.replace(spec.config, epochs=n_epochs, interval_ramp=max(1, n_epochs // 3), seed=seed)
         t0 = time.perf_counter()
-        hist = train(net, X, y, epochs=n_epochs, lr=spec.lr, schedule="cosine", constraint=spec.constraint,
-                     gamma=spec.gamma, lipschitz_weight=spec.lipschitz_weight, interval_eps=spec.interval_eps,
-                     interval_weight=spec.interval_weight, interval_ramp=max(1, n_epochs // 3), seed=seed,
-                     progress=progress, forward_method=spec.forward_method, diag_min=spec.diag_min)
+        hist = train(net, X, y, config, progress=progress)
         seconds = time.perf_counter() - t0
+        net.solver = hist.solver  # evaluate with the solver it was trained with
         eta = hist.config.make_constraint().weights(hist.state.raw)
         metrics = evaluate(net, Xe, ye, eta=eta)
         robust = robustness_table(net, Xe, ye, eps, attacks=True, eta=eta, pgd_steps=pgd_steps, seed=seed)
         curves[spec.name] = robust
         trained[spec.name] = net
-        params = net.parameter_count() - (net.n_hidden**2 if spec.constraint == "zero" else 0)  # A ≡ 0
+        params = net.parameter_count() - (net.n_hidden**2 if spec.config.constraint == "zero" else 0)  # A ≡ 0
         row = {"model": spec.name, "train_s": seconds, "epochs": n_epochs, **metrics, "params": params,
                "robust": robust}
         rows.append(row)
@@ -155,10 +155,7 @@ def format_reproduce_table(rows, header: bool = True) -> str:
 
 def _plot_iterations(trained: dict, U, path, engine):
     """Iterations to tolerance of every scheme on each trained model's equilibrium problem."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
 
     methods = ("average", "forward_backward", "peaceman_rachford", "douglas_rachford", "anderson")
     names, table = [], []
@@ -171,7 +168,8 @@ def _plot_iterations(trained: dict, U, path, engine):
         names.append(name.replace("implicit ", ""))
         table.append([r.iterations_mean if r.status == "SUCCESS" else np.nan for r in res])
     table = np.array(table)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
         ax.bar(np.arange(len(names)) + j * width, table[:, j], width, label=m)
@@ -185,5 +183,4 @@ def _plot_iterations(trained: dict, U, path, engine):
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

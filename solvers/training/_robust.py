@@ -34,8 +34,9 @@ from numba import njit
 
 import contraction
 
-from .._api import solve, solve_adjoint
-from .._threads import blas_threads_for
+from solvers import solve, solve_adjoint
+from solvers.engine import blas_threads_for
+
 from ._network import ImplicitNetwork
 
 __all__ = [
@@ -77,7 +78,7 @@ def _box(U, eps):
 CERTIFY_ATOL = 1e-6
 
 
-def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None):
+def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None, solver=None):
     """Embedded equilibrium ``[x_hi, x_lo]`` over the box; returns what the adjoint needs.
 
     ``B⁺ u_hi + B⁻ u_lo = B u_c + |B| u_r`` with centre ``u_c`` and radius ``u_r``, so the
@@ -95,7 +96,7 @@ def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None):
     center = U_c @ net.B.T + net.b
     spread = U_r @ np.abs(net.B).T
     W2 = np.hstack([center + spread, center - spread])
-    s = net.solver
+    s = net.solver if solver is None else solver
     # The embedded network contracts with the original's factor and alpha*: averaging, or
     # Anderson on top of it when the network is solved with Anderson.
     method = "anderson" if s.method == "anderson" else "average"
@@ -301,18 +302,19 @@ def _margin_low_grad(X_lo, X_hi, C, y, dlow):
     return gX_lo, gX_hi, gC, gc
 
 
-def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
+def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     """Cross-entropy of the worst-case logits over the ε-box and its gradients.
 
     Worst-case logits: ``z_j = −lower((C_y − C_j) x + c_y − c_j)`` for ``j ≠ y`` and
     ``z_y = 0``; their cross-entropy upper-bounds the worst-case cross-entropy in the box.
     The embedded fixed point is differentiated with its own adjoint (``solve_adjoint`` on
     ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
+    ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``.
     """
     y = np.asarray(y)
     lo, hi = _box(U, eps)
     n, batch = net.n_hidden, len(y)
-    AA, W2, U_c, U_r, res = _solve_embedded(net, lo, hi)
+    AA, W2, U_c, U_r, res = _solve_embedded(net, lo, hi, solver=solver)
     X = res.x.astype(np.float64)
     X_hi, X_lo = X[:, :n], X[:, n:]
     C = net.C.astype(np.float64)
@@ -330,7 +332,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float):
     # Adjoint of the embedded equilibrium.
     G2 = np.hstack([gX_hi, gX_lo])
     Z2 = X @ AA.T + W2
-    s = net.solver
+    s = net.solver if solver is None else solver
     lam, _ = solve_adjoint(AA.astype(net.dtype), Z2, G2.astype(net.dtype), method="average", atol=s.adjoint_atol,
                            max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
     # The parameter-gradient products run in the network's dtype (float32 training stays float32).
@@ -391,15 +393,14 @@ def format_robustness(rows) -> str:
 def plot_robustness(curves: dict, path, title: str = ""):
     """Accuracy vs ε: certified (solid) and attacked (dashed), one colour per model."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(11, 5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(11, 5))
+    ax = fig.subplots()
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(curves.items()):
         col = colours[i % len(colours)]
         eps = [0.0] + [r["eps"] for r in rows]
@@ -417,5 +418,4 @@ def plot_robustness(curves: dict, path, title: str = ""):
     ax.set_title(title or "robustness: certified (lower bound) and PGD (upper bound) accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -10,15 +10,12 @@ import threading
 import time
 
 import numpy as np
-from numba import njit, prange
-
 import contraction
-from contraction._parallel import PRANGE_ONLY
+from solvers import METHODS
+from solvers.engine import blas_threads_for
 
-from .._api import METHODS
-from .._threads import blas_threads_for
-from ._constraints import Constraint, make_constraint
-from ._network import ImplicitNetwork
+from ._constraints import CONSTRAINTS, Constraint, make_constraint
+from ._network import LOSSES, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
 from ._robust import interval_loss_and_grad
 
@@ -29,7 +26,11 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run (saved in checkpoints)."""
+    """Everything that determines a training run (saved in checkpoints), validated on creation.
+
+    See :func:`train` for the meaning of each field. ``forward_method=""`` stands for the
+    constraint's own guaranteed method; :meth:`resolved` fills it (and ``diag_min``) in.
+    """
 
     epochs: int = 10
     batch_size: int = 100
@@ -48,8 +49,46 @@ class TrainConfig:
     forward_method: str = ""  # "" = the constraint's own (see train)
     diag_min: float | None = None
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "seed", "interval_ramp"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {tuple(CONSTRAINTS)}, got {self.constraint!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.forward_method and self.forward_method not in METHODS:
+            raise ValueError(f"forward_method must be one of {METHODS}, got {self.forward_method!r}")
+        if self.interval_eps < 0 or not 0 <= self.interval_weight <= 1 or self.interval_ramp < 0:
+            raise ValueError("interval_eps must be >= 0, interval_weight in [0, 1], interval_ramp >= 0")
+        if self.interval_eps > 0 and self.loss != "cross_entropy":
+            raise ValueError("interval training needs loss='cross_entropy'")
+        if self.lipschitz_weight < 0:
+            raise ValueError(f"lipschitz_weight must be >= 0, got {self.lipschitz_weight}")
+        if self.lipschitz_weight > 0 and self.constraint not in ("mu_inf", "norm_inf", "zero"):
+            raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf' or 'norm_inf' (mu_inf(A) < 1 throughout)")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not (np.isfinite(self.atol) and self.atol > 0):
+            raise ValueError(f"atol must be finite and > 0, got {self.atol}")
+
     def make_constraint(self) -> Constraint:
         return make_constraint(self.constraint, self.gamma, self.diag_min)
+
+    def resolved(self) -> "TrainConfig":
+        """This config with the constraint's defaults filled in (``forward_method``, ``diag_min``)."""
+        con = self.make_constraint()
+        return dataclasses.replace(self, forward_method=self.forward_method or con.forward_method,
+                                   diag_min=con.diag_min)
+
+    def solver(self, base: SolverConfig) -> SolverConfig:
+        """The solver training uses: ``base`` (the network's) with this run's methods and tolerances."""
+        con = self.make_constraint()
+        return dataclasses.replace(base, method=self.forward_method or con.forward_method,
+                                   adjoint_method=con.adjoint_method, atol=self.atol, adjoint_atol=self.atol)
 
 
 @dataclasses.dataclass
@@ -65,12 +104,18 @@ class TrainerState:
 
 @dataclasses.dataclass
 class History:
-    """Per-epoch records plus the final state; ``interrupted`` when stopped by Ctrl-C."""
+    """Per-epoch records plus the final state; ``interrupted`` when stopped by Ctrl-C.
+
+    ``solver`` is the solver training used (the constraint's guaranteed forward method, the
+    run's tolerances): :func:`train` leaves ``net.solver`` as it was, and a caller that wants
+    to predict as trained sets ``net.solver = history.solver``.
+    """
 
     config: TrainConfig
     epochs: list
     state: TrainerState
     interrupted: bool = False
+    solver: SolverConfig | None = None
 
     def __len__(self):
         return len(self.epochs)
@@ -131,22 +176,12 @@ def _interrupt_flag():
         signal.signal(signal.SIGINT, previous)
 
 
-@njit(cache=True, parallel=PRANGE_ONLY, fastmath={"reassoc"})
-def _finite_compiled(flat) -> bool:
-    """Whether every entry is finite: ``0 · v`` is 0 for finite ``v`` and NaN otherwise."""
-    acc = 0.0
-    for i in prange(flat.size):
-        acc += flat[i] * 0.0
-    return acc == 0.0
-
-
 def _all_finite(X: np.ndarray) -> bool:
-    """``np.isfinite(X).all()``, on both cores and without the boolean temporary for a big
-    float array (60,000 Fashion-MNIST images: 15 ms -> 5 ms, on every ``train()`` call)."""
+    """Whether every entry of ``X`` is finite (integer arrays always are)."""
     if X.dtype.kind in "biu":
         return True
-    if X.dtype.kind == "f" and X.size >= 1 << 20 and X.flags.c_contiguous:
-        return bool(_finite_compiled(X.reshape(-1)))
+    if X.dtype.kind == "f" and X.flags.c_contiguous:
+        return bool(contraction.all_finite(X.reshape(-1)))
     return bool(np.isfinite(X).all())
 
 
@@ -167,11 +202,8 @@ def _new_partial():
             "unconverged": 0.0}
 
 
-def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, optimizer="adam",
-          schedule="constant", constraint="mu_inf", gamma=0.9, lipschitz_weight=0.0, atol=1e-4,
-          loss="cross_entropy", seed=0, X_val=None, y_val=None, progress=True, callback=None,
-          resume: History | None = None, interval_eps=0.0, interval_weight=0.5, interval_ramp=0,
-          forward_method=None, diag_min=None) -> History:
+def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_val=None, y_val=None,
+          progress=True, callback=None, resume: History | None = None, **fields) -> History:
     """Train ``net`` in place by projected (or parametrised) gradient descent.
 
     Parameters
@@ -179,6 +211,12 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
     net : ImplicitNetwork
     X, y : arrays
         Inputs (N, n_in) and integer labels (or regression targets for ``loss="mse"``).
+    config : TrainConfig, optional
+        The run (default ``TrainConfig()``).
+    **fields
+        Fields of :class:`TrainConfig` that replace those of ``config`` (``train(net, X, y,
+        epochs=3)`` is ``train(net, X, y, TrainConfig(epochs=3))``). Its fields:
+
     epochs, batch_size, lr, optimizer, schedule
         Standard; ``optimizer`` in {"adam", "sgd"}, ``schedule`` in {"constant", "cosine"}.
     constraint : {"mu_inf", "norm_inf", "nemon_param", "mon", "none"}
@@ -190,7 +228,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
     seed : int
         Batch order: epoch ``e`` uses ``default_rng([seed, e]).permutation(N)``.
     X_val, y_val : arrays, optional
-        Evaluated after every epoch.
+        Evaluated after every epoch (passed to ``train``, not part of the config).
     progress : bool
         A tqdm progress bar per epoch.
     callback : callable(record), optional
@@ -202,9 +240,9 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         ``(1 − κ) CE(clean) + κ CE(worst-case logits over the ε-box)`` with
         ``κ = interval_weight``, the box bounds from the embedded network, and ε ramped
         linearly from 0 to ``interval_eps`` over the first ``interval_ramp`` epochs.
-    forward_method : str, optional
+    forward_method : str
         The forward solver (and the embedded network's, in interval training): one of
-        :data:`solvers.METHODS`; default the constraint's guaranteed choice (``average``, or
+        :data:`solvers.METHODS`; ``""`` (default) the constraint's guaranteed choice (``average``, or
         ``peaceman_rachford`` for ``mon``). ``anderson`` (safeguarded by the averaged factor,
         so still guaranteed) needs far fewer iterations when ``A`` has strongly negative
         self-loops, as interval training produces; in two full Fashion-MNIST interval-training
@@ -221,46 +259,33 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
     Returns
     -------
     History
+        ``history.solver`` is the solver training used; ``net.solver`` is left as it was.
         Per epoch: loss, train_acc, val_acc, mu_inf, alpha_star, fwd_iters, adj_iters,
         lipschitz (tight bound), lipschitz_paper, unconverged (fraction of forward solves
         that missed atol), seconds.
     """
-    con = make_constraint(constraint, gamma, diag_min)
-    if forward_method and forward_method not in METHODS:
-        raise ValueError(f"forward_method must be one of {METHODS}, got {forward_method!r}")
-    cfg = TrainConfig(int(epochs), int(batch_size), float(lr), optimizer, schedule, constraint, float(gamma),
-                      float(lipschitz_weight), float(atol), loss, int(seed), float(interval_eps),
-                      float(interval_weight), int(interval_ramp), forward_method or con.forward_method,
-                      con.diag_min)
-    if cfg.interval_eps < 0 or not 0 <= cfg.interval_weight <= 1 or cfg.interval_ramp < 0:
-        raise ValueError("interval_eps must be >= 0, interval_weight in [0, 1], interval_ramp >= 0")
-    if cfg.interval_eps > 0 and cfg.loss != "cross_entropy":
-        raise ValueError("interval training needs loss='cross_entropy'")
-    if cfg.epochs < 0 or cfg.batch_size < 1:
-        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
-    if cfg.lipschitz_weight < 0:
-        raise ValueError(f"lipschitz_weight must be >= 0, got {cfg.lipschitz_weight}")
-    if cfg.lipschitz_weight > 0 and con.name not in ("mu_inf", "norm_inf", "zero"):
-        raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf' or 'norm_inf' (mu_inf(A) < 1 throughout)")
-    if cfg.schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+    base = TrainConfig() if config is None else config
+    if not isinstance(base, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(base).__name__}")
+    unknown = set(fields) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"train() got unknown TrainConfig fields {sorted(unknown)}")
+    cfg = dataclasses.replace(base, **fields).resolved()
+    con = cfg.make_constraint()
+    solver = cfg.solver(net.solver)
     opt_cfg = OptimizerConfig(cfg.optimizer, cfg.lr)
     X, y = _check_data(X, y, net.n_in, "X")
     if X_val is not None:
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
     X = np.ascontiguousarray(X, dtype=net.dtype)
     if cfg.loss == "cross_entropy":
-        y = net._check_labels(y, len(y)).astype(np.int64, copy=False)  # once here, not on every batch
-    net.solver = dataclasses.replace(net.solver, method=cfg.forward_method, adjoint_method=con.adjoint_method,
-                                     atol=cfg.atol, adjoint_atol=cfg.atol)
+        y = net.check_labels(y, len(y)).astype(np.int64, copy=False)  # once here, not on every batch
     N = len(X)
     n_batches = (N + cfg.batch_size - 1) // cfg.batch_size
     sched = Schedule(cfg.schedule, cfg.epochs * n_batches)
 
     if resume is not None:
-        saved = resume.config
-        if not saved.forward_method:  # checkpoints from before the option: the constraint's default
-            saved = dataclasses.replace(saved, forward_method=con.forward_method)
+        saved = resume.config.resolved()
         if dataclasses.replace(saved, epochs=cfg.epochs) != cfg:
             raise ValueError(f"resume: the checkpoint was trained with {resume.config}, not {cfg}")
         state, records = resume.state, list(resume.epochs)
@@ -270,7 +295,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
         state = TrainerState(0, 0, raw, make_optimizer_state(params), _new_partial())
         records = []
     net.A = con.matrix(state.raw).astype(net.dtype)
-    history = History(cfg, records, state)
+    history = History(cfg, records, state, solver=solver)
 
     with _interrupt_flag() as flag, blas_threads_for(cfg.batch_size, net.n_hidden):
         while state.epoch < cfg.epochs:
@@ -280,12 +305,12 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
             while state.batch < n_batches:
                 t0 = time.perf_counter()
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
-                value, grads = net._loss_and_grad_batch(X, y, idx, cfg.loss)
-                stats = net.last_stats
+                step_result = net.compute_gradients(X, y, cfg.loss, solver=solver, rows=idx)
+                value, grads, stats = step_result.value, step_result.grads, step_result.stats
                 if cfg.interval_eps > 0:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
                     k = cfg.interval_weight
-                    rvalue, rgrads = interval_loss_and_grad(net, X[idx], y[idx], eps)
+                    rvalue, rgrads = interval_loss_and_grad(net, X[idx], y[idx], eps, solver=solver)
                     value = (1 - k) * value + k * rvalue
                     grads = {key: ((1 - k) * g + k * rgrads[key]).astype(net.dtype) for key, g in grads.items()}
                 if cfg.lipschitz_weight > 0:
@@ -319,7 +344,7 @@ def train(net: ImplicitNetwork, X, y, *, epochs=10, batch_size=100, lr=1e-3, opt
                 history.interrupted = True
                 logger.warning("training interrupted at epoch %d, batch %d/%d", state.epoch + 1, state.batch, n_batches)
                 break
-            record = _epoch_record(net, con, state, p, cfg, X_val, y_val)
+            record = _epoch_record(net, con, state, p, cfg, solver, X_val, y_val)
             records.append(record)
             state.epoch += 1
             state.batch = 0
@@ -338,7 +363,7 @@ def _ramped_eps(cfg: TrainConfig, epoch: int, batch: int, n_batches: int) -> flo
     return cfg.interval_eps * min(1.0, (epoch + batch / n_batches) / cfg.interval_ramp)
 
 
-def _epoch_record(net, con: Constraint, state, p, cfg, X_val, y_val) -> dict:
+def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> dict:
     A64 = net.A.astype(np.float64)
     record = {
         "epoch": state.epoch + 1,
@@ -355,9 +380,9 @@ def _epoch_record(net, con: Constraint, state, p, cfg, X_val, y_val) -> dict:
         "seconds": p["seconds"],
     }
     if X_val is not None and cfg.loss == "cross_entropy":
-        record["val_acc"] = net.accuracy(X_val, y_val)
+        record["val_acc"] = net.accuracy(X_val, y_val, solver=solver)
     elif X_val is not None:
-        pred = np.concatenate([net.forward(X_val[i : i + 1000]) for i in range(0, len(X_val), 1000)])
+        pred = np.concatenate([net.forward(X_val[i : i + 1000], solver) for i in range(0, len(X_val), 1000)])
         record["val_acc"] = float(np.mean((pred - np.asarray(y_val).reshape(pred.shape)) ** 2))
     problem = con.violation(net.A, state.raw)
     if problem:

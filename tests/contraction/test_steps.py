@@ -350,17 +350,3 @@ def test_error_bound_holds_along_trajectories(activation, weighted, seed, n):
         err = float(np.max(np.abs(x - x_star) / scale))
         assert err <= c.error_bound(A, r, eta) * (1 + 1e-9) + 1e-12
         x = (1 - alpha) * x + alpha * act(A @ x + w)
-
-
-@PROPERTY
-@given(seed=seeds, n=sizes, log_alpha=st.floats(-3.0, 1.5), f32=st.booleans())
-def test_compiled_average_factor_matches_contraction_factor(seed, n, log_alpha, f32):
-    """The solvers' compiled factor (Anderson's safeguard) is contraction_factor's, any α."""
-    from contraction._steps import _average_factor_compiled
-
-    rng = np.random.default_rng(seed)
-    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1.5, 1.5))), neg_diag=bool(rng.integers(2)))
-    A = A.astype(np.float32) if f32 else A
-    alpha = float(np.exp(log_alpha))
-    expected = c.contraction_factor(A, alpha, "average")
-    assert _average_factor_compiled(A, alpha) == pytest.approx(expected, rel=1e-6 if f32 else 1e-12)

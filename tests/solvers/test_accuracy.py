@@ -157,8 +157,8 @@ def test_forward_backward_beats_average_when_mu_negative(engine):
     A claim about the iterations themselves: exact products (mixed ones can move a sample's
     count by one or two, and here FB saves a single iteration in all)."""
     A, W = problem("mu", -2.0, True)
-    avg = solvers.solve(A, W, method="average", atol=ATOL, engine=engine, precision="exact")
-    fb = solvers.solve(A, W, method="forward_backward", atol=ATOL, engine=engine, precision="exact")
+    avg = solvers.solve(A, W, method="average", atol=ATOL, engine=engine)
+    fb = solvers.solve(A, W, method="forward_backward", atol=ATOL, engine=engine)
     assert contraction.contraction_factor(A, fb.alpha, "forward_backward") < contraction.contraction_factor(
         A, avg.alpha, "average"
     )

@@ -80,8 +80,6 @@ def test_adjoint_iterations_within_l1_bound(method, engine):
 
 
 def test_adjoint_direct_matches_dense_solve():
-    if "direct" not in solvers.ADJOINT_METHODS:
-        pytest.skip("no 'direct' adjoint method in this version")
     for spec in ACTIVATION_SPECS:
         A, Z, G = _adjoint_inputs("mu", 0.9, True, spec)
         lam, res = solvers.solve_adjoint(A, Z, G, method="direct", activation=spec, engine="numpy")

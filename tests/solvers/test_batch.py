@@ -21,7 +21,7 @@ def test_single_vector_keeps_its_shape(method, engine):
         assert getattr(res, field).shape == (1,), field
     assert res.history.shape == (res.iterations[0] + 1, 1)
     # Exact products, as the recorded solve takes: the counts and solutions then agree.
-    batch = solvers.solve(A, W, method=method, atol=1e-10, engine=engine, precision="exact")
+    batch = solvers.solve(A, W, method=method, atol=1e-10, engine=engine)
     assert batch.x.shape == W.shape
     assert batch.iterations[1] == res.iterations[0]
     np.testing.assert_allclose(res.x, batch.x[1], rtol=0, atol=1e-13)
@@ -38,7 +38,7 @@ def test_per_sample_iterations_equal_single_solves(method, spec, engine):
     res = solvers.solve(A, W, method=method, activation=spec, atol=1e-10, engine=engine, record=True)
     assert res.success
     for s in range(W.shape[0]):
-        one = solvers.solve(A, W[s], method=method, activation=spec, atol=1e-10, engine=engine, precision="exact")
+        one = solvers.solve(A, W[s], method=method, activation=spec, atol=1e-10, engine=engine)
         assert one.iterations[0] == res.iterations[s], s
         np.testing.assert_allclose(res.x[s], one.x, rtol=0, atol=1e-13)
         assert res.sample_status[s] == one.sample_status[0]
@@ -60,7 +60,7 @@ def test_converged_samples_are_frozen(method, spec, engine):
     for the rows due for one), and a one-row product may round differently."""
     A, W = problem("mu", 0.5, False)
     pair = np.stack([W[2] * 1e-3, W[2] * 10.0])
-    kw = dict(method=method, activation=spec, atol=1e-10, engine=engine, precision="exact")
+    kw = dict(method=method, activation=spec, atol=1e-10, engine=engine)
     res = solvers.solve(A, pair, **kw)
     first = int(np.argmin(res.iterations))
     twin = solvers.solve(A, pair[[first, first]], **kw)

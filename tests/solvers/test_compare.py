@@ -1,4 +1,4 @@
-"""The method comparison (``solvers._compare``) and the ``iteration_schemes`` example."""
+"""The method comparison (``solvers.compare``) and the ``iteration_schemes`` example."""
 
 import importlib.util
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 
 import contraction
 from solvers import METHODS
-from solvers._compare import (
+from solvers.compare import (
     FAMILIES,
     MethodComparison,
     _batch_max_history,
@@ -87,7 +87,7 @@ def test_anderson_reports_the_factor_of_its_averaged_step(rows_by_family):
 def test_numba_engine_matches_numpy(rows_by_family):
     A, W = instance("negative-diagonal", n=6, batch=3, seed=0)
     methods = ("average", "peaceman_rachford")
-    rows = compare_methods(A, W, methods=methods, atol=ATOL, engine="numba", repeats=2, precision="exact")
+    rows = compare_methods(A, W, methods=methods, atol=ATOL, engine="numba", repeats=2)
     reference = {r.method: r for r in rows_by_family["negative-diagonal"]}
     assert [r.method for r in rows] == list(methods)
     for r in rows:
@@ -95,18 +95,6 @@ def test_numba_engine_matches_numpy(rows_by_family):
         assert r.status == "SUCCESS" and r.guaranteed
         assert r.iterations_max == ref.iterations_max
         np.testing.assert_allclose(r.history, ref.history, rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("precision", ["auto", "exact"])
-def test_rows_say_which_products_were_timed(precision):
-    """auto: mixed products for the methods that take them (float64, numba), exact for the
-    others; exact: every method exact. The recorded histories are exact either way."""
-    A, W = instance("negative-diagonal", n=6, batch=3, seed=0)
-    rows = compare_methods(A, W, methods=("average", "anderson"), atol=ATOL, engine="numba", repeats=1,
-                           precision=precision)
-    got = {r.method: r.precision for r in rows}
-    assert got == {"average": "mixed" if precision == "auto" else "exact", "anderson": "exact"}
-    assert " mixed " in format_table(rows) if precision == "auto" else " mixed " not in format_table(rows)
 
 
 def test_start_at_the_fixed_point_takes_zero_iterations():

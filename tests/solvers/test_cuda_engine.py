@@ -5,7 +5,7 @@ import pytest
 
 import contraction
 import solvers
-from solvers import _cuda_engine
+from solvers._engines import cuda_engine as _cuda_engine
 
 METHOD_ACTIVATIONS = [
     ("picard", "relu"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -166,8 +165,6 @@ for call in (lambda: solvers.solve(np.eye(2) * 0.5, np.ones(2), engine="cuda"),
 
 def test_cuda_without_gpu_is_a_clear_error():
     """In a fresh interpreter with the simulator off (the test session turns it on)."""
-    if importlib.util.find_spec("solvers._cuda_engine") is None:
-        pytest.skip("solvers/_cuda_engine.py does not exist yet")
     root = pathlib.Path(solvers.__file__).resolve().parents[1]
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     out = subprocess.run(

@@ -1,7 +1,7 @@
 """The numba engine's thread blocks: splitting the active rows must not change any result.
 
 The engine splits the still-active samples into one block of rows per thread. These tests
-force several blocks (the block count follows ``_numba_engine._thread_count``, patched here,
+force several blocks (the block count follows ``blocks.thread_count``, patched here,
 so they run the same on a one-core machine) on batches whose samples finish at different
 iterations, so that rows move between blocks as finished samples are compacted away, and
 compare every output with the numpy specification.
@@ -14,7 +14,8 @@ import pytest
 
 import contraction
 import solvers
-from solvers import Status, _numba_engine
+from solvers import Status
+from solvers._engines import blocks as engine_blocks
 
 from _solver_helpers import act_id
 
@@ -33,7 +34,7 @@ def _instance(seed: int = 5, n: int = 12, self_loops: bool = True):
 
 @pytest.fixture(params=(1, 3), ids=("one-block", "three-blocks"))
 def blocks(request, monkeypatch):
-    monkeypatch.setattr(_numba_engine, "_thread_count", lambda: request.param)
+    monkeypatch.setattr(engine_blocks, "thread_count", lambda: request.param)
     return request.param
 
 
@@ -95,26 +96,3 @@ def test_blocks_adjoint_match_numpy(method, blocks):
     lam, got = solvers.solve_adjoint(A, Z, G, engine="numba", **kw)
     np.testing.assert_array_equal(got.iterations, ref.iterations)
     np.testing.assert_allclose(lam, lam_ref, rtol=0, atol=1e-11 * np.abs(lam_ref).max())
-
-
-def test_serial_and_parallel_kernels_never_share_a_cache_entry():
-    """numba files cached machine code by qualified name and signature, not by options: the
-    two compilations of the driver must carry different names, or the ``parallel=True`` one
-    silently loads the serial machine code from the cache."""
-    serial, parallel = _numba_engine._run_serial, _numba_engine._run_parallel
-    assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
-    # prange loops only, for every compilation: numba empties a dict of options on its first
-    # compilation (so the options are an object, kept intact however many kernels use them)
-    solvers.solve(np.eye(4) * 0.5, np.ones((40, 4)), engine="numba")
-    solvers.solve(np.eye(4, dtype=np.float32) * 0.5, np.ones((40, 4), np.float32), atol=1e-4, engine="numba")
-    from contraction._parallel import PRANGE_ONLY
-    from contraction._projection import _project_rows
-    from solvers.training import _fused, _optim
-
-    contraction.project_mu_inf(np.ones((3, 3)), 0.5)
-    for kernel in (parallel, _fused._step_parallel, _optim._adam_parallel, _project_rows):
-        options = kernel.targetoptions["parallel"]
-        assert options == PRANGE_ONLY and options.prange and not (options.numpy or options.reduction), kernel
-    assert PRANGE_ONLY.enabled and not PRANGE_ONLY.setitem
-    assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
-    assert serial.py_func.__code__.co_code == parallel.py_func.__code__.co_code  # one driver

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from solvers._engines import blocks as engine_blocks
 from solvers.training import ImplicitNetwork, train
 from solvers.training import _fused
 
@@ -17,7 +18,7 @@ ACTIVATIONS = ["relu", ("leaky_relu", 0.1), "hard_tanh", "tanh", "softplus"]
 @pytest.fixture(params=[1, 3], ids=["one-block", "three-blocks"])
 def blocks(request, monkeypatch):
     """The kernel splits the batch into one block per thread: force 1 and 3 blocks."""
-    monkeypatch.setattr(_fused, "_thread_count", lambda: request.param)
+    monkeypatch.setattr(engine_blocks, "thread_count", lambda: request.param)
     return request.param
 
 
@@ -36,11 +37,11 @@ def _network(activation, dtype, seed=0, n_in=12, n_hidden=9, n_out=4):
 
 
 def _compare(net, U, y, rtol):
-    assert _fused.fusable(net, "cross_entropy")
-    value, grads = net.loss_and_grad(U, y)
-    stats = dict(net.last_stats)
-    ref_value, ref_grads = net._loss_and_grad_generic(U, y)
-    ref = net.last_stats
+    assert _fused.fusable(net.solver, "cross_entropy")
+    got = net.compute_gradients(U, y)
+    value, grads, stats = got.value, got.grads, got.stats
+    want = net.compute_gradients(U, y, fused=False)
+    ref_value, ref_grads, ref = want.value, want.grads, want.stats
     assert value == pytest.approx(ref_value, rel=rtol, abs=rtol)
     for k, g in ref_grads.items():
         assert grads[k].dtype == g.dtype and grads[k].shape == g.shape, k
@@ -97,10 +98,11 @@ def test_dense_finish_matches_a_dense_adjoint_everywhere():
     U = rng.uniform(-1, 1, (33, net.n_in))
     y = rng.integers(0, net.n_out, 33)
     net.solver = dataclasses.replace(net.solver, max_iter=0)
-    _, grads = net.loss_and_grad(U, y)
-    assert net.last_stats["adjoint_converged"] == 0.0
+    got = net.compute_gradients(U, y)
+    grads = got.grads
+    assert got.stats["adjoint_converged"] == 0.0
     net.solver = dataclasses.replace(net.solver, adjoint_method="direct")
-    _, ref = net._loss_and_grad_generic(U, y)
+    _, ref = net.loss_and_grad(U, y)
     for k in grads:
         np.testing.assert_allclose(grads[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
@@ -108,9 +110,11 @@ def test_dense_finish_matches_a_dense_adjoint_everywhere():
 @pytest.mark.parametrize("change", [dict(method="anderson"), dict(adjoint_method="anderson"), dict(engine="numpy")])
 def test_other_solver_configurations_take_the_generic_path(change):
     net = ImplicitNetwork(6, 5, 3)
-    assert _fused.fusable(net, "cross_entropy") and not _fused.fusable(net, "mse")
+    assert _fused.fusable(net.solver, "cross_entropy") and not _fused.fusable(net.solver, "mse")
     net.solver = dataclasses.replace(net.solver, **change)
-    assert not _fused.fusable(net, "cross_entropy")
+    assert not _fused.fusable(net.solver, "cross_entropy")
+    with pytest.raises(ValueError, match="fused=True needs"):
+        net.compute_gradients(np.zeros((2, 6)), np.zeros(2, int), fused=True)
 
 
 def test_fused_step_validates_labels_like_the_generic_path():
@@ -131,7 +135,7 @@ def test_training_with_the_fused_step_equals_training_without(monkeypatch, digit
     ha = train(a, X, y, **kwargs)
     import solvers.training._network as network
 
-    monkeypatch.setattr(network, "fusable", lambda net, loss: False)  # the name the trainer's batch gradient calls
+    monkeypatch.setattr(network, "fusable", lambda solver, loss: False)  # the name the trainer's batch gradient calls
     b = ImplicitNetwork(64, 16, 10, seed=2, dtype=np.float64)
     hb = train(b, X, y, **kwargs)
     for k in ("loss", "train_acc", "fwd_iters", "adj_iters"):
@@ -150,15 +154,16 @@ def test_the_trainers_gathering_call_equals_the_gathered_batch(dtype, blocks):
     X = np.ascontiguousarray(rng.uniform(-1, 1, (300, net.n_in)).astype(dtype))
     y = rng.integers(0, net.n_out, 300).astype(np.int64)
     rows = rng.permutation(300)[:57]
-    value, grads = net._loss_and_grad_batch(X, y, rows, "cross_entropy")
-    stats = dict(net.last_stats)
-    ref_value, ref_grads = net.loss_and_grad(X[rows], y[rows])
-    assert value == ref_value
-    for k, g in ref_grads.items():
+    got = net.compute_gradients(X, y, rows=rows)
+    value, grads = got.value, got.grads
+    ref = net.compute_gradients(X[rows], y[rows])
+    assert value == ref.value
+    for k, g in ref.grads.items():
         np.testing.assert_array_equal(grads[k], g, err_msg=k)
-    np.testing.assert_array_equal(stats["logits"], net.last_stats["logits"])
+    np.testing.assert_array_equal(got.stats["logits"], ref.stats["logits"])
     T = rng.standard_normal((300, net.n_out))  # regression targets: the generic path
-    mse_value, mse_grads = net._loss_and_grad_batch(X, T, rows, "mse")
+    mse = net.compute_gradients(X, T, "mse", rows=rows)
+    mse_value, mse_grads = mse.value, mse.grads
     ref_value, ref_grads = net.loss_and_grad(X[rows], T[rows], loss="mse")
     assert mse_value == ref_value
     for k, g in ref_grads.items():

@@ -148,10 +148,9 @@ def test_numba_engine_agrees_with_numpy(exact_net, activation, negative_diagonal
     np.testing.assert_allclose(net.input_gradient(U, t), G_np, rtol=1e-8, atol=1e-10)
 
 
-def test_last_stats_report_the_solves(exact_net):
+def test_compute_gradients_reports_the_solves(exact_net):
     net, U, t = instance(exact_net, "tanh", "cross_entropy", True)
-    net.loss_and_grad(U, t)
-    stats = net.last_stats
+    stats = net.compute_gradients(U, t).stats
     assert stats["forward_converged"] == 1.0 and stats["adjoint_converged"] == 1.0
     assert stats["forward_iterations"] > 0 and stats["adjoint_iterations"] > 0
     np.testing.assert_allclose(stats["logits"], net.forward(U), rtol=1e-12, atol=1e-14)

@@ -48,12 +48,12 @@ def measure(name, A):
 
 
 def spy_on_steps(net, on_call):
-    """Replace the network's batch gradient (``_loss_and_grad_batch``, ``loss_and_grad``
-    without the per-batch checks) by a wrapper calling ``on_call(call_number)`` first.
+    """Replace the network's batch gradient (``compute_gradients``, which the trainer calls
+    once per batch) by a wrapper calling ``on_call(call_number)`` first.
 
     The trainer calls it once per optimiser step, with ``net.A`` as left by the previous
     step's projection, so the wrapper sees the matrix of every step."""
-    original = net._loss_and_grad_batch
+    original = net.compute_gradients
     calls = {"n": 0}
 
     def wrapper(*args, **kwargs):
@@ -61,7 +61,7 @@ def spy_on_steps(net, on_call):
         on_call(calls["n"])
         return original(*args, **kwargs)
 
-    net._loss_and_grad_batch = wrapper
+    net.compute_gradients = wrapper
     return calls
 
 
@@ -328,9 +328,10 @@ def test_every_constraint_trains_one_epoch(name, digits):
     if name == "zero":
         np.testing.assert_array_equal(net.A, 0.0)  # the explicit baseline: A stays exactly 0
     if name == "mon":
-        assert net.solver.method == "peaceman_rachford" and net.solver.adjoint_method == "anderson"
+        assert h.solver.method == "peaceman_rachford" and h.solver.adjoint_method == "anderson"
     else:
-        assert net.solver.method == "average" and net.solver.adjoint_method == "average"
+        assert h.solver.method == "average" and h.solver.adjoint_method == "average"
+    assert net.solver == ImplicitNetwork(64, 10, 10).solver  # the trainer leaves the network's own
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -483,13 +484,13 @@ def test_forward_method_is_used_recorded_and_validated(small):
     kwargs = dict(epochs=1, batch_size=50, lr=1e-2, progress=False)
     net = ImplicitNetwork(64, 8, 10, seed=3)
     seen = []
-    original = net._loss_and_grad_batch
+    original = net.compute_gradients
 
     def spy(*args, **kw):
-        seen.append(net.solver.method)
+        seen.append(kw["solver"].method)
         return original(*args, **kw)
 
-    net._loss_and_grad_batch = spy
+    net.compute_gradients = spy
     h = train(net, X, y, forward_method="anderson", **kwargs)
     assert seen and set(seen) == {"anderson"}
     assert h.config.forward_method == "anderson" and h[0]["unconverged"] == 0.0

@@ -6,7 +6,8 @@ residual in shared memory, apply the stopping rule and take the step. Convergenc
 therefore checked on the device at every iteration with no host round-trip, and a finished
 sample's block simply exits. The scalar activation, prox and small-solve helpers are the
 numba engine's ``@njit`` functions, which numba compiles for the device when a kernel calls
-them. Mirrors :mod:`solvers._numpy_engine` (the specification).
+them. Mirrors :mod:`.numpy_engine` (the specification); the stopping rule is
+:func:`.kernels.classify`, shared with the numba engine.
 
 Tested in CI under ``NUMBA_ENABLE_CUDASIM=1`` (numba's simulator).
 """
@@ -18,8 +19,8 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from ._numba_engine import METHOD_CODES, _solve_small, act_prox, act_value
-from ._numpy_engine import ANDERSON_REG, DIVERGENCE_RATIO
+from .kernels import ANDERSON_REG, IDENTITY, RUNNING, act_prox, act_value, classify, solve_small_py
+from .task import Task
 
 __all__ = ["run", "require_gpu", "threads_per_block"]
 
@@ -30,7 +31,14 @@ TPB_SIMULATOR = 2
 _TINY = float(np.finfo(np.float64).tiny)
 # Array arguments: compile the same source as a device function (the simulator cannot pass
 # its fake arrays to a CPU dispatcher).
-_solve_small_device = cuda.jit(device=True)(_solve_small.py_func)
+_solve_small_device = cuda.jit(device=True)(solve_small_py)
+
+#: The kernel's method codes.
+METHOD_CODES = {"picard": 0, "average": 1, "forward_backward": 2, "peaceman_rachford": 3, "douglas_rachford": 4,
+                "anderson": 5}
+PEACEMAN_RACHFORD = METHOD_CODES["peaceman_rachford"]
+DOUGLAS_RACHFORD = METHOD_CODES["douglas_rachford"]
+FORWARD_BACKWARD = METHOD_CODES["forward_backward"]
 
 
 def _simulated() -> bool:
@@ -102,7 +110,7 @@ def _kernel(method, Mat, W, D, X, U, Z, Y, MinvT, alpha, code, slope, atol, rtol
     nt = cuda.blockDim.x
     n = X.shape[1]
     scaled = D.shape[0] > 0
-    splitting = method == 3 or method == 4
+    splitting = method == PEACEMAN_RACHFORD or method == DOUGLAS_RACHFORD
     red = cuda.shared.array(TPB_MAX, float64)
     ctl = cuda.shared.array(3, float64)  # flag, first residual, anderson acceptance
     if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
@@ -134,30 +142,21 @@ def _kernel(method, Mat, W, D, X, U, Z, Y, MinvT, alpha, code, slope, atol, rtol
         if t == 0:
             if k == 0:
                 ctl[1] = r
-            if not math.isfinite(r):
-                flag = 3
-            elif r <= atol + rtol * xn:
-                flag = 0
-            elif r > DIVERGENCE_RATIO * ctl[1]:
-                flag = 2
-            elif k == max_iter:
-                flag = 1
-            else:
-                flag = -1
+            flag = classify(k, r, atol + rtol * xn, ctl[1], max_iter)
             ctl[0] = flag
             if record:
                 hist[k, s] = r
-            if flag >= 0:
+            if flag != RUNNING:
                 res[s] = r
                 iters[s] = k
                 codes[s] = flag
         cuda.syncthreads()
-        if ctl[0] >= 0:
+        if ctl[0] != RUNNING:
             return
-        if method <= 1:
+        if method < FORWARD_BACKWARD:
             for i in range(t, n, nt):
                 X[s, i] += alpha * (act_value(code, slope, Z[s, i]) - X[s, i])
-        elif method == 2:
+        elif method == FORWARD_BACKWARD:
             for i in range(t, n, nt):
                 X[s, i] = act_prox(code, slope, alpha, (1.0 - alpha) * X[s, i] + alpha * Z[s, i])
         elif splitting:  # v = 2x − u; y = M⁻¹(v + α w); PR: u = 2y − v; DR: u = u + y − x
@@ -171,7 +170,7 @@ def _kernel(method, Mat, W, D, X, U, Z, Y, MinvT, alpha, code, slope, atol, rtol
                 Z[s, i] = acc
             cuda.syncthreads()
             for i in range(t, n, nt):
-                if method == 3:
+                if method == PEACEMAN_RACHFORD:
                     U[s, i] = 2.0 * Z[s, i] - (2.0 * X[s, i] - U[s, i])
                 else:
                     U[s, i] = U[s, i] + Z[s, i] - X[s, i]
@@ -182,7 +181,7 @@ def _kernel(method, Mat, W, D, X, U, Z, Y, MinvT, alpha, code, slope, atol, rtol
 
 @cuda.jit(device=True)
 def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, red, ctl, code, slope):
-    """Block-parallel version of ``_numba_engine._anderson_step`` for sample ``s``."""
+    """Block-parallel version of ``numba_engine._anderson_step`` for sample ``s``."""
     n = X.shape[1]
     if t == 0:
         ctl[2] = 1.0 if (forced[s] or r <= accept * rp[s]) else 0.0
@@ -246,42 +245,48 @@ def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF,
         forced[s] = False
 
 
-def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
-        mixed=False):
-    """Same contract as :func:`solvers._numpy_engine.run` (exact products: ``mixed`` is ignored)."""
+def run(task: Task):
+    """Same contract as :func:`.numpy_engine.run`."""
     require_gpu()
+    W = task.rhs
     batch, n = W.shape
     dt = W.dtype
-    mcode = METHOD_CODES[method]
-    splitting = mcode in (3, 4)
-    anderson = mcode == 5
-    m = memory if anderson else 1
+    forward = task.kind == "forward"
+    Mat = np.ascontiguousarray(task.A.T if forward else task.A)
+    code, slope = (task.activation.code, task.activation.slope) if forward else (IDENTITY, 0.0)
+    mcode = METHOD_CODES[task.method]
+    splitting = mcode in (PEACEMAN_RACHFORD, DOUGLAS_RACHFORD)
+    anderson = task.method == "anderson"
+    m = task.memory if anderson else 1
     nb = batch if splitting else 1
     na = batch if anderson else 1
-    D = np.zeros((0, n), dt) if D is None else D
-    MinvT = MinvT if MinvT.shape[0] else np.zeros((1, 1), dt)
+    D = np.zeros((0, n), dt) if forward else task.D
+    MinvT = task.MinvT if task.MinvT is not None else np.zeros((1, 1), dt)
     d = cuda.to_device
-    dX = d(np.zeros_like(W) if X0 is None else np.ascontiguousarray(X0))
+    dX = d(np.zeros_like(W) if task.x0 is None else np.ascontiguousarray(task.x0))
     dZ = cuda.device_array((batch, n), dt)
     dU = cuda.device_array((nb, n), dt)
     dY = cuda.device_array((nb, n), dt)
     iters = d(np.zeros(batch, np.int64))
     res = d(np.zeros(batch, np.float64))
-    codes = d(np.full(batch, -1, np.int8))
-    hist = d(np.full((max_iter + 1 if record else 0, batch), np.nan))
+    codes = d(np.full(batch, RUNNING, np.int8))
+    hist = d(np.full((task.max_iter + 1 if task.record else 0, batch), np.nan))
     gp, fp = d(np.zeros((na, n), dt)), d(np.zeros((na, n), dt))
     rp, forced = d(np.full(na, np.inf)), d(np.ones(na, np.bool_))
     dF, dG = d(np.zeros((na, m, n), dt)), d(np.zeros((na, m, n), dt))
     cnt, pos = d(np.zeros(na, np.int64)), d(np.zeros(na, np.int64))
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
     _kernel[batch, threads_per_block(n)](
-        mcode, d(Mat), d(W), d(D), dX, dU, dZ, dY, d(MinvT), float(alpha), int(code), float(slope),
-        float(atol), float(rtol), int(max_iter), int(norm), float(accept), bool(record), iters, res, codes,
-        hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
+        mcode, d(Mat), d(W), d(D), dX, dU, dZ, dY, d(MinvT), float(task.alpha), int(code), float(slope),
+        float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
+        bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
     )
     X = dX.copy_to_host()
     iters_h = iters.copy_to_host()
     hist_h = hist.copy_to_host()
-    if record:
+    if task.record:
         hist_h = hist_h[: int(iters_h.max()) + 1].copy()
-    return X, iters_h, res.copy_to_host(), codes.copy_to_host(), (hist_h if record else None)
+    Z = None
+    if task.keep_z:  # the last product of the returned x (one more, on the host)
+        Z = X @ Mat + W
+    return X, iters_h, res.copy_to_host(), codes.copy_to_host(), (hist_h if task.record else None), Z

@@ -70,9 +70,6 @@ class MethodComparison:
         Tolerance the run stopped on.
     note : str or None
         The :class:`NotGuaranteedWarning` message, when there was one.
-    precision : str
-        How the timed solves took their products: ``"exact"`` or ``"mixed"``
-        (:func:`solvers.solve`'s ``precision``; the recorded history is always exact).
     """
 
     method: str
@@ -88,7 +85,6 @@ class MethodComparison:
     history: np.ndarray
     atol: float
     note: str | None = None
-    precision: str = "exact"
 
     @property
     def seconds_per_iteration(self) -> float:
@@ -173,7 +169,6 @@ def compare_methods(
     max_iter: int = 5000,
     engine: str = "numba",
     repeats: int = 3,
-    precision: str = "auto",
 ) -> list[MethodComparison]:
     """Solve ``x = σ(Ax + w)`` with each method and measure iterations, time and rate.
 
@@ -190,10 +185,6 @@ def compare_methods(
     engine : {"numba", "numpy", "cuda"}
     repeats : int
         Timed solves per method; the row reports their median.
-    precision : {"auto", "exact", "mixed"}
-        Of the timed solves, as in :func:`solvers.solve` (``auto``: mixed products where
-        they apply, so the fastest each method runs by default; ``exact`` times every
-        method with float64 products, the fair comparison of the schemes themselves).
 
     Returns
     -------
@@ -231,7 +222,7 @@ def compare_methods(
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            result = solve(A, W, method, max_iter=max_iter, check=False, precision=precision, **kwargs)
+            result = solve(A, W, method, max_iter=max_iter, check=False, **kwargs)
             times.append(time.perf_counter() - start)
         recorded = solve(A, W, method, max_iter=max_iter, check=False, record=True, **kwargs)
         history = _batch_max_history(recorded.history, np.atleast_1d(recorded.iterations))
@@ -250,7 +241,6 @@ def compare_methods(
             history=history,
             atol=float(atol),
             note=notes[0] if notes else None,
-            precision=result.precision,
         )
         logger.info(
             "%s: %s after %d iterations (max) in %.3g ms, rate %.4g vs factor %.4g%s",
@@ -264,19 +254,19 @@ def compare_methods(
 def format_table(rows) -> str:
     """A fixed-width text table of :func:`compare_methods` rows.
 
-    Columns: method, alpha, iterations (mean/max), median time in ms, the products of the
-    timed solves (exact or mixed), largest final residual, status, empirical rate,
+    Columns: method, alpha, iterations (mean/max), median time in ms, largest final
+    residual, status, empirical rate,
     theoretical factor, guaranteed.
     """
     header = (
-        f"{'method':<18} {'alpha':>8} {'iters (mean/max)':>17} {'time ms':>9} {'products':>8} {'residual':>9} "
+        f"{'method':<18} {'alpha':>8} {'iters (mean/max)':>17} {'time ms':>9} {'residual':>9} "
         f"{'status':<9} {'rate':>7} {'factor':>7} {'guaranteed':>10}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         iters = f"{r.iterations_mean:.1f}/{r.iterations_max}"
         lines.append(
-            f"{r.method:<18} {r.alpha:>8.4g} {iters:>17} {1e3 * r.seconds:>9.3g} {r.precision:>8} {r.final_residual:>9.2e} "
+            f"{r.method:<18} {r.alpha:>8.4g} {iters:>17} {1e3 * r.seconds:>9.3g} {r.final_residual:>9.2e} "
             f"{r.status:<9} {r.empirical_rate:>7.4f} {r.theoretical_factor:>7.4f} {'yes' if r.guaranteed else 'NO':>10}"
         )
     return "\n".join(lines)
@@ -314,10 +304,7 @@ def plot_comparison(rows, path, title: str = "") -> Path:
     that converged, so a method stuck at ``max_iter`` leaves the panel on the right instead
     of flattening the others; the y-axis stops at ``1e4`` times the largest start residual.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
 
     rows = list(rows)
     if not rows:
@@ -334,7 +321,8 @@ def plot_comparison(rows, path, title: str = "") -> Path:
     peak = max((float(v[np.isfinite(v)].max()) for v in visible if np.isfinite(v).any()), default=start)
     y_high = 3 * min(max(peak, start), start * _Y_CAP)
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), sharey=True)
+    fig = Figure(figsize=(15, 6.2))
+    axes = fig.subplots(1, 2, sharey=True)
     for i, r in enumerate(rows):
         k = np.arange(r.history.size)
         h = np.where(r.history > 0, r.history, np.nan)  # log scale: an exact zero is not drawn
@@ -368,5 +356,4 @@ def plot_comparison(rows, path, title: str = "") -> Path:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -1,9 +1,9 @@
 """Thread policy for the BLAS pools around small, many-times-repeated solves.
 
 An equilibrium solve is a loop of small GEMMs (batch × n × n). For the sizes of training
-(100 × 100 × 100) a second BLAS thread saves microseconds per product and costs far more in
-wake-ups, and on a loaded machine the idle pools spin against each other: an epoch measured
-29 s with two BLAS threads against 1.9 s with one (benchmarks/bench_train.py, 2 cores).
+(100 × 100 × 100) a second BLAS thread saves little per product and costs more in wake-ups,
+and idle BLAS pools keep spinning after a call, against the engine's own threads
+(benchmarks/README.md has the measurements).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ _libraries = None
 
 
 def _blas_libraries():
-    """The loaded BLAS libraries' threadpoolctl controllers, found once per process
-    (scanning the loaded libraries costs ~1.4 ms; one get/set of a thread count ~1 µs,
-    against ~20 µs for entering ``ThreadpoolController.limit``)."""
+    """The loaded BLAS libraries' threadpoolctl controllers, found once per process (scanning
+    the loaded libraries is slow; a get/set of a thread count on a kept controller is cheap,
+    cheaper than entering ``ThreadpoolController.limit`` on every solve)."""
     global _libraries
     if _libraries is None:
         try:

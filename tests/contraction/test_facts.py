@@ -1,4 +1,4 @@
-"""The compiled checks ``solve`` runs on its arguments (``solvers._prepare``)."""
+"""The compiled checks ``solve`` runs on its arguments (``contraction.matrix_facts``, ``contraction.all_finite``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import contraction
-from solvers._prepare import all_finite, matrix_facts
+from contraction import all_finite, matrix_facts
 
 
 @settings(max_examples=60, deadline=None)

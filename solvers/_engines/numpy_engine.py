@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _activations as act
-from ._result import Status
-from ._threads import blas_threads_for
+from .. import _activations as act
+from .kernels import ANDERSON_REG, DIVERGENCE_RATIO, DIVERGED, MAX_ITER, NONFINITE, RUNNING, SUCCESS
+from .task import Task
+from .threads import blas_threads_for
 
-__all__ = ["run", "DIVERGENCE_RATIO"]
-
-#: A sample is declared diverged when its residual exceeds its first residual by this factor.
-DIVERGENCE_RATIO = 1e6
+__all__ = ["run"]
 
 
 class _Problem:
@@ -151,10 +149,6 @@ class _Anderson:
         s["forced"][a] = False
         return s
 
-
-#: Relative Tikhonov regularisation of Anderson's normal equations.
-ANDERSON_REG = 1e-10
-
 _STEPS = {
     "picard": lambda p, **kw: _Averaged(p, **kw),
     "average": lambda p, **kw: _Averaged(p, **kw),
@@ -165,34 +159,42 @@ _STEPS = {
 }
 
 
-def run(method, Mat, W, D, X0, alpha, code, slope, atol, rtol, max_iter, norm, MinvT, memory, accept, record,
-        mixed=False):
-    """Iterate ``method`` until every sample meets ``r ≤ atol + rtol‖x‖`` or stops otherwise.
+def run(task: Task):
+    """Iterate ``task.method`` until every sample meets ``r ≤ atol + rtol‖x‖`` or stops otherwise.
 
-    ``X0`` is the start (``None``: 0). Returns ``(X, iterations, residual, codes, history)``;
-    ``codes`` are :class:`Status` values per sample. Every product is exact (in the dtype of
-    ``W``): ``mixed`` is accepted for the engines' common signature and ignored.
+    Returns ``(X, iterations, residual, codes, history, Z)``: ``codes`` are
+    :class:`~solvers.Status` values per sample, ``history`` the residual of every iteration
+    (``record``), ``Z`` each sample's last ``x Aᵀ + w`` (``keep_z``, forward only).
     """
-    X0 = np.zeros_like(W) if X0 is None else X0
-    problem = _Problem(Mat, W, D, code, slope, norm)
-    step = _STEPS[method](problem, alpha=alpha, MinvT=MinvT, memory=memory, accept=accept)
+    W = task.rhs
+    forward = task.kind == "forward"
+    Mat = task.A.T if forward else task.A
+    code, slope = (task.activation.code, task.activation.slope) if forward else (act.IDENTITY, 0.0)
+    X0 = np.zeros_like(W) if task.x0 is None else task.x0
+    problem = _Problem(Mat, W, None if forward else task.D, code, slope, 0 if forward else 1)
+    step = _STEPS[task.method](problem, alpha=task.alpha, MinvT=task.MinvT, memory=task.memory,
+                               accept=task.accept)
     batch = W.shape[0]
     active = np.arange(batch)
     state = step.init(X0, active)
-    X = X0.copy()
-    iters = np.zeros(batch, dtype=np.int64)
-    res = np.zeros(batch)
-    codes = np.full(batch, -1, dtype=np.int8)
+    out = _Out(X0.copy(), np.zeros(batch, dtype=np.int64), np.zeros(batch),
+               np.full(batch, RUNNING, dtype=np.int8), np.zeros_like(W) if task.keep_z else None)
+    # Blow-ups are reported as NONFINITE; small products run on one BLAS thread.
+    with np.errstate(over="ignore", invalid="ignore"), blas_threads_for(batch, W.shape[1]):
+        hist = _loop(problem, step, state, out, active, task)
+    return out.X, out.iters, out.res, out.codes, hist, out.Z
+
+
+class _Out:
+    def __init__(self, X, iters, res, codes, Z):
+        self.X, self.iters, self.res, self.codes, self.Z = X, iters, res, codes, Z
+
+
+def _loop(problem, step, state, out, active, task):
+    batch = out.X.shape[0]
     r_first = np.zeros(batch)
     hist = []
-    # Blow-ups are reported as NONFINITE; small products run on one BLAS thread (_threads).
-    with np.errstate(over="ignore", invalid="ignore"), blas_threads_for(batch, W.shape[1]):
-        return _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, batch, atol, rtol,
-                     max_iter, record)
-
-
-def _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, batch, atol, rtol, max_iter, record):
-    for k in range(max_iter + 1):
+    for k in range(task.max_iter + 1):
         sub = {key: v[active] for key, v in state.items()}
         Xa = step.candidate(sub)
         T, Z = problem.map(Xa, active)
@@ -200,20 +202,22 @@ def _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, bat
         r[~np.isfinite(r)] = np.inf
         if k == 0:
             r_first[active] = r
-        tol = atol + rtol * problem.norm(Xa)
-        c = np.full(active.size, -1, dtype=np.int8)
-        c[~np.isfinite(r)] = Status.NONFINITE
-        c[(c < 0) & (r <= tol)] = Status.SUCCESS
-        c[(c < 0) & (r > DIVERGENCE_RATIO * r_first[active])] = Status.DIVERGED
-        if k == max_iter:
-            c[c < 0] = Status.MAX_ITER
-        X[active], res[active], iters[active] = Xa, r, k
-        if record:
+        tol = task.atol + task.rtol * problem.norm(Xa)
+        c = np.full(active.size, RUNNING, dtype=np.int8)
+        c[~np.isfinite(r)] = NONFINITE
+        c[(c < 0) & (r <= tol)] = SUCCESS
+        c[(c < 0) & (r > DIVERGENCE_RATIO * r_first[active])] = DIVERGED
+        if k == task.max_iter:
+            c[c < 0] = MAX_ITER
+        out.X[active], out.res[active], out.iters[active] = Xa, r, k
+        if out.Z is not None:
+            out.Z[active] = Z
+        if task.record:
             h = np.full(batch, np.nan)
             h[active] = r
             hist.append(h)
-        go = c < 0
-        codes[active[~go]] = c[~go]
+        go = c == RUNNING
+        out.codes[active[~go]] = c[~go]
         if go.any():
             new = step.advance({key: v[go] for key, v in sub.items()}, Xa[go], T[go], Z[go], r[go], active[go])
             for key, v in new.items():
@@ -221,5 +225,4 @@ def _loop(problem, step, state, X, iters, res, codes, r_first, hist, active, bat
         active = active[go]
         if active.size == 0:
             break
-    history = np.array(hist) if record else None
-    return X, iters, res, codes, history
+    return np.array(hist) if task.record else None

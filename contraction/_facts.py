@@ -1,10 +1,8 @@
-"""One compiled pass over the matrix of a solve: what ``solve`` needs to know about ``A``.
+"""What a solver needs to know about ``A`` and its inputs, each in one compiled pass.
 
-``solve`` checks ``A``, takes ``α*`` from its smallest diagonal entry, hands the engines
-``Aᵀ`` (the row-batch product is ``X Aᵀ``) and turns residuals into error bounds with
-``μ∞(A)``. Done by NumPy calls one after the other the checks cost about 14 µs a solve
-(100 × 100: the finite check, the diagonal's minimum, μ∞); one compiled pass costs ~2 µs.
-(The transpose stays NumPy's copy: 3.4 µs, against 9.7 µs for a tiled copy in numba.)
+A solve checks ``A``, takes ``α*`` from its smallest diagonal entry and turns residuals into
+error bounds with ``μ∞(A)``: :func:`matrix_facts` gives all three in one pass over ``A``
+instead of three NumPy calls; :func:`all_finite` checks an input without a boolean temporary.
 """
 
 from __future__ import annotations
@@ -41,8 +39,7 @@ def matrix_facts(A):
 @njit(cache=True, fastmath={"reassoc"})
 def all_finite(flat) -> bool:
     """Whether every entry of a 1-D float array is finite: ``0 · v`` is 0 for finite ``v``
-    and NaN otherwise (``reassoc`` lets the sum vectorise; NaN still propagates). A
-    100 × 100 batch: 0.5 µs against 3 µs for ``np.isfinite(W).all()``."""
+    and NaN otherwise (``reassoc`` lets the sum vectorise; NaN still propagates)."""
     acc = 0.0
     for i in range(flat.size):
         acc += flat[i] * 0.0

@@ -1,0 +1,84 @@
+"""Logging of numba's first compilations, so that a first run says what it is waiting for.
+
+numba compiles a kernel variant the first time it is called with new argument types and
+caches the machine code on disk; later runs load it in milliseconds. A listener on numba's
+``numba:compile`` event (fired only when a kernel is really compiled, not when it is loaded
+from the cache) logs on the ``nemon.compile`` logger: the kernel and its variant when the
+outermost compilation starts, ``still compiling`` every few seconds while it lasts, and the
+time it took. The library only logs; the command line shows these records on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from numba.core import event, types
+
+__all__ = ["install", "describe"]
+
+logger = logging.getLogger("nemon.compile")
+
+#: Seconds between "still compiling" records.
+HEARTBEAT_SECONDS = 5.0
+
+
+def describe(dispatcher, args) -> str:
+    """``name(Type, …)`` of a compilation, namedtuple types by their class name."""
+    parts = []
+    for a in args:
+        if isinstance(a, types.BaseNamedTuple):
+            inner = [t.instance_class.__name__ for t in a.types if isinstance(t, types.BaseNamedTuple)]
+            parts.append(a.instance_class.__name__ + (f"[{', '.join(inner)}]" if inner else ""))
+        elif isinstance(a, types.Array):
+            parts.append(f"{a.dtype}[{a.ndim}d]")
+        else:
+            parts.append(str(a))
+    return f"{dispatcher.py_func.__qualname__}({', '.join(parts)})"
+
+
+class _Listener(event.Listener):
+    """Logs the outermost compilation of each thread (nested ones are part of it)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def on_start(self, ev):
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        if depth:
+            return
+        what = describe(ev.data["dispatcher"], ev.data["args"])
+        self._local.what = what
+        self._local.start = time.perf_counter()
+        logger.info("compiling %s (once; cached for later runs)", what)
+        done = threading.Event()
+        self._local.done = done
+        start = self._local.start
+
+        def heartbeat():
+            while not done.wait(HEARTBEAT_SECONDS):
+                logger.info("still compiling %s (%.0f s)", what, time.perf_counter() - start)
+
+        threading.Thread(target=heartbeat, name="nemon-compile-heartbeat", daemon=True).start()
+
+    def on_end(self, ev):
+        self._local.depth = max(0, getattr(self._local, "depth", 1) - 1)
+        if self._local.depth:
+            return
+        self._local.done.set()
+        logger.info("compiled %s in %.1f s", self._local.what, time.perf_counter() - self._local.start)
+
+
+_installed = False
+_lock = threading.Lock()
+
+
+def install() -> None:
+    """Register the listener once per process (idempotent)."""
+    global _installed
+    with _lock:
+        if not _installed:
+            event.register("numba:compile", _Listener())
+            _installed = True

@@ -1,0 +1,641 @@
+"""The numba engine (CPU, default): one compiled loop driver over an operator and a step.
+
+Mirrors :mod:`.numpy_engine` (the specification) step for step. :func:`solve_block` is the
+whole iteration of one block of samples: per iteration one product of the operator on the
+block's still-active rows (:mod:`.operators`), then one pass per sample that evaluates the
+residual, classifies the sample (:func:`.kernels.classify`, the one stopping rule) and takes
+the method's step. Finished samples are written out and the active rows compacted, so a
+batch does not pay for its converged members.
+
+Everything that varies is a namedtuple whose *type* numba specialises on: the operator
+(:class:`.operators.Dense`), the problem (:class:`Forward` with its activation, or
+:class:`Adjoint`), the step (:class:`Averaged`, :class:`ForwardBackward`,
+:class:`PeacemanRachford`, :class:`DouglasRachford`, :class:`Anderson`) and the dtype. A
+call compiles only its own combination (seconds, once, then cached on disk), and each method
+supplies its step through a few small ``@overload`` hooks: ``init_state``, ``candidate``,
+``row_step``, ``after_pass``, ``move_state``. :func:`run` splits the batch into thread blocks
+(:mod:`.blocks`).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+from llvmlite import ir
+from numba import njit
+from numba.core import types as nbtypes
+from numba.extending import intrinsic, overload
+
+from . import compilation
+from .blocks import block_bounds, run_blocks
+from .kernels import (
+    ANDERSON_REG,
+    HARD_TANH,
+    IDENTITY,
+    LEAKY_RELU,
+    RELU,
+    RUNNING,
+    SOFTPLUS,
+    TANH,
+    _TINY,
+    act_derivative,
+    act_prox,
+    act_value,
+    classify,
+    solve_small,
+)
+from .operators import apply, apply_T, dense, resolvent
+from .task import Task
+
+__all__ = [
+    "Forward", "Adjoint", "Averaged", "ForwardBackward", "PeacemanRachford", "DouglasRachford",
+    "Anderson", "Stopping", "Output", "activation", "step_of", "sigma", "dsigma", "prox", "solve_block", "run",
+]
+
+compilation.install()  # first compilations are logged (nemon.compile), whoever triggers them
+
+# -- the types numba specialises on ---------------------------------------------------------
+
+Relu = collections.namedtuple("Relu", ["slope"])
+LeakyRelu = collections.namedtuple("LeakyRelu", ["slope"])
+HardTanh = collections.namedtuple("HardTanh", ["slope"])
+Tanh = collections.namedtuple("Tanh", ["slope"])
+Softplus = collections.namedtuple("Softplus", ["slope"])
+Identity = collections.namedtuple("Identity", ["slope"])
+_ACTIVATIONS = {RELU: Relu, LEAKY_RELU: LeakyRelu, HARD_TANH: HardTanh, TANH: Tanh, SOFTPLUS: Softplus,
+                IDENTITY: Identity}
+_CODES = {cls: code for code, cls in _ACTIVATIONS.items()}
+
+#: ``x = σ(x Aᵀ + w)`` for the rows ``w`` of ``W`` (ℓ∞ residual).
+Forward = collections.namedtuple("Forward", ["act", "W"])
+#: ``λ = g + (λ ⊙ d) A`` for the rows of ``G`` and ``D`` (identity activation, ℓ1 residual).
+Adjoint = collections.namedtuple("Adjoint", ["G", "D"])
+
+#: ``x⁺ = (1 − α) x + α T(x)`` (picard: α = 1).
+Averaged = collections.namedtuple("Averaged", ["alpha"])
+#: ``x⁺ = prox_{αf}((1 − α) x + α (A x + w))``.
+ForwardBackward = collections.namedtuple("ForwardBackward", ["alpha"])
+#: ``u⁺ = 2y − v`` with ``x = prox_{αf}(u)``, ``v = 2x − u``, ``y = M⁻¹(v + α w)``.
+PeacemanRachford = collections.namedtuple("PeacemanRachford", ["alpha"])
+#: ``u⁺ = u + y − x`` (the average of Peaceman–Rachford's step and ``u``).
+DouglasRachford = collections.namedtuple("DouglasRachford", ["alpha"])
+#: Safeguarded type-II Anderson acceleration of the averaged map.
+Anderson = collections.namedtuple("Anderson", ["alpha", "memory", "accept"])
+
+#: The stopping rule's parameters (``record``: keep every iteration's residual).
+Stopping = collections.namedtuple("Stopping", ["atol", "rtol", "max_iter", "record"])
+#: A block's outputs (views of the caller's arrays at the block's samples): the last iterate,
+#: iterations, residuals and status codes per sample, the residual history (sample-major,
+#: (rows, max_iter + 1), or no columns) and ``Z`` (each sample's last ``x Aᵀ + w``, or no rows).
+Output = collections.namedtuple("Output", ["X", "iters", "res", "codes", "hist", "Z"])
+
+_STEPS = {
+    "picard": lambda t: Averaged(1.0),
+    "average": lambda t: Averaged(float(t.alpha)),
+    "forward_backward": lambda t: ForwardBackward(float(t.alpha)),
+    "peaceman_rachford": lambda t: PeacemanRachford(float(t.alpha)),
+    "douglas_rachford": lambda t: DouglasRachford(float(t.alpha)),
+    "anderson": lambda t: Anderson(float(t.alpha), int(t.memory), float(t.accept)),
+}
+
+
+def activation(code: int, slope: float):
+    """The compiled engine's activation value for ``solvers.ACTIVATIONS`` code ``code``."""
+    return _ACTIVATIONS[code](float(slope))
+
+
+def step_of(task: Task):
+    """The step namedtuple of ``task.method``."""
+    return _STEPS[task.method](task)
+
+
+def _cls(t):
+    return getattr(t, "instance_class", None)
+
+
+# -- activations, resolved at compile time -----------------------------------------------
+
+def sigma(act, z):
+    raise NotImplementedError("compiled code only")
+
+
+def dsigma(act, z):
+    raise NotImplementedError("compiled code only")
+
+
+def prox(act, alpha, v):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(sigma, inline="always")
+def _sigma(act, z):
+    code = _CODES[_cls(act)]
+    return lambda act, z: act_value(code, act.slope, z)
+
+
+@overload(dsigma, inline="always")
+def _dsigma(act, z):
+    code = _CODES[_cls(act)]
+    return lambda act, z: act_derivative(code, act.slope, z)
+
+
+@overload(prox)
+def _prox(act, alpha, v):
+    code = _CODES[_cls(act)]
+    if code in (RELU, HARD_TANH, IDENTITY):  # the prox of an indicator is σ itself
+        return lambda act, alpha, v: act_value(code, act.slope, v)
+    return lambda act, alpha, v: act_prox(code, act.slope, alpha, v)
+
+
+# -- the residual: one pass over a row ------------------------------------------------------
+
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of a float as the signed integer of its width (a bitcast, no conversion)."""
+    width = {nbtypes.float64: nbtypes.int64, nbtypes.float32: nbtypes.int32}.get(x)
+    if width is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(sig.return_type))
+
+    return width(x), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, b, like):
+    """The float of the type of ``like`` whose bits are the integer ``b`` (inverse of
+    :func:`_float_bits`; ``b`` is cut back to the width of ``like`` first)."""
+    width = {nbtypes.float64: 64, nbtypes.float32: 32}.get(like)
+    if width is None or not isinstance(b, nbtypes.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[0]
+        if b.bitwidth > width:
+            value = builder.trunc(value, ir.IntType(width))
+        return builder.bitcast(value, context.get_value_type(sig.return_type))
+
+    return like(b, like), codegen
+
+
+# The ℓ∞ residual takes the maximum of |d| over the bits: for non-negative floats the order of
+# the bits as integers is the order of the values, and |NaN| lies above +inf, so an integer
+# maximum (which vectorises, unlike a NaN-aware float maximum) is exactly the maximum that
+# lets a NaN through. ``reassoc`` lets the ℓ1 sums vectorise; there is no finite-math
+# assumption, so NaN and Inf reach the stopping rule.
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _residual_inf(act, z_row, w_row, x_row, t_row):
+    """``z ← z + w``, ``t ← σ(z)``; returns ``(‖t − x‖_∞, ‖x‖_∞)``."""
+    rb = _float_bits(x_row[0])
+    rb -= rb  # 0 in the integer type of the dtype
+    xb = rb
+    for i in range(z_row.shape[0]):
+        z = z_row[i] + w_row[i]
+        z_row[i] = z
+        t_row[i] = sigma(act, z)
+        rb = max(rb, _float_bits(abs(t_row[i] - x_row[i])))
+        xb = max(xb, _float_bits(abs(x_row[i])))
+    return float(_bits_float(rb, x_row[0])), float(_bits_float(xb, x_row[0]))
+
+
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _residual_l1(z_row, w_row, x_row, t_row):
+    """``z ← z + w``, ``t ← z``; returns ``(‖t − x‖_1, ‖x‖_1)``."""
+    r = 0.0
+    xn = 0.0
+    for i in range(z_row.shape[0]):
+        z = z_row[i] + w_row[i]
+        z_row[i] = z
+        t_row[i] = z
+        r += abs(z - x_row[i])
+        xn += abs(x_row[i])
+    return r, xn
+
+
+# -- the problem: its right-hand side, activation, product and residual -------------------
+
+def rhs(problem):
+    raise NotImplementedError("compiled code only")
+
+
+def scale(problem):
+    raise NotImplementedError("compiled code only")
+
+
+def act_of(problem):
+    raise NotImplementedError("compiled code only")
+
+
+def product(op, problem, Xa, Da, S, Z, na):
+    raise NotImplementedError("compiled code only")
+
+
+def residual(problem, z_row, w_row, x_row, t_row):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(rhs)
+def _rhs(problem):
+    if _cls(problem) is Forward:
+        return lambda problem: problem.W
+    return lambda problem: problem.G
+
+
+@overload(scale)
+def _scale(problem):
+    if _cls(problem) is Forward:
+        return lambda problem: problem.W[:0]  # no scaling: no rows
+    return lambda problem: problem.D
+
+
+@overload(act_of)
+def _act_of(problem):
+    if _cls(problem) is Forward:
+        return lambda problem: problem.act
+    return lambda problem: Identity(0.0)
+
+
+@overload(product)
+def _product(op, problem, Xa, Da, S, Z, na):
+    """``Z = X Aᵀ`` (forward) or ``Z = (X ⊙ D) A`` (adjoint) on the first ``na`` rows."""
+    if _cls(problem) is Forward:
+        def forward(op, problem, Xa, Da, S, Z, na):
+            apply(op, Xa[:na], Z[:na])
+        return forward
+
+    def adjoint(op, problem, Xa, Da, S, Z, na):
+        for s in range(na):
+            for i in range(Xa.shape[1]):
+                S[s, i] = Xa[s, i] * Da[s, i]
+        apply_T(op, S[:na], Z[:na])
+    return adjoint
+
+
+@overload(residual)
+def _residual(problem, z_row, w_row, x_row, t_row):
+    if _cls(problem) is Forward:
+        return lambda problem, z_row, w_row, x_row, t_row: _residual_inf(problem.act, z_row, w_row, x_row, t_row)
+    return lambda problem, z_row, w_row, x_row, t_row: _residual_l1(z_row, w_row, x_row, t_row)
+
+
+# -- the methods' steps ------------------------------------------------------------------------
+
+def init_state(step, op, problem, Xa, Wa, Da, S, Z, zero):
+    raise NotImplementedError("compiled code only")
+
+
+def skips_first_product(step):
+    raise NotImplementedError("compiled code only")
+
+
+def candidate(step, problem, state, Xa, na):
+    raise NotImplementedError("compiled code only")
+
+
+def row_step(step, problem, state, s, g, Xa, T, Z, r):
+    raise NotImplementedError("compiled code only")
+
+
+def after_pass(step, op, problem, state, Xa, Wa, flag, na):
+    raise NotImplementedError("compiled code only")
+
+
+def move_state(step, state, j, s):
+    raise NotImplementedError("compiled code only")
+
+
+def _splitting(step):
+    return _cls(step) in (PeacemanRachford, DouglasRachford)
+
+
+@overload(init_state)
+def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero):
+    """The method's own work arrays: ``()`` for the averaged and forward–backward steps; the
+    splitting variable ``u0 = (1 − α) x0 + α (A x0 + w)`` and two scratch blocks for the
+    splittings; Anderson's history, kept at the block's sample index (compaction never
+    moves it)."""
+    if _splitting(step):
+        def splitting(step, op, problem, Xa, Wa, Da, S, Z, zero):
+            rows, n = Xa.shape
+            a = step.alpha
+            if zero:
+                Z[:, :] = 0.0
+            else:
+                product(op, problem, Xa, Da, S, Z, rows)
+            U = np.empty_like(Xa)
+            for s in range(rows):
+                for i in range(n):
+                    U[s, i] = (1.0 - a) * Xa[s, i] + a * (Z[s, i] + Wa[s, i])
+            return U, np.empty_like(Xa), np.empty_like(Xa)
+        return splitting
+    if _cls(step) is Anderson:
+        def anderson(step, op, problem, Xa, Wa, Da, S, Z, zero):
+            rows, n = Xa.shape
+            m = step.memory
+            dt = Xa.dtype
+            return (np.zeros((rows, n), dt), np.zeros((rows, n), dt), np.full(rows, np.inf),
+                    np.ones(rows, np.bool_), np.zeros((rows, m, n), dt), np.zeros((rows, m, n), dt),
+                    np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros((rows, m, m)),
+                    np.zeros((rows, m)), np.zeros((rows, m, m)))
+        return anderson
+    return lambda step, op, problem, Xa, Wa, Da, S, Z, zero: ()
+
+
+@overload(skips_first_product)
+def _skips_first_product(step):
+    """Whether a start at 0 makes the first product 0 (the splittings iterate on ``u``)."""
+    value = not _splitting(step)
+    return lambda step: value
+
+
+@overload(candidate)
+def _candidate(step, problem, state, Xa, na):
+    """The equilibrium candidate whose residual the stopping rule sees: ``x`` itself, or
+    ``x = prox_{αf}(u)`` for the splittings."""
+    if _splitting(step):
+        def splitting(step, problem, state, Xa, na):
+            U = state[0]
+            act = act_of(problem)
+            for s in range(na):
+                for i in range(Xa.shape[1]):
+                    Xa[s, i] = prox(act, step.alpha, U[s, i])
+        return splitting
+    return lambda step, problem, state, Xa, na: None
+
+
+@overload(row_step)
+def _row_step(step, problem, state, s, g, Xa, T, Z, r):
+    """The step of active row ``s`` (sample ``g``) from its ``x``, ``T(x) = σ(z)`` and ``z``."""
+    kind = _cls(step)
+    if kind is Averaged:
+        def averaged(step, problem, state, s, g, Xa, T, Z, r):
+            x = Xa[s]
+            t = T[s]
+            a = step.alpha
+            for i in range(x.shape[0]):
+                x[i] += a * (t[i] - x[i])
+        return averaged
+    if kind is ForwardBackward:
+        def forward_backward(step, problem, state, s, g, Xa, T, Z, r):
+            x = Xa[s]
+            z = Z[s]
+            a = step.alpha
+            act = act_of(problem)
+            for i in range(x.shape[0]):
+                x[i] = prox(act, a, (1.0 - a) * x[i] + a * z[i])
+        return forward_backward
+    if kind is Anderson:
+        def anderson(step, problem, state, s, g, Xa, T, Z, r):
+            _anderson_step(s, g, Xa, T, r, step.alpha, step.accept, step.memory, *state)
+        return anderson
+    return lambda step, problem, state, s, g, Xa, T, Z, r: None  # splittings: after the pass
+
+
+@overload(after_pass)
+def _after_pass(step, op, problem, state, Xa, Wa, flag, na):
+    """The splittings' resolvent step on the rows that go on: ``v = 2x − u``,
+    ``y = M⁻¹(v + α w)``; PR: ``u = 2y − v``; DR: ``u = u + y − x``."""
+    if not _splitting(step):
+        return lambda step, op, problem, state, Xa, Wa, flag, na: None
+    peaceman = _cls(step) is PeacemanRachford
+
+    def splitting(step, op, problem, state, Xa, Wa, flag, na):
+        U, V, Y = state
+        a = step.alpha
+        n = Xa.shape[1]
+        for s in range(na):
+            for i in range(n):
+                V[s, i] = 2.0 * Xa[s, i] - U[s, i] + a * Wa[s, i]
+        resolvent(op, V[:na], Y[:na])
+        for s in range(na):
+            if flag[s] != RUNNING:
+                continue
+            for i in range(n):
+                if peaceman:
+                    U[s, i] = 2.0 * Y[s, i] - (2.0 * Xa[s, i] - U[s, i])
+                else:
+                    U[s, i] = U[s, i] + Y[s, i] - Xa[s, i]
+    return splitting
+
+
+@overload(move_state)
+def _move_state(step, state, j, s):
+    """Compaction: active row ``j`` takes the method's state of row ``s``."""
+    if _splitting(step):
+        def splitting(step, state, j, s):
+            _move_row(state[0], j, s)
+        return splitting
+    return lambda step, state, j, s: None
+
+
+@njit(cache=True, inline="always")
+def _move_row(M, a, b):
+    for i in range(M.shape[1]):
+        M[a, i] = M[b, i]
+
+
+# ``reassoc`` lets the dot products below vectorise (partial sums in any order); no
+# finite-math assumption, so NaN and Inf still propagate to the residual check.
+@njit(cache=True, fastmath={"reassoc", "contract"}, inline="always")
+def _dot(u, v):
+    acc = 0.0
+    for i in range(u.shape[0]):
+        acc += u[i] * v[i]
+    return acc
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
+    """Safeguarded type-II Anderson update of active row ``s``, sample ``g`` (see
+    ``numpy_engine._Anderson``). ``Gm[g]`` keeps the Gram matrix of the stored differences
+    ``dF`` up to date one row at a time (O(m n) per step instead of O(m² n)); every loop runs
+    over one contiguous row, so that it vectorises."""
+    x = X[s]
+    t = T[s]
+    gpg = gp[g]
+    fpg = fp[g]
+    n = x.shape[0]
+    if not (forced[g] or r <= accept * rp[g]):
+        for i in range(n):
+            x[i] = gpg[i]
+        forced[g] = True
+        cnt[g] = 0
+        pos[g] = 0
+        return
+    dFg = dF[g]
+    dGg = dG[g]
+    Gmg = Gm[g]
+    hbg = hb[g]
+    if rp[g] < np.inf:
+        p = pos[g]
+        dFp = dFg[p]
+        dGp = dGg[p]
+        for i in range(n):
+            xi = x[i]
+            gv = xi + alpha * (t[i] - xi)
+            fv = gv - xi
+            dFp[i] = fv - fpg[i]
+            dGp[i] = gv - gpg[i]
+            fpg[i] = fv
+            gpg[i] = gv
+        pos[g] = (p + 1) % m
+        cnt[g] = min(cnt[g] + 1, m)
+        for a in range(cnt[g]):
+            acc = _dot(dFp, dFg[a])
+            Gmg[p, a] = acc
+            Gmg[a, p] = acc
+    else:
+        for i in range(n):
+            xi = x[i]
+            gv = xi + alpha * (t[i] - xi)
+            fpg[i] = gv - xi
+            gpg[i] = gv
+    k = cnt[g]
+    if k > 0:
+        Hg = H[g]
+        tr = 0.0
+        for a in range(k):
+            for c in range(k):
+                Hg[a, c] = Gmg[a, c]
+            tr += Gmg[a, a]
+            hbg[a] = _dot(dFg[a], fpg)
+        reg = ANDERSON_REG * tr / k + _TINY
+        for a in range(k):
+            Hg[a, a] += reg
+        solve_small(Hg, hbg, k)
+    for i in range(n):
+        x[i] = gpg[i]
+    for a in range(k):  # slot-major, so that the inner loop runs over contiguous i
+        c = hbg[a]
+        row = dGg[a]
+        for i in range(n):
+            x[i] -= c * row[i]
+    rp[g] = r
+    forced[g] = False
+
+
+# -- the loop driver ---------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def solve_block(op, problem, step, stop, X0, out):
+    """The whole iteration on one block of samples, independent of every other block;
+    returns the last iteration index.
+
+    Every work array is the block's own, allocated here (on the thread that uses it): two
+    threads writing neighbouring entries of one shared array would bounce its cache lines.
+    The problem's arrays and ``X0`` (no rows: start at 0) are only read; the views in ``out``
+    are written once per finished sample (``out.hist`` once per iteration when recording).
+    The active samples stay packed at the start of the work arrays.
+    """
+    rows, n = out.X.shape
+    Wa = rhs(problem).copy()
+    Da = scale(problem).copy()
+    start = X0.shape[0] > 0
+    Xa = X0.copy() if start else np.zeros_like(Wa)
+    Z = np.empty_like(Xa)
+    T = np.empty_like(Xa)  # σ(Z) of the current pass
+    S = np.empty_like(Da)
+    idx = np.arange(rows)
+    r_first = np.zeros(rows)
+    r_cur = np.zeros(rows)
+    flag = np.zeros(rows, np.int8)
+    zero = True  # does the block start at x0 = 0? (then A x0 = 0 exactly: no product)
+    for s in range(rows if start else 0):
+        for i in range(n):
+            if Xa[s, i] != 0.0:
+                zero = False
+        if not zero:
+            break
+    state = init_state(step, op, problem, Xa, Wa, Da, S, Z, zero)
+    skip = zero and skips_first_product(step)
+    na = rows
+    k = 0
+    for k in range(stop.max_iter + 1):
+        candidate(step, problem, state, Xa, na)
+        if skip and k == 0:
+            Z[:na] = 0.0
+        else:
+            product(op, problem, Xa, Da, S, Z, na)
+        going = 0
+        for s in range(na):
+            g = idx[s]
+            r, xn = residual(problem, Z[s], Wa[s], Xa[s], T[s])
+            r_cur[s] = r
+            if k == 0:
+                r_first[g] = r
+            f = classify(k, r, stop.atol + stop.rtol * xn, r_first[g], stop.max_iter)
+            flag[s] = f
+            if f == RUNNING:
+                going += 1
+                row_step(step, problem, state, s, g, Xa, T, Z, r)
+        if going > 0:
+            after_pass(step, op, problem, state, Xa, Wa, flag, na)
+        j = 0
+        for s in range(na):
+            g = idx[s]
+            if stop.record:
+                out.hist[g, k] = r_cur[s]
+            if flag[s] != RUNNING:
+                for i in range(n):
+                    out.X[g, i] = Xa[s, i]
+                if out.Z.shape[0] > 0:
+                    for i in range(n):
+                        out.Z[g, i] = Z[s, i]
+                out.res[g] = r_cur[s]
+                out.iters[g] = k
+                out.codes[g] = flag[s]
+                continue
+            if j != s:
+                idx[j] = g
+                _move_row(Xa, j, s)
+                _move_row(Wa, j, s)
+                if Da.shape[0] > 0:
+                    _move_row(Da, j, s)
+                move_state(step, state, j, s)
+            j += 1
+        na = j
+        if na == 0:
+            break
+    return k
+
+
+def problem_of(task: Task):
+    """``(lo, hi) -> problem`` of the block of rows ``lo:hi`` of ``task``."""
+    rhs_ = task.rhs
+    if task.kind == "forward":
+        act = activation(task.activation.code, task.activation.slope)
+        return lambda lo, hi: Forward(act, rhs_[lo:hi])
+    D = task.D
+    return lambda lo, hi: Adjoint(rhs_[lo:hi], D[lo:hi])
+
+
+def run(task: Task):
+    """Solve ``task`` (the contract of :func:`.numpy_engine.run`): returns
+    ``(X, iterations, residual, codes, history, Z)``; ``Z`` is each sample's last
+    ``x Aᵀ + w`` when ``task.keep_z``, else ``None``."""
+    W = task.rhs
+    batch, n = W.shape
+    dtype = W.dtype
+    op = dense(task.A, forward=task.kind == "forward", adjoint=task.kind == "adjoint", MinvT=task.MinvT)
+    problem = problem_of(task)
+    step = step_of(task)
+    stop = Stopping(float(task.atol), float(task.rtol), int(task.max_iter), bool(task.record))
+    X = np.empty_like(W)  # every sample is written when it stops
+    iters = np.zeros(batch, np.int64)
+    res = np.zeros(batch)
+    codes = np.full(batch, RUNNING, np.int8)
+    hist = np.full((batch, task.max_iter + 1 if task.record else 0), np.nan)
+    Z = np.empty((batch if task.keep_z else 0, n), dtype)
+    X0 = task.x0
+    none = np.empty((0, n), dtype)
+
+    def args_of(lo, hi):
+        Zb = Z[lo:hi] if task.keep_z else Z
+        return (op, problem(lo, hi), step, stop, none if X0 is None else X0[lo:hi],
+                Output(X[lo:hi], iters[lo:hi], res[lo:hi], codes[lo:hi], hist[lo:hi], Zb))
+
+    last = run_blocks(solve_block, block_bounds(batch), args_of, work=batch * n * n)
+    history = hist[:, : max(last) + 1].T.copy() if task.record else None
+    return X, iters, res, codes, history, (Z if task.keep_z else None)

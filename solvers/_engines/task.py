@@ -1,0 +1,69 @@
+"""What every engine receives: one solve, described once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .._activations import Activation
+
+__all__ = ["Task"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A batch of fixed-point problems for an engine (validated by the front door).
+
+    ``kind="forward"``: ``x = σ(x Aᵀ + w)`` per row ``w`` of ``rhs``, ℓ∞ residual.
+    ``kind="adjoint"``: ``λ = g + (λ ⊙ d) A`` per row ``g`` of ``rhs`` and ``d`` of ``D``,
+    identity activation, ℓ1 residual.
+
+    Attributes
+    ----------
+    kind : {"forward", "adjoint"}
+    A : ndarray, shape (n, n), in the solve's dtype
+    rhs : ndarray, shape (batch, n), C-contiguous, in the solve's dtype
+    D : ndarray or None
+        The adjoint's ``σ'(z)`` (batch, n).
+    x0 : ndarray or None
+        The start (batch, n); ``None``: zeros.
+    method : str
+    alpha : float
+    activation : Activation
+    atol, rtol : float
+    max_iter : int
+    record : bool
+        Keep every iteration's residual.
+    memory : int
+        Anderson's memory.
+    accept : float
+        Anderson's safeguard ratio.
+    MinvT : ndarray or None
+        ``((1 + α) I − α A)⁻ᵀ`` for the splittings.
+    keep_z : bool
+        Also return each sample's last ``x Aᵀ + w`` (forward only; the stopping rule's own
+        product, of the returned ``x``).
+    """
+
+    kind: str
+    A: np.ndarray
+    rhs: np.ndarray
+    D: np.ndarray | None
+    x0: np.ndarray | None
+    method: str
+    alpha: float
+    activation: Activation
+    atol: float
+    rtol: float
+    max_iter: int
+    record: bool = False
+    memory: int = 5
+    accept: float = 1.0
+    MinvT: np.ndarray | None = None
+    keep_z: bool = False
+
+    @property
+    def norm(self) -> str:
+        """The residual's norm: ``"inf"`` (forward) or ``"l1"`` (adjoint)."""
+        return "inf" if self.kind == "forward" else "l1"

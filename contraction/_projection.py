@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._validation import as_finite_scalar, as_matrix, as_square_matrix, as_weights
 
@@ -79,7 +79,7 @@ def _shrink_rows(t, V, W, c, f):
     return np.maximum(tau, 0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, parallel=True)
 def _project_rows(A, ratio, c, free_diagonal):
     """Project every row of ``A`` onto ``f·a_ii + Σ_j w_ij |a_ij| ≤ c`` (a new array).
 
@@ -91,7 +91,7 @@ def _project_rows(A, ratio, c, free_diagonal):
     out = A.copy()
     weighted = ratio.shape[0] > 0
     f = 1.0 if free_diagonal else 0.0
-    for i in range(rows):
+    for i in prange(rows):  # rows are independent: one block of rows per thread
         active = np.empty(cols, np.bool_)
         t = A[i, i] if free_diagonal else 0.0
         s1 = f * t - c

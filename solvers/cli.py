@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
 import contraction
+
+from .engine import compilation
 
 __all__ = ["main", "build_parser"]
 
@@ -186,12 +191,13 @@ def cmd_train(args) -> int:
                     resume=history)
     net.solver = hist.solver  # evaluate and save with the solver it was trained with
     con = hist.config.make_constraint()
-    metrics = {**evaluate(net, Xte, yte, eta=con.weights(hist.state.raw)), "dataset": args.dataset,
-               "data_seed": args.data_seed}
-    path = tr.save(net, args.out, history=hist, metrics=metrics)
-    if hist.interrupted:
+    metrics = {"dataset": args.dataset, "data_seed": args.data_seed}
+    if hist.interrupted:  # saved at once (no evaluation: Ctrl-C means stop now)
+        path = tr.save(net, args.out, history=hist, metrics=metrics)
         print(f"\nInterrupted: checkpoint saved to {path}; continue with: nemon train --resume {path}")
         return 130
+    metrics = {**evaluate(net, Xte, yte, eta=con.weights(hist.state.raw)), **metrics}
+    path = tr.save(net, args.out, history=hist, metrics=metrics)
     print()
     print(format_report(metrics, title=f"Final report ({args.dataset} test set)"))
     print(f"total training time         {sum(r['seconds'] for r in hist.epochs):.1f} s")
@@ -495,5 +501,35 @@ def main(argv=None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+#: Seconds after Ctrl-C by which the process is gone even if the interrupt was swallowed.
+INTERRUPT_GRACE_SECONDS = 1.5
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C: raise KeyboardInterrupt (``main`` turns it into exit code 130), and make sure
+    it propagates and the process ends soon: raised inside a C callback (numba's compiler calls
+    back into Python while it compiles) it would be printed and ignored, so it is repeated
+    while a compilation lasts, and the process exits after a grace period whatever happens."""
+
+    def force():
+        sys.stderr.write("nemon: interrupted (Ctrl-C)\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    timer = threading.Timer(INTERRUPT_GRACE_SECONDS, force)
+    timer.daemon = True
+    timer.start()
+    if compilation.compiling():
+        compilation.interrupt_compilation()
+    raise KeyboardInterrupt
+
+
+def entry() -> None:
+    """The ``nemon`` command: :func:`main` with Ctrl-C handled as above."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -4,13 +4,16 @@ scalar kernels and the stopping rule, the thread blocks and the BLAS policy.
 
 :func:`solvers.solve` is the front door for everything else. A compiled client calls
 :func:`solve_block` on its own block of rows with an operator (:func:`dense`), a problem
-(:class:`Forward` or :class:`Adjoint`), a step (e.g. :class:`Averaged`), a
-:class:`Stopping` rule and an :class:`Output`, and runs its blocks with :func:`run_blocks`.
+(:class:`Forward` or :class:`Adjoint`), an activation (:func:`activation`), a step (e.g. :class:`Averaged`), a
+:class:`Stopping` rule and an :class:`Output`; :func:`block_bounds` splits a batch into thread
+blocks and :func:`blas_policy` holds BLAS while they run.
 """
 
-from ._engines.blocks import MIN_BLOCK_ROWS, block_bounds, run_blocks, thread_count
+from ._engines import compilation
+from ._engines.blocks import MIN_BLOCK_ROWS, PRANGE_ONLY, blas_policy, block_bounds, thread_count, use_blocks
 from ._engines.kernels import (
     DIVERGED,
+    IDENTITY,
     MAX_ITER,
     NONFINITE,
     RUNNING,
@@ -30,17 +33,22 @@ from ._engines.numba_engine import (
     PeacemanRachford,
     Stopping,
     activation,
+    block_of,
     dsigma,
+    output_of,
     prox,
+    rows_of,
     sigma,
     solve_block,
+    solve_blocks,
 )
 from ._engines.operators import Dense, dense
 from ._engines.threads import SMALL_GEMM_WORK, blas_threads, blas_threads_for
 
 __all__ = [
-    "Adjoint", "Anderson", "Averaged", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
-    "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "Output", "PeacemanRachford", "RUNNING", "SMALL_GEMM_WORK",
-    "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_threads", "blas_threads_for",
-    "block_bounds", "classify", "dense", "dsigma", "prox", "run_blocks", "sigma", "solve_block", "thread_count",
+    "Adjoint", "Anderson", "Averaged", "DIVERGED", "IDENTITY", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
+    "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "PRANGE_ONLY", "Output", "PeacemanRachford", "RUNNING", "SMALL_GEMM_WORK",
+    "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy", "blas_threads",
+    "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "dense", "dsigma", "output_of", "prox", "rows_of",
+    "sigma", "solve_block", "solve_blocks", "thread_count", "use_blocks",
 ]

@@ -38,27 +38,46 @@ def test_a_first_run_says_what_it_compiles_and_a_second_run_does_not(tmp_path):
     assert second.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
 
 
-def test_ctrl_c_during_the_first_compilation_exits_130_within_two_seconds(tmp_path):
+def _interrupt_while_compiling(cmd, tmp_path, marker="compiling"):
+    """Start ``cmd`` with an empty numba cache, press Ctrl-C once stderr shows ``marker``; returns
+    ``(exit code, seconds from Ctrl-C to exit, stdout, the rest of stderr)``."""
     env = _env(NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    with subprocess.Popen(SOLVE, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as proc:
         try:
-            for line in proc.stderr:  # wait until it announces a compilation
-                if "compiling" in line:
+            for line in proc.stderr:  # wait until it announces the compilation
+                if marker in line:
                     break
             else:
                 raise AssertionError("no compilation was announced")
             time.sleep(0.3)  # well inside the compilation
             sent = time.perf_counter()
             proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=30)
+            code = proc.wait(timeout=60)
             elapsed = time.perf_counter() - sent
-            rest = proc.stderr.read()
+            out, rest = proc.stdout.read(), proc.stderr.read()
         finally:
             proc.kill()
+    return code, elapsed, out, rest
+
+
+def test_ctrl_c_during_the_first_compilation_exits_130_within_two_seconds(tmp_path):
+    code, elapsed, _, rest = _interrupt_while_compiling(SOLVE, tmp_path)
     assert code == 130, rest
     assert elapsed <= 2.0, f"exited {elapsed:.2f} s after Ctrl-C"
     assert "Traceback" not in rest and "interrupted" in rest
+
+
+def test_ctrl_c_while_training_compiles_saves_and_exits_130_within_two_seconds(tmp_path):
+    out_path = tmp_path / "m.npz"
+    cmd = [sys.executable, "-m", "solvers.cli", "train", "--dataset", "digits", "--hidden", "8", "--epochs", "1",
+           "--no-progress", "--out", str(out_path), "--figure", str(tmp_path / "m.png")]
+    # the training step's kernel: the trainer stops before the batch and saves at once
+    code, elapsed, out, rest = _interrupt_while_compiling(cmd, tmp_path, marker="compiling _step_block(")
+    assert code == 130, rest
+    assert elapsed <= 2.0, f"exited {elapsed:.2f} s after Ctrl-C"
+    assert "Traceback" not in rest
+    assert "Interrupted: checkpoint saved" in out and out_path.is_file()
 
 
 def test_the_numba_cache_lives_in_the_user_cache_folder(tmp_path):

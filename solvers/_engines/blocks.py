@@ -1,23 +1,32 @@
-"""The batch split into thread blocks: one place for the split, the threads and the BLAS policy.
+"""The batch split into thread blocks and the BLAS policy around them, in one place.
 
-Samples never interact, so a batch is split once into one contiguous block of rows per thread
-and each thread runs a whole compiled kernel on its block (``nogil``): one hand-off per call,
-no synchronisation per iteration. Block 0 runs on the calling thread, the others on a
-persistent pool of daemon threads (daemons, so that Ctrl-C during a first compilation is
-never held up by a worker). Meanwhile BLAS is held at one thread: each block's products are
-single-threaded, and idle BLAS pools would spin against the blocks.
+Samples never interact, so a batch is split once into one contiguous block of rows per
+thread, and each thread runs a whole compiled kernel on its block (numba's ``prange`` over the
+blocks): one parallel region per call, no synchronisation per iteration. Meanwhile BLAS is
+held at one thread: each block's products are single-threaded, and idle BLAS pools would spin
+against the blocks. The solvers (:func:`.numba_engine.solve_blocks`) and training's fused step
+split and run their batches this way.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import collections
+import contextlib
 
 import numba
+import numpy as np
+from numba.core.cpu import ParallelOptions
 
 from .threads import SMALL_GEMM_WORK, blas_threads
 
-__all__ = ["MIN_BLOCK_ROWS", "thread_count", "block_bounds", "run_blocks"]
+__all__ = ["MIN_BLOCK_ROWS", "PRANGE_ONLY", "thread_count", "block_bounds", "blas_policy", "use_blocks"]
+
+#: ``njit(parallel=PRANGE_ONLY)``: only the explicit ``prange`` loop over the blocks runs in
+#: parallel; numba's other parallel passes (array expressions, reductions, fusion) stay off,
+#: which also keeps the parallel drivers quick to compile. An options object, not a dict:
+#: numba empties a dict of options on its first compilation.
+PRANGE_ONLY = ParallelOptions({"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+                               "setitem": False, "numpy": False, "stencil": False, "fusion": False})
 
 #: Fewest samples per thread block: below it a second thread costs more than it saves.
 MIN_BLOCK_ROWS = 16
@@ -28,82 +37,38 @@ def thread_count() -> int:
     return numba.get_num_threads()
 
 
-def block_bounds(batch: int, threads: int | None = None) -> list[tuple[int, int]]:
-    """``[(lo, hi), …]``: ``batch`` rows in at most ``threads`` contiguous blocks of at least
-    :data:`MIN_BLOCK_ROWS` rows (one block for small batches)."""
+def block_bounds(batch: int, threads: int | None = None) -> np.ndarray:
+    """``[[lo, hi], …]`` (int64): ``batch`` rows in at most ``threads`` contiguous blocks of at
+    least :data:`MIN_BLOCK_ROWS` rows (one block for small batches)."""
     threads = thread_count() if threads is None else threads
     nblocks = max(1, min(threads, batch // MIN_BLOCK_ROWS))
     size = -(-batch // nblocks)
-    return [(lo, min(batch, lo + size)) for lo in range(0, batch, size)]
+    return np.array([(lo, min(batch, lo + size)) for lo in range(0, batch, size)], dtype=np.int64)
 
 
-class _Worker:
-    """A daemon thread that runs the calls it is handed, one at a time."""
-
-    def __init__(self):
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self.done: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="nemon-block", daemon=True).start()
-
-    def _loop(self):
-        while True:
-            fn, args = self.tasks.get()
-            try:
-                self.done.put((fn(*args), None))
-            except BaseException as exc:  # handed back to the caller, raised there
-                self.done.put((None, exc))
+#: Calls of each kernel variant so far (see :func:`use_blocks`).
+_calls: collections.Counter = collections.Counter()
 
 
-_workers: list[_Worker] = []
-_lock = threading.Lock()
+def use_blocks(variant, blocks: int) -> bool:
+    """Whether a call of ``variant`` (a hashable key of a kernel and its argument types) runs on
+    its ``blocks`` thread blocks (a parallel driver) or as one block (the block kernel itself).
 
-
-def _pool(size: int) -> list[_Worker]:
-    with _lock:
-        while len(_workers) < size:
-            _workers.append(_Worker())
-        return _workers[:size]
-
-
-def run_blocks(kernel, bounds, args_of, work: int = 0) -> list:
-    """``[kernel(*args_of(lo, hi)) for (lo, hi) in bounds]``, the blocks on separate threads.
-
-    ``kernel`` must release the GIL (``@njit(nogil=True)``) for the blocks to overlap.
-    ``work`` (multiply-adds of one product of the whole batch) decides the BLAS threads of a
-    single block: below :data:`~.threads.SMALL_GEMM_WORK` it runs on one BLAS thread, above it
-    keeps BLAS's pool; several blocks always run on one BLAS thread each.
+    A parallel driver is a compilation of its own, of seconds, on first use. It pays off for a
+    variant that is called again, not for a single call: a variant's first call runs as one
+    block, and its parallel driver is compiled (or loaded from the cache) from its second call
+    on. The results are the same either way: blocks never interact.
     """
-    if len(bounds) == 1:
-        lo, hi = bounds[0]
-        if work >= SMALL_GEMM_WORK:
-            return [kernel(*args_of(lo, hi))]
-        with blas_threads(1):
-            return [kernel(*args_of(lo, hi))]
-    workers = _pool(len(bounds) - 1)
-    results = [None] * len(bounds)
-    with blas_threads(1):
-        for worker, (lo, hi) in zip(workers, bounds[1:]):
-            worker.tasks.put((kernel, args_of(lo, hi)))
-        try:
-            results[0] = kernel(*args_of(*bounds[0]))
-            errors = []
-            for i, worker in enumerate(workers, start=1):
-                results[i], exc = worker.done.get()
-                if exc is not None:
-                    errors.append(exc)
-        except BaseException:
-            # Interrupted (Ctrl-C) or failed on this thread: the workers' blocks may still
-            # run (a first compilation can take seconds); they are dropped from the pool, so
-            # that their late results never reach another call, and left to finish.
-            _discard(workers)
-            raise
-    if errors:
-        raise errors[0]
-    return results
+    if blocks <= 1:
+        return False
+    _calls[variant] += 1
+    return _calls[variant] > 1
 
 
-def _discard(workers) -> None:
-    with _lock:
-        for worker in workers:
-            if worker in _workers:
-                _workers.remove(worker)
+def blas_policy(blocks: int, work: int):
+    """The BLAS threads around a compiled call on ``blocks`` thread blocks whose batch-wide
+    product takes ``work`` multiply-adds: one BLAS thread when there are several blocks or the
+    product is small (:data:`~.threads.SMALL_GEMM_WORK`), BLAS's own pool otherwise."""
+    if blocks > 1 or work < SMALL_GEMM_WORK:
+        return blas_threads(1)
+    return contextlib.nullcontext()

@@ -10,18 +10,21 @@ time it took. The library only logs; the command line shows these records on std
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 import time
 
 from numba.core import event, types
 
-__all__ = ["install", "describe"]
+__all__ = ["install", "describe", "compiling", "interrupt_compilation"]
 
 logger = logging.getLogger("nemon.compile")
 
 #: Seconds between "still compiling" records.
 HEARTBEAT_SECONDS = 5.0
+#: Compilations under way on the main thread (0 when none).
+_main_depth = 0
 
 
 def describe(dispatcher, args) -> str:
@@ -45,8 +48,11 @@ class _Listener(event.Listener):
         self._local = threading.local()
 
     def on_start(self, ev):
+        global _main_depth
         depth = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1
+        if threading.current_thread() is threading.main_thread():
+            _main_depth += 1
         if depth:
             return
         what = describe(ev.data["dispatcher"], ev.data["args"])
@@ -64,7 +70,10 @@ class _Listener(event.Listener):
         threading.Thread(target=heartbeat, name="nemon-compile-heartbeat", daemon=True).start()
 
     def on_end(self, ev):
+        global _main_depth
         self._local.depth = max(0, getattr(self._local, "depth", 1) - 1)
+        if threading.current_thread() is threading.main_thread():
+            _main_depth = max(0, _main_depth - 1)
         if self._local.depth:
             return
         self._local.done.set()
@@ -82,3 +91,31 @@ def install() -> None:
         if not _installed:
             event.register("numba:compile", _Listener())
             _installed = True
+
+
+def compiling() -> bool:
+    """Whether numba is compiling on the main thread right now."""
+    return _main_depth > 0
+
+
+#: Seconds between repeated interrupts, and how long they are repeated at most.
+_NAG_SECONDS, _NAG_LIMIT = 0.05, 2.0
+
+
+def interrupt_compilation() -> None:
+    """Make a Ctrl-C reach the main thread while it compiles.
+
+    numba's compiler calls back into Python from C (LLVM's object cache); a KeyboardInterrupt
+    raised in such a callback is printed and ignored, and the compilation goes on. A daemon
+    thread repeats the interrupt (``_thread.interrupt_main``) every 50 ms while the main thread
+    still compiles, for 2 s at most, until one lands in Python code and propagates.
+    """
+
+    def nag():
+        end = time.perf_counter() + _NAG_LIMIT
+        while compiling() and time.perf_counter() < end:
+            time.sleep(_NAG_SECONDS)
+            if compiling():
+                _thread.interrupt_main()
+
+    threading.Thread(target=nag, name="nemon-interrupt", daemon=True).start()

@@ -14,7 +14,9 @@ Everything that varies is a namedtuple whose *type* numba specialises on: the op
 call compiles only its own combination (seconds, once, then cached on disk), and each method
 supplies its step through a few small ``@overload`` hooks: ``init_state``, ``candidate``,
 ``row_step``, ``after_pass``, ``move_state``. :func:`run` splits the batch into thread blocks
-(:mod:`.blocks`).
+(:mod:`.blocks`) and runs them with :func:`solve_blocks`, one block per thread; every argument
+is a flat namedtuple (arrays and scalars only), which numba's ``prange`` can hand to its
+threads.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import collections
 
 import numpy as np
 from llvmlite import ir
-from numba import njit
+from numba import njit, prange
 from numba.core import types as nbtypes
 from numba.extending import intrinsic, overload
 
 from . import compilation
-from .blocks import block_bounds, run_blocks
+from .blocks import PRANGE_ONLY, blas_policy, block_bounds, use_blocks
 from .kernels import (
     ANDERSON_REG,
     HARD_TANH,
@@ -50,7 +52,8 @@ from .task import Task
 
 __all__ = [
     "Forward", "Adjoint", "Averaged", "ForwardBackward", "PeacemanRachford", "DouglasRachford",
-    "Anderson", "Stopping", "Output", "activation", "step_of", "sigma", "dsigma", "prox", "solve_block", "run",
+    "Anderson", "Stopping", "Output", "activation", "step_of", "sigma", "dsigma", "prox", "solve_block",
+    "solve_blocks", "block_of", "rows_of", "output_of", "run",
 ]
 
 compilation.install()  # first compilations are logged (nemon.compile), whoever triggers them
@@ -67,9 +70,10 @@ _ACTIVATIONS = {RELU: Relu, LEAKY_RELU: LeakyRelu, HARD_TANH: HardTanh, TANH: Ta
                 IDENTITY: Identity}
 _CODES = {cls: code for code, cls in _ACTIVATIONS.items()}
 
-#: ``x = σ(x Aᵀ + w)`` for the rows ``w`` of ``W`` (ℓ∞ residual).
-Forward = collections.namedtuple("Forward", ["act", "W"])
-#: ``λ = g + (λ ⊙ d) A`` for the rows of ``G`` and ``D`` (identity activation, ℓ1 residual).
+#: ``x = σ(x Aᵀ + w)`` for the rows ``w`` of ``W`` (ℓ∞ residual; σ is the driver's ``act``).
+Forward = collections.namedtuple("Forward", ["W"])
+#: ``λ = g + (λ ⊙ d) A`` for the rows of ``G`` and ``D`` (ℓ1 residual; the driver's ``act`` is
+#: the identity).
 Adjoint = collections.namedtuple("Adjoint", ["G", "D"])
 
 #: ``x⁺ = (1 − α) x + α T(x)`` (picard: α = 1).
@@ -224,15 +228,11 @@ def scale(problem):
     raise NotImplementedError("compiled code only")
 
 
-def act_of(problem):
-    raise NotImplementedError("compiled code only")
-
-
 def product(op, problem, Xa, Da, S, Z, na):
     raise NotImplementedError("compiled code only")
 
 
-def residual(problem, z_row, w_row, x_row, t_row):
+def residual(problem, act, z_row, w_row, x_row, t_row):
     raise NotImplementedError("compiled code only")
 
 
@@ -248,13 +248,6 @@ def _scale(problem):
     if _cls(problem) is Forward:
         return lambda problem: problem.W[:0]  # no scaling: no rows
     return lambda problem: problem.D
-
-
-@overload(act_of)
-def _act_of(problem):
-    if _cls(problem) is Forward:
-        return lambda problem: problem.act
-    return lambda problem: Identity(0.0)
 
 
 @overload(product)
@@ -274,10 +267,10 @@ def _product(op, problem, Xa, Da, S, Z, na):
 
 
 @overload(residual)
-def _residual(problem, z_row, w_row, x_row, t_row):
+def _residual(problem, act, z_row, w_row, x_row, t_row):
     if _cls(problem) is Forward:
-        return lambda problem, z_row, w_row, x_row, t_row: _residual_inf(problem.act, z_row, w_row, x_row, t_row)
-    return lambda problem, z_row, w_row, x_row, t_row: _residual_l1(z_row, w_row, x_row, t_row)
+        return lambda problem, act, z_row, w_row, x_row, t_row: _residual_inf(act, z_row, w_row, x_row, t_row)
+    return lambda problem, act, z_row, w_row, x_row, t_row: _residual_l1(z_row, w_row, x_row, t_row)
 
 
 # -- the methods' steps ------------------------------------------------------------------------
@@ -290,11 +283,11 @@ def skips_first_product(step):
     raise NotImplementedError("compiled code only")
 
 
-def candidate(step, problem, state, Xa, na):
+def candidate(step, act, state, Xa, na):
     raise NotImplementedError("compiled code only")
 
 
-def row_step(step, problem, state, s, g, Xa, T, Z, r):
+def row_step(step, act, state, s, g, Xa, T, Z, r):
     raise NotImplementedError("compiled code only")
 
 
@@ -351,26 +344,25 @@ def _skips_first_product(step):
 
 
 @overload(candidate)
-def _candidate(step, problem, state, Xa, na):
+def _candidate(step, act, state, Xa, na):
     """The equilibrium candidate whose residual the stopping rule sees: ``x`` itself, or
     ``x = prox_{αf}(u)`` for the splittings."""
     if _splitting(step):
-        def splitting(step, problem, state, Xa, na):
+        def splitting(step, act, state, Xa, na):
             U = state[0]
-            act = act_of(problem)
             for s in range(na):
                 for i in range(Xa.shape[1]):
                     Xa[s, i] = prox(act, step.alpha, U[s, i])
         return splitting
-    return lambda step, problem, state, Xa, na: None
+    return lambda step, act, state, Xa, na: None
 
 
 @overload(row_step)
-def _row_step(step, problem, state, s, g, Xa, T, Z, r):
+def _row_step(step, act, state, s, g, Xa, T, Z, r):
     """The step of active row ``s`` (sample ``g``) from its ``x``, ``T(x) = σ(z)`` and ``z``."""
     kind = _cls(step)
     if kind is Averaged:
-        def averaged(step, problem, state, s, g, Xa, T, Z, r):
+        def averaged(step, act, state, s, g, Xa, T, Z, r):
             x = Xa[s]
             t = T[s]
             a = step.alpha
@@ -378,19 +370,18 @@ def _row_step(step, problem, state, s, g, Xa, T, Z, r):
                 x[i] += a * (t[i] - x[i])
         return averaged
     if kind is ForwardBackward:
-        def forward_backward(step, problem, state, s, g, Xa, T, Z, r):
+        def forward_backward(step, act, state, s, g, Xa, T, Z, r):
             x = Xa[s]
             z = Z[s]
             a = step.alpha
-            act = act_of(problem)
             for i in range(x.shape[0]):
                 x[i] = prox(act, a, (1.0 - a) * x[i] + a * z[i])
         return forward_backward
     if kind is Anderson:
-        def anderson(step, problem, state, s, g, Xa, T, Z, r):
+        def anderson(step, act, state, s, g, Xa, T, Z, r):
             _anderson_step(s, g, Xa, T, r, step.alpha, step.accept, step.memory, *state)
         return anderson
-    return lambda step, problem, state, s, g, Xa, T, Z, r: None  # splittings: after the pass
+    return lambda step, act, state, s, g, Xa, T, Z, r: None  # splittings: after the pass
 
 
 @overload(after_pass)
@@ -519,7 +510,7 @@ def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, 
 # -- the loop driver ---------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def solve_block(op, problem, step, stop, X0, out):
+def solve_block(op, problem, act, step, stop, X0, out):
     """The whole iteration on one block of samples, independent of every other block;
     returns the last iteration index.
 
@@ -553,7 +544,7 @@ def solve_block(op, problem, step, stop, X0, out):
     na = rows
     k = 0
     for k in range(stop.max_iter + 1):
-        candidate(step, problem, state, Xa, na)
+        candidate(step, act, state, Xa, na)
         if skip and k == 0:
             Z[:na] = 0.0
         else:
@@ -561,7 +552,7 @@ def solve_block(op, problem, step, stop, X0, out):
         going = 0
         for s in range(na):
             g = idx[s]
-            r, xn = residual(problem, Z[s], Wa[s], Xa[s], T[s])
+            r, xn = residual(problem, act, Z[s], Wa[s], Xa[s], T[s])
             r_cur[s] = r
             if k == 0:
                 r_first[g] = r
@@ -569,7 +560,7 @@ def solve_block(op, problem, step, stop, X0, out):
             flag[s] = f
             if f == RUNNING:
                 going += 1
-                row_step(step, problem, state, s, g, Xa, T, Z, r)
+                row_step(step, act, state, s, g, Xa, T, Z, r)
         if going > 0:
             after_pass(step, op, problem, state, Xa, Wa, flag, na)
         j = 0
@@ -601,14 +592,65 @@ def solve_block(op, problem, step, stop, X0, out):
     return k
 
 
-def problem_of(task: Task):
-    """``(lo, hi) -> problem`` of the block of rows ``lo:hi`` of ``task``."""
-    rhs_ = task.rhs
-    if task.kind == "forward":
-        act = activation(task.activation.code, task.activation.slope)
-        return lambda lo, hi: Forward(act, rhs_[lo:hi])
-    D = task.D
-    return lambda lo, hi: Adjoint(rhs_[lo:hi], D[lo:hi])
+def block_of(problem, lo, hi):
+    raise NotImplementedError("compiled code only")
+
+
+def rows_of(X, lo, hi):
+    raise NotImplementedError("compiled code only")
+
+
+def output_of(out, lo, hi):
+    raise NotImplementedError("compiled code only")
+
+
+@overload(block_of)
+def _block_of_overload(problem, lo, hi):
+    """The problem restricted to the rows ``lo:hi``."""
+    if _cls(problem) is Forward:
+        return lambda problem, lo, hi: Forward(problem.W[lo:hi])
+    return lambda problem, lo, hi: Adjoint(problem.G[lo:hi], problem.D[lo:hi])
+
+
+@overload(rows_of)
+def _rows_of(X, lo, hi):
+    """Rows ``lo:hi`` of ``X``; an array without rows (no start, no ``Z``) stays as it is."""
+    return lambda X, lo, hi: X[lo:hi] if X.shape[0] > 0 else X
+
+
+@overload(output_of)
+def _output_of_overload(out, lo, hi):
+    """The outputs of the rows ``lo:hi`` (views)."""
+    def impl(out, lo, hi):
+        return Output(out.X[lo:hi], out.iters[lo:hi], out.res[lo:hi], out.codes[lo:hi], out.hist[lo:hi],
+                      rows_of(out.Z, lo, hi))
+    return impl
+
+
+@njit(cache=True, parallel=PRANGE_ONLY)
+def solve_blocks(op, problem, act, step, stop, X0, out, bounds):
+    """:func:`solve_block` on each block of rows ``bounds[c] = (lo, hi)``, one block per
+    thread (numba's ``prange``); returns the last iteration index of each block."""
+    last = np.zeros(bounds.shape[0], np.int64)
+    for c in prange(bounds.shape[0]):
+        lo = bounds[c, 0]
+        hi = bounds[c, 1]
+        last[c] = solve_block(op, block_of(problem, lo, hi), act, step, stop, rows_of(X0, lo, hi),
+                              output_of(out, lo, hi))
+    return last
+
+
+def _block_of(problem, lo, hi):
+    """:func:`block_of` in Python."""
+    if isinstance(problem, Forward):
+        return Forward(problem.W[lo:hi])
+    return Adjoint(problem.G[lo:hi], problem.D[lo:hi])
+
+
+def _output_of(out, lo, hi):
+    """:func:`output_of` in Python."""
+    return Output(out.X[lo:hi], out.iters[lo:hi], out.res[lo:hi], out.codes[lo:hi], out.hist[lo:hi],
+                  out.Z[lo:hi] if out.Z.shape[0] else out.Z)
 
 
 def run(task: Task):
@@ -618,9 +660,10 @@ def run(task: Task):
     W = task.rhs
     batch, n = W.shape
     dtype = W.dtype
-    op = dense(task.A, forward=task.kind == "forward", adjoint=task.kind == "adjoint", MinvT=task.MinvT)
-    problem = problem_of(task)
-    step = step_of(task)
+    forward = task.kind == "forward"
+    op = dense(task.A, forward=forward, adjoint=not forward, MinvT=task.MinvT)
+    problem = Forward(W) if forward else Adjoint(W, task.D)
+    act = activation(task.activation.code, task.activation.slope) if forward else Identity(0.0)
     stop = Stopping(float(task.atol), float(task.rtol), int(task.max_iter), bool(task.record))
     X = np.empty_like(W)  # every sample is written when it stops
     iters = np.zeros(batch, np.int64)
@@ -628,14 +671,17 @@ def run(task: Task):
     codes = np.full(batch, RUNNING, np.int8)
     hist = np.full((batch, task.max_iter + 1 if task.record else 0), np.nan)
     Z = np.empty((batch if task.keep_z else 0, n), dtype)
-    X0 = task.x0
-    none = np.empty((0, n), dtype)
-
-    def args_of(lo, hi):
-        Zb = Z[lo:hi] if task.keep_z else Z
-        return (op, problem(lo, hi), step, stop, none if X0 is None else X0[lo:hi],
-                Output(X[lo:hi], iters[lo:hi], res[lo:hi], codes[lo:hi], hist[lo:hi], Zb))
-
-    last = run_blocks(solve_block, block_bounds(batch), args_of, work=batch * n * n)
-    history = hist[:, : max(last) + 1].T.copy() if task.record else None
+    X0 = np.empty((0, n), dtype) if task.x0 is None else task.x0
+    out = Output(X, iters, res, codes, hist, Z)
+    bounds = block_bounds(batch)
+    variant = ("solve", task.kind, task.method, task.activation.code, dtype.char, task.x0 is None, task.keep_z)
+    parallel = use_blocks(variant, len(bounds))
+    step = step_of(task)
+    with blas_policy(len(bounds) if parallel else 1, batch * n * n):
+        if parallel:
+            last = solve_blocks(op, problem, act, step, stop, X0, out, bounds).max()
+        else:  # the same blocks one after the other: the same products, the same results
+            last = max(solve_block(op, _block_of(problem, lo, hi), act, step, stop, X0[lo:hi] if X0.shape[0] else X0,
+                                   _output_of(out, lo, hi)) for lo, hi in bounds)
+    history = hist[:, : last + 1].T.copy() if task.record else None
     return X, iters, res, codes, history, (Z if task.keep_z else None)

@@ -19,10 +19,25 @@ SMALL_GEMM_WORK = 1 << 23
 _libraries = None
 
 
+class _Pool:
+    """Get and set one BLAS library's thread count; OpenBLAS through its own C functions
+    (found once), so that a get/set pair costs a fraction of a microsecond."""
+
+    def __init__(self, controller):
+        self.get, self.set = controller.get_num_threads, controller.set_num_threads
+        if getattr(controller, "internal_api", None) == "openblas":
+            try:  # threadpoolctl knows the symbol's prefix and suffix in each build
+                get = controller._get_symbol("openblas_get_num_threads")
+                put = controller._get_symbol("openblas_set_num_threads")
+            except Exception:  # another threadpoolctl: keep its methods
+                get = put = None
+            if get is not None and put is not None:
+                self.get, self.set = get, put
+
+
 def _blas_libraries():
-    """The loaded BLAS libraries' threadpoolctl controllers, found once per process (scanning
-    the loaded libraries is slow; a get/set of a thread count on a kept controller is cheap,
-    cheaper than entering ``ThreadpoolController.limit`` on every solve)."""
+    """The loaded BLAS libraries' thread controls, found once per process (scanning the
+    loaded libraries is slow)."""
     global _libraries
     if _libraries is None:
         try:
@@ -32,24 +47,33 @@ def _blas_libraries():
         else:
             import scipy.linalg  # noqa: F401  (loads scipy's BLAS, the one numba's np.dot calls)
 
-            _libraries = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+            _libraries = tuple(_Pool(c) for c in ThreadpoolController().select(user_api="blas").lib_controllers)
     return _libraries
 
 
-@contextlib.contextmanager
-def blas_threads(limit: int):
-    """Hold every loaded BLAS at no more than ``limit`` threads inside the block."""
-    saved = []
-    for lib in _blas_libraries():
-        threads = lib.get_num_threads()
-        if threads is not None and threads > limit:
-            lib.set_num_threads(limit)
-            saved.append((lib, threads))
-    try:
-        yield
-    finally:
-        for lib, threads in saved:
-            lib.set_num_threads(threads)
+class blas_threads:
+    """``with blas_threads(limit):`` holds every loaded BLAS at no more than ``limit``
+    threads inside the block (restored on exit)."""
+
+    __slots__ = ("limit", "saved")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.saved = []
+
+    def __enter__(self):
+        for lib in _blas_libraries():
+            threads = lib.get()
+            if threads is not None and threads > self.limit:
+                lib.set(self.limit)
+                self.saved.append((lib, threads))
+        return self
+
+    def __exit__(self, *exc):
+        for lib, threads in self.saved:
+            lib.set(threads)
+        self.saved = []
+        return False
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ The generic path (:meth:`ImplicitNetwork.compute_gradients` with ``fused=False``
 batch, an input product, a forward solve, the loss, an adjoint solve and five gradient
 products: a dozen NumPy calls and two trips through the solvers' front door, together about
 as long as the arithmetic at batch 100 × n 100. Here each thread block of the batch
-(:func:`solvers.engine.run_blocks`, the engine's own split, threads and BLAS policy) runs the
+(:func:`solvers.engine.block_bounds` and :func:`solvers.engine.blas_policy`, the engine's own
+split and BLAS policy, and a ``prange`` over the blocks as in the engine) runs the
 whole step on its rows in one compiled call:
 
     W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Y = X Cᵀ + c,
@@ -27,11 +28,13 @@ import collections
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 import contraction
 from solvers import solve_adjoint
 from solvers.engine import (
+    IDENTITY,
+    PRANGE_ONLY,
     SUCCESS,
     Adjoint,
     Averaged,
@@ -39,10 +42,11 @@ from solvers.engine import (
     Output,
     Stopping,
     activation,
+    blas_policy,
     block_bounds,
+    use_blocks,
     dense,
     dsigma,
-    run_blocks,
     solve_block,
 )
 
@@ -59,7 +63,7 @@ Shares = collections.namedtuple("Shares", ["gA", "gB", "gC"])
 
 
 @njit(cache=True, nogil=True)
-def _step_block(blk, lo, hi, data, labels, rows, op, params, act, step, stop_f, stop_a, work, shares):
+def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step, stop_f, stop_a, work, shares):
     """The whole step on rows ``lo:hi`` of the batch ``data[rows]``; writes the block's rows of
     ``work`` and its share ``blk`` of ``shares``. The rows of a shuffled batch are scattered
     over the data set: each block gathers its own (onto the core that uses them)."""
@@ -75,7 +79,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, step, stop_f, 
     for s in range(lo, hi):
         for i in range(n):
             work.W[s, i] += params.b[i]
-    solve_block(op, Forward(act, work.W[lo:hi]), step, stop_f, none,
+    solve_block(op, Forward(work.W[lo:hi]), act, step, stop_f, none,
                 Output(work.X[lo:hi], work.iters_f[lo:hi], work.res_f[lo:hi], work.codes_f[lo:hi],
                        work.hist[lo:hi], work.Z[lo:hi]))  # Z = X Aᵀ + W from the solver's last product
     np.dot(work.X[lo:hi], params.CT, work.Y[lo:hi])
@@ -101,7 +105,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, step, stop_f, 
     for s in range(lo, hi):
         for i in range(n):
             work.G[s, i] = G64[s - lo, i]
-    solve_block(op, Adjoint(work.G[lo:hi], work.D[lo:hi]), step, stop_a, none,
+    solve_block(op, Adjoint(work.G[lo:hi], work.D[lo:hi]), identity, step, stop_a, none,
                 Output(work.L[lo:hi], work.iters_a[lo:hi], work.res_a[lo:hi], work.codes_a[lo:hi],
                        work.hist[lo:hi], none))
     for s in range(lo, hi):
@@ -110,6 +114,32 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, step, stop_f, 
     np.dot(work.V[lo:hi].T, work.X[lo:hi], shares.gA[blk])
     np.dot(work.V[lo:hi].T, U, shares.gB[blk])
     np.dot(work.dYt[lo:hi].T, work.X[lo:hi], shares.gC[blk])
+
+
+@njit(cache=True, parallel=PRANGE_ONLY)
+def _step_blocks(bounds, data, labels, rows, op, params, act, identity, step, stop_f, stop_a, work, shares):
+    """:func:`_step_block` on each block ``bounds[c] = (lo, hi)``, one block per thread, then
+    the blocks' shares summed into share 0 (one row of the output per task)."""
+    for c in prange(bounds.shape[0]):
+        _step_block(np.int64(c), bounds[c, 0], bounds[c, 1], data, labels, rows, op, params, act, identity, step,
+                    stop_f, stop_a, work, shares)
+    _sum_shares(shares)
+
+
+@njit(cache=True, parallel=PRANGE_ONLY)
+def _sum_shares(shares):
+    """``shares.gX[0] += shares.gX[k]`` for every block ``k > 0``, rows in parallel."""
+    gA, gB, gC = shares
+    for i in prange(gA.shape[1]):
+        for k in range(1, gA.shape[0]):
+            for j in range(gA.shape[2]):
+                gA[0, i, j] += gA[k, i, j]
+            for j in range(gB.shape[2]):
+                gB[0, i, j] += gB[k, i, j]
+    for i in range(gC.shape[1]):
+        for k in range(1, gC.shape[0]):
+            for j in range(gC.shape[2]):
+                gC[0, i, j] += gC[k, i, j]
 
 
 def fusable(solver, loss: str) -> bool:
@@ -128,8 +158,7 @@ def fused_gradients(net, U, targets, rows, solver):
     n, m, q = net.n_hidden, net.n_in, net.n_out
     alpha = contraction.optimal_alpha_from_diagonal(float(np.diagonal(A).min()))
     op = dense(A, forward=True, adjoint=True)
-    params = Params(np.ascontiguousarray(net.B.T), net.b, np.ascontiguousarray(net.C.T),
-                    net.C.astype(np.float64), net.c)
+    params = Params(net.B.T, net.b, net.C.T, net.C.astype(np.float64), net.c)  # transposed views: no copies
     act = activation(net.activation.code, net.activation.slope)
     step = Averaged(float(alpha))
     stop_f = Stopping(float(solver.atol), 0.0, int(solver.max_iter), False)
@@ -141,13 +170,22 @@ def fused_gradients(net, U, targets, rows, solver):
                 np.full(batch, -1, np.int8), np.zeros(batch, np.int64), np.zeros(batch),
                 np.full(batch, -1, np.int8), e((batch, 0)))
     bounds = block_bounds(batch)
-    shares = Shares(e((len(bounds), n, n), dt), e((len(bounds), n, m), dt), e((len(bounds), q, n), dt))
-    index = {lo: i for i, (lo, _) in enumerate(bounds)}
+    parallel = use_blocks(("fused step", net.activation.code, dt.char), len(bounds))
+    k_blocks = len(bounds)
+    shares = Shares(e((k_blocks, n, n), dt), e((k_blocks, n, m), dt), e((k_blocks, q, n), dt))
     rows = rows.astype(np.int64, copy=False)
-    run_blocks(_step_block, bounds,
-               lambda lo, hi: (index[lo], lo, hi, U, targets, rows, op, params, act, step, stop_f, stop_a, work, shares),
-               work=batch * n * n)
-    gA, gB, gC = (s.sum(axis=0) if s.shape[0] > 1 else s[0] for s in shares)
+    identity = activation(IDENTITY, 0.0)
+    with blas_policy(k_blocks if parallel else 1, batch * n * n):
+        if parallel:
+            _step_blocks(bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
+        else:  # the same blocks one after the other: the same products, the same results
+            for c, (lo, hi) in enumerate(bounds):
+                _step_block(c, lo, hi, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work,
+                            shares)
+            for g in shares:  # summed in the order of _sum_shares
+                for k in range(1, k_blocks):
+                    g[0] += g[k]
+    gA, gB, gC = (g[0] for g in shares)
     V, X = work.V, work.X
     codes_a = work.codes_a
     if (codes_a != SUCCESS).any():

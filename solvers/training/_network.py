@@ -127,7 +127,9 @@ class ImplicitNetwork:
         return np.ascontiguousarray(U, dtype=self.dtype)
 
     # -- forward ------------------------------------------------------------------------
-    def _forward(self, U, solver=None) -> ForwardPass:
+    def forward_pass(self, U, solver=None) -> ForwardPass:
+        """Inputs, equilibria ``X``, pre-activations ``Z = X Aᵀ + W``, outputs ``Y`` and the
+        forward solve's iterations and convergence flags (what a backward pass needs)."""
         U = self.as_inputs(U)
         W = U @ self.B.T + self.b
         s = self.solver if solver is None else solver
@@ -141,7 +143,7 @@ class ImplicitNetwork:
     def forward(self, U, solver=None) -> np.ndarray:
         """Logits (or regression outputs), shape (batch, n_out); ``solver`` (a
         :class:`SolverConfig`) overrides :attr:`solver` for this call."""
-        return self._forward(U, solver).Y
+        return self.forward_pass(U, solver).Y
 
     def predict(self, U, batch_size: int = 1000, solver=None) -> np.ndarray:
         U = np.asarray(U)
@@ -246,7 +248,7 @@ class ImplicitNetwork:
 
     def _generic_gradients(self, U, targets, loss, solver) -> Gradients:
         """:meth:`compute_gradients` through :func:`solvers.solve` and :func:`solvers.solve_adjoint`."""
-        fp = self._forward(U, solver)
+        fp = self.forward_pass(U, solver)
         value, dY = self._output_grad(fp.Y, targets, loss, "mean")
         V, ares = self._backward(fp, dY, solver)
         # Products in the network's dtype: float32 networks stay float32 end to end.
@@ -269,7 +271,7 @@ class ImplicitNetwork:
 
     def input_gradient(self, U, targets, loss: str = "cross_entropy") -> np.ndarray:
         """``∂ loss_s / ∂u_s`` for every sample ``s`` (each row the gradient of its own loss)."""
-        fp = self._forward(U)
+        fp = self.forward_pass(U)
         _, dY = self._output_grad(fp.Y, targets, loss, "sum")
         V, _ = self._backward(fp, dY)
         return (V @ self.B.astype(np.float64)).astype(self.dtype)

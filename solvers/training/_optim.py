@@ -61,7 +61,7 @@ def make_optimizer_state(params: dict) -> OptimizerState:
     )
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _adam(p, g, m, v, beta1, rest1, beta2, rest2, eps, step_size, inv_correction2):
     """One fused Adam update of flat arrays (``rest = 1 − β``). Every scalar comes in the
     parameter's dtype, so a float32 network updates in float32 (a Python ``1`` in here would

@@ -160,7 +160,7 @@ def certified_by_lipschitz(net: ImplicitNetwork, U, labels, eps: float, form: st
     L_x = contraction.lipschitz_bound(A, B, eta=eta, form=form)
     if not np.isfinite(L_x):
         return np.zeros(len(labels), dtype=bool)
-    passes = [net._forward(U[i : i + 1000]) for i in range(0, len(U), 1000)]
+    passes = [net.forward_pass(U[i : i + 1000]) for i in range(0, len(U), 1000)]
     logits = np.concatenate([fp.Y for fp in passes])
     # The computed state is within err of x* (in the norm of L_x), so a radius shrinks by err / L_x.
     A64 = net.A.astype(np.float64)

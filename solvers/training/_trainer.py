@@ -12,7 +12,7 @@ import time
 import numpy as np
 import contraction
 from solvers import METHODS
-from solvers.engine import blas_threads_for
+from solvers.engine import blas_threads_for, compilation
 
 from ._constraints import CONSTRAINTS, Constraint, make_constraint
 from ._network import LOSSES, ImplicitNetwork, SolverConfig
@@ -159,14 +159,20 @@ def lipschitz_penalty(A, B, C):
 
 @contextlib.contextmanager
 def _interrupt_flag():
-    """Turn SIGINT into a flag checked between batches (so no update is half-applied)."""
-    flag = {"stop": False}
+    """Turn SIGINT into a flag checked between batches (so no update is half-applied); while
+    the batch's kernels compile (seconds, on a first run), stop at once instead: the batch's
+    gradient is not computed yet and nothing of it is applied."""
+    flag = {"stop": False, "gradient": False}  # gradient: inside the batch's gradient computation
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
         flag["stop"] = True
+        if flag["gradient"] and compilation.compiling():  # nothing of this batch is applied yet
+            logger.warning("interrupt received while compiling: stopping before this batch")
+            compilation.interrupt_compilation()
+            raise KeyboardInterrupt
         logger.warning("interrupt received: stopping after this batch")
 
     previous = signal.signal(signal.SIGINT, handler)
@@ -305,7 +311,13 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             while state.batch < n_batches:
                 t0 = time.perf_counter()
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
-                step_result = net.compute_gradients(X, y, cfg.loss, solver=solver, rows=idx)
+                flag["gradient"] = True
+                try:
+                    step_result = net.compute_gradients(X, y, cfg.loss, solver=solver, rows=idx)
+                except KeyboardInterrupt:  # raised by the handler while compiling: no update made
+                    break
+                finally:
+                    flag["gradient"] = False
                 value, grads, stats = step_result.value, step_result.grads, step_result.stats
                 if cfg.interval_eps > 0:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)

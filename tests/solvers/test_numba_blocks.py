@@ -2,7 +2,7 @@
 
 The engine splits the still-active samples into one block of rows per thread. These tests
 force several blocks (the block count follows ``blocks.thread_count``, patched here,
-so they run the same on a one-core machine) on batches whose samples finish at different
+so they run the same on a one-core machine), run one after the other or by the parallel driver on batches whose samples finish at different
 iterations, so that rows move between blocks as finished samples are compacted away, and
 compare every output with the numpy specification.
 """
@@ -16,6 +16,7 @@ import contraction
 import solvers
 from solvers import Status
 from solvers._engines import blocks as engine_blocks
+from solvers._engines import numba_engine
 
 from _solver_helpers import act_id
 
@@ -32,10 +33,14 @@ def _instance(seed: int = 5, n: int = 12, self_loops: bool = True):
     return A, W
 
 
-@pytest.fixture(params=(1, 3), ids=("one-block", "three-blocks"))
+@pytest.fixture(params=((1, False), (3, False), (3, True)), ids=("one-block", "three-blocks", "three-threads"))
 def blocks(request, monkeypatch):
-    monkeypatch.setattr(engine_blocks, "thread_count", lambda: request.param)
-    return request.param
+    """One block; three blocks one after the other (a variant's first call); three blocks on
+    numba's threads (the parallel driver, from a variant's second call on)."""
+    count, parallel = request.param
+    monkeypatch.setattr(engine_blocks, "thread_count", lambda: count)
+    monkeypatch.setattr(numba_engine, "use_blocks", lambda variant, blocks: parallel and blocks > 1)
+    return count
 
 
 def _assert_same(ref, got, hist_atol=0.0):
@@ -96,3 +101,21 @@ def test_blocks_adjoint_match_numpy(method, blocks):
     lam, got = solvers.solve_adjoint(A, Z, G, engine="numba", **kw)
     np.testing.assert_array_equal(got.iterations, ref.iterations)
     np.testing.assert_allclose(lam, lam_ref, rtol=0, atol=1e-11 * np.abs(lam_ref).max())
+
+
+def test_a_variants_first_call_and_its_later_calls_agree_bit_for_bit(monkeypatch):
+    """A variant's first call runs its blocks one after the other; later calls run them on
+    numba's threads (the parallel driver). The blocks and their products are the same, so the
+    results are the same to the bit, and a result never depends on which call it was."""
+    import collections
+
+    monkeypatch.setattr(engine_blocks, "thread_count", lambda: 3)
+    monkeypatch.setattr(engine_blocks, "_calls", collections.Counter())
+    A, W = _instance()
+    kw = dict(method="anderson", activation="tanh", atol=1e-10, record=True, check=False)
+    first = solvers.solve(A, W, **kw)
+    later = solvers.solve(A, W, **kw)
+    assert engine_blocks._calls and max(engine_blocks._calls.values()) == 2
+    np.testing.assert_array_equal(later.x, first.x)
+    np.testing.assert_array_equal(later.iterations, first.iterations)
+    np.testing.assert_array_equal(later.history, first.history)

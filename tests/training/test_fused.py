@@ -15,11 +15,15 @@ from solvers.training import _fused
 ACTIVATIONS = ["relu", ("leaky_relu", 0.1), "hard_tanh", "tanh", "softplus"]
 
 
-@pytest.fixture(params=[1, 3], ids=["one-block", "three-blocks"])
+@pytest.fixture(params=[(1, False), (3, False), (3, True)], ids=["one-block", "three-blocks", "three-threads"])
 def blocks(request, monkeypatch):
-    """The kernel splits the batch into one block per thread: force 1 and 3 blocks."""
-    monkeypatch.setattr(engine_blocks, "thread_count", lambda: request.param)
-    return request.param
+    # (count, parallel); indirect parametrisations pass the same pair
+    """The kernel splits the batch into one block per thread: force 1 and 3 blocks, the three
+    run one after the other (a first call) or by the parallel driver (later calls)."""
+    count, parallel = request.param
+    monkeypatch.setattr(engine_blocks, "thread_count", lambda: count)
+    monkeypatch.setattr(_fused, "use_blocks", lambda variant, blocks: parallel and blocks > 1)
+    return count
 
 
 def _network(activation, dtype, seed=0, n_in=12, n_hidden=9, n_out=4):
@@ -52,9 +56,19 @@ def _compare(net, U, y, rtol):
     return stats
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS, ids=str)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("batch", [1, 7, 70])
+# Each activation and dtype compiles a parallel driver of its own (seconds each): every
+# combination runs its blocks one after the other here, and the parallel driver runs for
+# relu and tanh; test_the_first_step_and_later_steps_agree_bit_for_bit shows the two ways give
+# the same bits.
+FUSED_CASES = [(a, d, b, blocks) for a in ACTIVATIONS for d in (np.float64, np.float32) for b in (1, 7, 70)
+               for blocks in ((1, False), (3, False), (3, True)) if not blocks[1] or a in ("relu", "tanh")]
+
+
+@pytest.mark.parametrize("activation, dtype, batch, blocks", FUSED_CASES,
+                         ids=lambda v: getattr(v, "__name__", None) or (f"{v[0]}-blocks{'-threads' * v[1]}"
+                                                                          if isinstance(v, tuple) and len(v) == 2
+                                                                          and isinstance(v[1], bool) else str(v)),
+                         indirect=["blocks"])
 def test_fused_step_equals_the_generic_path(activation, dtype, batch, blocks):
     net = _network(activation, dtype, seed=batch)
     rng = np.random.default_rng(batch)
@@ -168,3 +182,25 @@ def test_the_trainers_gathering_call_equals_the_gathered_batch(dtype, blocks):
     assert mse_value == ref_value
     for k, g in ref_grads.items():
         np.testing.assert_array_equal(mse_grads[k], g, err_msg=k)
+
+
+def test_the_first_step_and_later_steps_agree_bit_for_bit(monkeypatch):
+    """The first call of the fused step runs its blocks one after the other, later calls on
+    numba's threads: the same blocks and products, so the same gradients to the bit (training
+    resumed after Ctrl-C repeats an uninterrupted run exactly)."""
+    import collections
+
+    from solvers._engines import blocks as engine_blocks_module
+
+    monkeypatch.setattr(engine_blocks, "thread_count", lambda: 3)
+    monkeypatch.setattr(engine_blocks_module, "_calls", collections.Counter())
+    net = _network("relu", np.float32, seed=9)
+    rng = np.random.default_rng(9)
+    U = rng.uniform(-1, 1, (70, net.n_in)).astype(np.float32)
+    y = rng.integers(0, net.n_out, 70)
+    first = net.compute_gradients(U, y)
+    later = net.compute_gradients(U, y)
+    assert max(engine_blocks_module._calls.values()) == 2
+    assert later.value == first.value
+    for k in first.grads:
+        np.testing.assert_array_equal(later.grads[k], first.grads[k], err_msg=k)

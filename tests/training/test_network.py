@@ -333,7 +333,7 @@ def test_unconverged_adjoint_samples_fall_back_to_the_dense_solve(rng):
     _, g_ref = net.loss_and_grad(U, y)
     # Forward still exact; the adjoint gets one step, so every sample needs the fallback.
     net.solver = dataclasses.replace(exact, adjoint_method="average", adjoint_atol=1e-13)
-    fp = net._forward(U)
+    fp = net.forward_pass(U)
     _, dY = net._output_grad(fp.Y, y, "cross_entropy", "mean")
     net.solver = dataclasses.replace(net.solver, max_iter=1)
     V, _ = net._backward(fp, dY)

@@ -257,7 +257,7 @@ def test_lipschitz_certificate_by_hand():
     assert contraction.lipschitz_bound(net.A, net.B, form="paper") == pytest.approx(4.0, rel=1e-14)
     u = np.array([[0.5]])
     x = np.array([0.45, 0.5]) / 0.51
-    np.testing.assert_allclose(net._forward(u).X[0], x, atol=1e-10)
+    np.testing.assert_allclose(net.forward_pass(u).X[0], x, atol=1e-10)
     margin = 0.2 - 0.05 / 0.51
     radius = margin / (2 * 4.0)
     assert radius == pytest.approx(0.0127451, abs=1e-7)
@@ -282,7 +282,7 @@ def test_lipschitz_certificate_tight_and_paper_forms_by_hand():
     assert contraction.lipschitz_bound(net.A, net.B) == pytest.approx(tight, rel=1e-14)
     assert contraction.lipschitz_bound(net.A, net.B, form="paper") == pytest.approx(paper, rel=1e-14)
     u = np.array([[0.5]])
-    np.testing.assert_allclose(net._forward(u).X[0], np.array([2.85, 4.3]) / 2.94, atol=1e-10)
+    np.testing.assert_allclose(net.forward_pass(u).X[0], np.array([2.85, 4.3]) / 2.94, atol=1e-10)
     margin = 1.5 - 1.45 / 2.94
     r_tight, r_paper = margin / (2 * tight), margin / (2 * paper)
     assert (r_tight, r_paper) == pytest.approx((0.32721, 0.25170), abs=1e-5)

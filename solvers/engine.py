@@ -10,7 +10,15 @@ blocks and :func:`blas_policy` holds BLAS while they run.
 """
 
 from ._engines import compilation
-from ._engines.blocks import MIN_BLOCK_ROWS, PRANGE_ONLY, blas_policy, block_bounds, thread_count, use_blocks
+from ._engines.blocks import (
+    MIN_BLOCK_ROWS,
+    PRANGE_ONLY,
+    blas_policy,
+    block_bounds,
+    serial_work,
+    thread_count,
+    use_blocks,
+)
 from ._engines.kernels import (
     DIVERGED,
     IDENTITY,
@@ -46,9 +54,10 @@ from ._engines.operators import Dense, dense
 from ._engines.threads import SMALL_GEMM_WORK, blas_threads, blas_threads_for
 
 __all__ = [
-    "Adjoint", "Anderson", "Averaged", "DIVERGED", "IDENTITY", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
-    "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "PRANGE_ONLY", "Output", "PeacemanRachford", "RUNNING", "SMALL_GEMM_WORK",
-    "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy", "blas_threads",
-    "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "dense", "dsigma", "output_of", "prox", "rows_of",
-    "sigma", "solve_block", "solve_blocks", "thread_count", "use_blocks",
+    "Adjoint", "Anderson", "Averaged", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
+    "IDENTITY", "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "Output", "PRANGE_ONLY", "PeacemanRachford", "RUNNING",
+    "SMALL_GEMM_WORK", "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy",
+    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "dense", "dsigma",
+    "output_of", "prox", "rows_of", "serial_work", "sigma", "solve_block", "solve_blocks", "thread_count",
+    "use_blocks",
 ]

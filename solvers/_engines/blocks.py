@@ -19,7 +19,8 @@ from numba.core.cpu import ParallelOptions
 
 from .threads import SMALL_GEMM_WORK, blas_threads
 
-__all__ = ["MIN_BLOCK_ROWS", "PRANGE_ONLY", "thread_count", "block_bounds", "blas_policy", "use_blocks"]
+__all__ = ["MIN_BLOCK_ROWS", "PRANGE_ONLY", "thread_count", "block_bounds", "blas_policy", "use_blocks",
+           "serial_work"]
 
 #: ``njit(parallel=PRANGE_ONLY)``: only the explicit ``prange`` loop over the blocks runs in
 #: parallel; numba's other parallel passes (array expressions, reductions, fusion) stay off,
@@ -38,31 +39,66 @@ def thread_count() -> int:
 
 
 def block_bounds(batch: int, threads: int | None = None) -> np.ndarray:
-    """``[[lo, hi], …]`` (int64): ``batch`` rows in at most ``threads`` contiguous blocks of at
-    least :data:`MIN_BLOCK_ROWS` rows (one block for small batches)."""
+    """``[[lo, hi], …]`` (int64): ``batch`` rows in at most ``threads`` contiguous blocks whose
+    sizes differ by one at most, each of at least :data:`MIN_BLOCK_ROWS` rows (one block for
+    small batches)."""
     threads = thread_count() if threads is None else threads
     nblocks = max(1, min(threads, batch // MIN_BLOCK_ROWS))
-    size = -(-batch // nblocks)
-    return np.array([(lo, min(batch, lo + size)) for lo in range(0, batch, size)], dtype=np.int64)
+    edges = [batch * i // nblocks for i in range(nblocks + 1)]
+    return np.array(list(zip(edges[:-1], edges[1:])), dtype=np.int64)
 
 
-#: Calls of each kernel variant so far (see :func:`use_blocks`).
-_calls: collections.Counter = collections.Counter()
+#: Seconds of serial work after which a variant's parallel driver is compiled (see
+#: :func:`use_blocks`).
+PARALLEL_AFTER_SECONDS = 1.0
+
+_serial_seconds: collections.Counter = collections.Counter()
+_ready: set = set()
+_checked: set = set()
 
 
-def use_blocks(variant, blocks: int) -> bool:
-    """Whether a call of ``variant`` (a hashable key of a kernel and its argument types) runs on
-    its ``blocks`` thread blocks (a parallel driver) or as one block (the block kernel itself).
+def use_blocks(variant, blocks: int, driver=None, args=()) -> bool:
+    """Whether a call of ``variant`` (a hashable key of a kernel and its argument types) runs its
+    ``blocks`` thread blocks in parallel through ``driver`` (called with ``args``), or one after
+    the other through the block kernel itself.
 
-    A parallel driver is a compilation of its own, of seconds, on first use. It pays off for a
-    variant that is called again, not for a single call: a variant's first call runs as one
-    block, and its parallel driver is compiled (or loaded from the cache) from its second call
-    on. The results are the same either way: blocks never interact.
+    A parallel driver is a compilation of its own, seconds on first use, cached on disk
+    afterwards. It is used at once when it is compiled already or in numba's disk cache, and
+    otherwise once the variant has run :data:`PARALLEL_AFTER_SECONDS` of serial work in this
+    process (:func:`serial_work` records it): a short run never waits for a compilation it
+    would not earn back. Blocks never interact and the same blocks run either way, so the
+    results are the same to the bit.
     """
     if blocks <= 1:
         return False
-    _calls[variant] += 1
-    return _calls[variant] > 1
+    if variant in _ready:
+        return True
+    if variant not in _checked and driver is not None:
+        _checked.add(variant)
+        if _compiled_or_cached(driver, args):
+            _ready.add(variant)
+            return True
+    if _serial_seconds[variant] >= PARALLEL_AFTER_SECONDS:
+        _ready.add(variant)
+        return True
+    return False
+
+
+def serial_work(variant, seconds: float) -> None:
+    """Record ``seconds`` of ``variant`` run one block after the other."""
+    _serial_seconds[variant] += seconds
+
+
+def _compiled_or_cached(driver, args) -> bool:
+    """Whether ``driver`` has machine code for ``args`` in memory or in numba's disk cache
+    (without compiling anything)."""
+    try:
+        sig = tuple(driver.typeof_pyval(a) for a in args)
+        if sig in driver.overloads:
+            return True
+        return driver._cache.load_overload(sig, driver.targetctx) is not None
+    except Exception:  # another numba: the variant earns its driver by its serial work instead
+        return False
 
 
 def blas_policy(blocks: int, work: int):

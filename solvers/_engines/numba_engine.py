@@ -22,6 +22,7 @@ threads.
 from __future__ import annotations
 
 import collections
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -30,7 +31,7 @@ from numba.core import types as nbtypes
 from numba.extending import intrinsic, overload
 
 from . import compilation
-from .blocks import PRANGE_ONLY, blas_policy, block_bounds, use_blocks
+from .blocks import PRANGE_ONLY, blas_policy, block_bounds, serial_work, use_blocks
 from .kernels import (
     ANDERSON_REG,
     HARD_TANH,
@@ -675,13 +676,17 @@ def run(task: Task):
     out = Output(X, iters, res, codes, hist, Z)
     bounds = block_bounds(batch)
     variant = ("solve", task.kind, task.method, task.activation.code, dtype.char, task.x0 is None, task.keep_z)
-    parallel = use_blocks(variant, len(bounds))
     step = step_of(task)
+    args = (op, problem, act, step, stop, X0, out, bounds)
+    parallel = use_blocks(variant, len(bounds), solve_blocks, args)
     with blas_policy(len(bounds) if parallel else 1, batch * n * n):
         if parallel:
-            last = solve_blocks(op, problem, act, step, stop, X0, out, bounds).max()
+            last = solve_blocks(*args).max()
         else:  # the same blocks one after the other: the same products, the same results
+            start = time.perf_counter()
             last = max(solve_block(op, _block_of(problem, lo, hi), act, step, stop, X0[lo:hi] if X0.shape[0] else X0,
                                    _output_of(out, lo, hi)) for lo, hi in bounds)
+            if len(bounds) > 1:
+                serial_work(variant, time.perf_counter() - start)
     history = hist[:, : last + 1].T.copy() if task.record else None
     return X, iters, res, codes, history, (Z if task.keep_z else None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 
 import numpy as np
 from numba import njit, prange
@@ -44,6 +45,7 @@ from solvers.engine import (
     activation,
     blas_policy,
     block_bounds,
+    serial_work,
     use_blocks,
     dense,
     dsigma,
@@ -170,21 +172,26 @@ def fused_gradients(net, U, targets, rows, solver):
                 np.full(batch, -1, np.int8), np.zeros(batch, np.int64), np.zeros(batch),
                 np.full(batch, -1, np.int8), e((batch, 0)))
     bounds = block_bounds(batch)
-    parallel = use_blocks(("fused step", net.activation.code, dt.char), len(bounds))
     k_blocks = len(bounds)
     shares = Shares(e((k_blocks, n, n), dt), e((k_blocks, n, m), dt), e((k_blocks, q, n), dt))
     rows = rows.astype(np.int64, copy=False)
     identity = activation(IDENTITY, 0.0)
+    args = (bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
+    variant = ("fused step", net.activation.code, dt.char)
+    parallel = use_blocks(variant, k_blocks, _step_blocks, args)
     with blas_policy(k_blocks if parallel else 1, batch * n * n):
         if parallel:
-            _step_blocks(bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
+            _step_blocks(*args)
         else:  # the same blocks one after the other: the same products, the same results
+            start = time.perf_counter()
             for c, (lo, hi) in enumerate(bounds):
                 _step_block(c, lo, hi, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work,
                             shares)
             for g in shares:  # summed in the order of _sum_shares
                 for k in range(1, k_blocks):
                     g[0] += g[k]
+            if k_blocks > 1:
+                serial_work(variant, time.perf_counter() - start)
     gA, gB, gC = (g[0] for g in shares)
     V, X = work.V, work.X
     codes_a = work.codes_a

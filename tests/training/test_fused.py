@@ -22,7 +22,7 @@ def blocks(request, monkeypatch):
     run one after the other (a first call) or by the parallel driver (later calls)."""
     count, parallel = request.param
     monkeypatch.setattr(engine_blocks, "thread_count", lambda: count)
-    monkeypatch.setattr(_fused, "use_blocks", lambda variant, blocks: parallel and blocks > 1)
+    monkeypatch.setattr(_fused, "use_blocks", lambda variant, blocks, *driver: parallel and blocks > 1)
     return count
 
 
@@ -58,8 +58,8 @@ def _compare(net, U, y, rtol):
 
 # Each activation and dtype compiles a parallel driver of its own (seconds each): every
 # combination runs its blocks one after the other here, and the parallel driver runs for
-# relu and tanh; test_the_first_step_and_later_steps_agree_bit_for_bit shows the two ways give
-# the same bits.
+# relu and tanh; test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit shows the two
+# ways give the same bits.
 FUSED_CASES = [(a, d, b, blocks) for a in ACTIVATIONS for d in (np.float64, np.float32) for b in (1, 7, 70)
                for blocks in ((1, False), (3, False), (3, True)) if not blocks[1] or a in ("relu", "tanh")]
 
@@ -184,23 +184,19 @@ def test_the_trainers_gathering_call_equals_the_gathered_batch(dtype, blocks):
         np.testing.assert_array_equal(mse_grads[k], g, err_msg=k)
 
 
-def test_the_first_step_and_later_steps_agree_bit_for_bit(monkeypatch):
-    """The first call of the fused step runs its blocks one after the other, later calls on
-    numba's threads: the same blocks and products, so the same gradients to the bit (training
-    resumed after Ctrl-C repeats an uninterrupted run exactly)."""
-    import collections
-
-    from solvers._engines import blocks as engine_blocks_module
-
+def test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit(monkeypatch):
+    """The fused step runs its blocks one after the other until its parallel driver is
+    compiled (or found in the cache), then in parallel: the same blocks and products, so the
+    same gradients to the bit (training resumed after Ctrl-C repeats an uninterrupted run)."""
     monkeypatch.setattr(engine_blocks, "thread_count", lambda: 3)
-    monkeypatch.setattr(engine_blocks_module, "_calls", collections.Counter())
     net = _network("relu", np.float32, seed=9)
     rng = np.random.default_rng(9)
     U = rng.uniform(-1, 1, (70, net.n_in)).astype(np.float32)
     y = rng.integers(0, net.n_out, 70)
-    first = net.compute_gradients(U, y)
-    later = net.compute_gradients(U, y)
-    assert max(engine_blocks_module._calls.values()) == 2
-    assert later.value == first.value
-    for k in first.grads:
-        np.testing.assert_array_equal(later.grads[k], first.grads[k], err_msg=k)
+    runs = {}
+    for parallel in (False, True):
+        monkeypatch.setattr(_fused, "use_blocks", lambda variant, blocks, *driver: parallel)
+        runs[parallel] = net.compute_gradients(U, y)
+    assert runs[True].value == runs[False].value
+    for k in runs[False].grads:
+        np.testing.assert_array_equal(runs[True].grads[k], runs[False].grads[k], err_msg=k)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 
 import numba
 import numpy as np
 from numba.core.cpu import ParallelOptions
 
+from . import compilation
 from .threads import SMALL_GEMM_WORK, blas_threads
 
 __all__ = ["MIN_BLOCK_ROWS", "PRANGE_ONLY", "thread_count", "block_bounds", "blas_policy", "use_blocks",
@@ -65,8 +67,8 @@ def use_blocks(variant, blocks: int, driver=None, args=()) -> bool:
     A parallel driver is a compilation of its own, seconds on first use, cached on disk
     afterwards. It is used at once when it is compiled already or in numba's disk cache, and
     otherwise once the variant has run :data:`PARALLEL_AFTER_SECONDS` of serial work in this
-    process (:func:`serial_work` records it): a short run never waits for a compilation it
-    would not earn back. Blocks never interact and the same blocks run either way, so the
+    process (:class:`serial_work` records it, compile time excluded): a short run never waits
+    for a compilation it would not earn back. Blocks never interact and the same blocks run either way, so the
     results are the same to the bit.
     """
     if blocks <= 1:
@@ -84,9 +86,25 @@ def use_blocks(variant, blocks: int, driver=None, args=()) -> bool:
     return False
 
 
-def serial_work(variant, seconds: float) -> None:
-    """Record ``seconds`` of ``variant`` run one block after the other."""
-    _serial_seconds[variant] += seconds
+class serial_work:
+    """``with serial_work(variant):`` records the seconds of a call of ``variant`` that runs
+    its blocks one after the other; a call during which numba compiled records nothing
+    (compile time is not work)."""
+
+    __slots__ = ("variant", "start", "compiled")
+
+    def __init__(self, variant):
+        self.variant = variant
+
+    def __enter__(self):
+        self.compiled = compilation.compilations()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None and compilation.compilations() == self.compiled:
+            _serial_seconds[self.variant] += time.perf_counter() - self.start
+        return False
 
 
 def _compiled_or_cached(driver, args) -> bool:

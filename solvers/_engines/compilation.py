@@ -17,7 +17,7 @@ import time
 
 from numba.core import event, types
 
-__all__ = ["install", "describe", "compiling", "interrupt_compilation"]
+__all__ = ["install", "describe", "compiling", "compilations", "interrupt_compilation"]
 
 logger = logging.getLogger("nemon.compile")
 
@@ -25,6 +25,8 @@ logger = logging.getLogger("nemon.compile")
 HEARTBEAT_SECONDS = 5.0
 #: Compilations under way on the main thread (0 when none).
 _main_depth = 0
+#: Outermost compilations finished in this process.
+_finished = 0
 
 
 def describe(dispatcher, args) -> str:
@@ -70,12 +72,13 @@ class _Listener(event.Listener):
         threading.Thread(target=heartbeat, name="nemon-compile-heartbeat", daemon=True).start()
 
     def on_end(self, ev):
-        global _main_depth
+        global _main_depth, _finished
         self._local.depth = max(0, getattr(self._local, "depth", 1) - 1)
         if threading.current_thread() is threading.main_thread():
             _main_depth = max(0, _main_depth - 1)
         if self._local.depth:
             return
+        _finished += 1
         self._local.done.set()
         logger.info("compiled %s in %.1f s", self._local.what, time.perf_counter() - self._local.start)
 
@@ -91,6 +94,12 @@ def install() -> None:
         if not _installed:
             event.register("numba:compile", _Listener())
             _installed = True
+
+
+def compilations() -> int:
+    """How many (outermost) compilations this process has finished: a timing that spans a
+    change of this count includes compile time."""
+    return _finished
 
 
 def compiling() -> bool:

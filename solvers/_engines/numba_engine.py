@@ -22,7 +22,6 @@ threads.
 from __future__ import annotations
 
 import collections
-import time
 
 import numpy as np
 from llvmlite import ir
@@ -683,10 +682,9 @@ def run(task: Task):
         if parallel:
             last = solve_blocks(*args).max()
         else:  # the same blocks one after the other: the same products, the same results
-            start = time.perf_counter()
-            last = max(solve_block(op, _block_of(problem, lo, hi), act, step, stop, X0[lo:hi] if X0.shape[0] else X0,
-                                   _output_of(out, lo, hi)) for lo, hi in bounds)
-            if len(bounds) > 1:
-                serial_work(variant, time.perf_counter() - start)
+            with serial_work(variant):
+                last = max(solve_block(op, _block_of(problem, lo, hi), act, step, stop,
+                                       X0[lo:hi] if X0.shape[0] else X0, _output_of(out, lo, hi))
+                           for lo, hi in bounds)
     history = hist[:, : last + 1].T.copy() if task.record else None
     return X, iters, res, codes, history, (Z if task.keep_z else None)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import math
-import time
 
 import numpy as np
 from numba import njit, prange
@@ -183,15 +182,13 @@ def fused_gradients(net, U, targets, rows, solver):
         if parallel:
             _step_blocks(*args)
         else:  # the same blocks one after the other: the same products, the same results
-            start = time.perf_counter()
-            for c, (lo, hi) in enumerate(bounds):
-                _step_block(c, lo, hi, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work,
-                            shares)
-            for g in shares:  # summed in the order of _sum_shares
-                for k in range(1, k_blocks):
-                    g[0] += g[k]
-            if k_blocks > 1:
-                serial_work(variant, time.perf_counter() - start)
+            with serial_work(variant):
+                for c, (lo, hi) in enumerate(bounds):
+                    _step_block(c, lo, hi, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work,
+                                shares)
+                for g in shares:  # summed in the order of _sum_shares
+                    for k in range(1, k_blocks):
+                        g[0] += g[k]
     gA, gB, gC = (g[0] for g in shares)
     V, X = work.V, work.X
     codes_a = work.codes_a

@@ -9,6 +9,8 @@ compare every output with the numpy specification.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -125,10 +127,16 @@ def test_a_variant_goes_parallel_when_its_driver_is_ready_or_its_serial_work_is_
     monkeypatch.setattr(engine_blocks, "_checked", set())
     assert not engine_blocks.use_blocks("v", 1)  # one block: never
     assert not engine_blocks.use_blocks("v", 2)  # no driver known, no serial work yet
-    engine_blocks.serial_work("v", engine_blocks.PARALLEL_AFTER_SECONDS / 2)
+    engine_blocks._serial_seconds["v"] += engine_blocks.PARALLEL_AFTER_SECONDS / 2
     assert not engine_blocks.use_blocks("v", 2)
-    engine_blocks.serial_work("v", engine_blocks.PARALLEL_AFTER_SECONDS / 2)
+    with engine_blocks.serial_work("v"):  # real work, no compilation: counted
+        time.sleep(engine_blocks.PARALLEL_AFTER_SECONDS / 2)
     assert engine_blocks.use_blocks("v", 2) and engine_blocks.use_blocks("v", 2)
+    monkeypatch.setattr(engine_blocks.compilation, "_finished", engine_blocks.compilation.compilations())
+    with engine_blocks.serial_work("x"):  # a compilation during the call: not counted
+        engine_blocks.compilation._finished += 1
+        time.sleep(engine_blocks.PARALLEL_AFTER_SECONDS)
+    assert not engine_blocks.use_blocks("x", 2)
     # a driver already compiled for these arguments is used at once
     from numba import njit
 

@@ -58,6 +58,10 @@ __all__ = [
 
 compilation.install()  # first compilations are logged (nemon.compile), whoever triggers them
 
+#: ``reassoc`` lets sums vectorise (partial sums in any order) and ``contract`` fuses
+#: multiply-adds; there is no finite-math assumption, so NaN and Inf reach the stopping rule.
+FASTMATH = {"reassoc", "contract"}
+
 # -- the types numba specialises on ---------------------------------------------------------
 
 Relu = collections.namedtuple("Relu", ["slope"])
@@ -357,7 +361,7 @@ def _candidate(step, act, state, Xa, na):
     return lambda step, act, state, Xa, na: None
 
 
-@overload(row_step)
+@overload(row_step, jit_options={"fastmath": FASTMATH})
 def _row_step(step, act, state, s, g, Xa, T, Z, r):
     """The step of active row ``s`` (sample ``g``) from its ``x``, ``T(x) = σ(z)`` and ``z``."""
     kind = _cls(step)
@@ -509,7 +513,7 @@ def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, 
 
 # -- the loop driver ---------------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def solve_block(op, problem, act, step, stop, X0, out):
     """The whole iteration on one block of samples, independent of every other block;
     returns the last iteration index.

@@ -251,16 +251,14 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         :data:`solvers.METHODS`; ``""`` (default) the constraint's guaranteed choice (``average``, or
         ``peaceman_rachford`` for ``mon``). ``anderson`` (safeguarded by the averaged factor,
         so still guaranteed) needs far fewer iterations when ``A`` has strongly negative
-        self-loops, as interval training produces; in two full Fashion-MNIST interval-training
-        runs it certified less than averaging, so the reproduction keeps ``average`` and
-        bounds the self-loops instead (``diag_min``).
+        self-loops, as interval training produces; the reproduction keeps ``average`` and
+        bounds the self-loops instead (``diag_min``; README.md has the runs behind that choice).
     diag_min : float, optional
         ``mu_inf`` only: also project onto ``a_ii ≥ diag_min``. μ∞ charges a self-loop by its
         signed value, so training (interval training above all) drives self-loops far below
         zero to afford larger off-diagonal weights; the averaged step ``α* = 1/(1 − min a_ii)``
-        then shrinks and the solves slow down. In full Fashion-MNIST interval training,
-        ``min a_ii`` passed −2.5 within 9 epochs and kept falling; with ``diag_min = -1`` the
-        epochs' mean forward iterations stayed between 8 and 17 over 45 epochs.
+        then shrinks and the solves slow down (README.md: the reproduction's interval-trained
+        model uses ``diag_min = -1``).
 
     Returns
     -------

@@ -18,7 +18,7 @@ __all__ = [
     "RUNNING", "SUCCESS", "MAX_ITER", "DIVERGED", "NONFINITE",
     "DIVERGENCE_RATIO", "ANDERSON_REG",
     "RELU", "LEAKY_RELU", "HARD_TANH", "TANH", "SOFTPLUS", "IDENTITY",
-    "classify", "act_value", "act_derivative", "act_prox", "solve_small",
+    "classify", "act_value", "act_derivative", "act_prox", "solve_small", "compiled_only",
 ]
 
 # Per-sample status codes (the values of :class:`solvers.Status`; RUNNING: not stopped yet).
@@ -146,3 +146,15 @@ solve_small = njit(cache=True)(_solve_small_impl)
 solve_small_py = _solve_small_impl
 
 _TINY = float(np.finfo(np.float64).tiny)
+
+
+def compiled_only(name: str, doc: str):
+    """A function that exists for numba's ``@overload`` to give it meaning in compiled code
+    (per argument type); called from Python it says so."""
+
+    def stub(*args):
+        raise NotImplementedError(f"{name} runs in compiled code only")
+
+    stub.__name__ = stub.__qualname__ = name
+    stub.__doc__ = doc
+    return stub

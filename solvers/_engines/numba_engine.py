@@ -45,6 +45,7 @@ from .kernels import (
     act_prox,
     act_value,
     classify,
+    compiled_only,
     solve_small,
 )
 from .operators import apply, apply_T, dense, resolvent
@@ -124,16 +125,13 @@ def _cls(t):
 
 # -- activations, resolved at compile time -----------------------------------------------
 
-def sigma(act, z):
-    raise NotImplementedError("compiled code only")
+sigma = compiled_only("sigma", "σ(z) of the activation ``act``.")
 
 
-def dsigma(act, z):
-    raise NotImplementedError("compiled code only")
+dsigma = compiled_only("dsigma", "σ'(z) of the activation ``act``.")
 
 
-def prox(act, alpha, v):
-    raise NotImplementedError("compiled code only")
+prox = compiled_only("prox", "``prox_{αf}(v)`` of the activation ``act`` (σ = prox_f).")
 
 
 @overload(sigma, inline="always")
@@ -224,20 +222,16 @@ def _residual_l1(z_row, w_row, x_row, t_row):
 
 # -- the problem: its right-hand side, activation, product and residual -------------------
 
-def rhs(problem):
-    raise NotImplementedError("compiled code only")
+rhs = compiled_only("rhs", "The problem's right-hand side rows (``W`` or ``G``).")
 
 
-def scale(problem):
-    raise NotImplementedError("compiled code only")
+scale = compiled_only("scale", "The adjoint's ``D`` rows (no rows for the forward problem).")
 
 
-def product(op, problem, Xa, Da, S, Z, na):
-    raise NotImplementedError("compiled code only")
+product = compiled_only("product", "``Z = X Aᵀ`` (forward) or ``Z = (X ⊙ D) A`` (adjoint) on the first ``na`` rows.")
 
 
-def residual(problem, act, z_row, w_row, x_row, t_row):
-    raise NotImplementedError("compiled code only")
+residual = compiled_only("residual", "``z ← z + w``, ``t ← σ(z)``; ``(‖t − x‖, ‖x‖)``, ℓ∞ forward, ℓ1 adjoint.")
 
 
 @overload(rhs)
@@ -279,28 +273,22 @@ def _residual(problem, act, z_row, w_row, x_row, t_row):
 
 # -- the methods' steps ------------------------------------------------------------------------
 
-def init_state(step, op, problem, Xa, Wa, Da, S, Z, zero):
-    raise NotImplementedError("compiled code only")
+init_state = compiled_only("init_state", "The method's own work arrays for a block.")
 
 
-def skips_first_product(step):
-    raise NotImplementedError("compiled code only")
+skips_first_product = compiled_only("skips_first_product", "Whether a start at 0 makes the first product 0.")
 
 
-def candidate(step, act, state, Xa, na):
-    raise NotImplementedError("compiled code only")
+candidate = compiled_only("candidate", "Set the equilibrium candidate the stopping rule sees.")
 
 
-def row_step(step, act, state, s, g, Xa, T, Z, r):
-    raise NotImplementedError("compiled code only")
+row_step = compiled_only("row_step", "The method's step of one active row.")
 
 
-def after_pass(step, op, problem, state, Xa, Wa, flag, na):
-    raise NotImplementedError("compiled code only")
+after_pass = compiled_only("after_pass", "The method's work after the pass over the rows (the splittings' resolvent).")
 
 
-def move_state(step, state, j, s):
-    raise NotImplementedError("compiled code only")
+move_state = compiled_only("move_state", "Compaction: active row ``j`` takes the method's state of row ``s``.")
 
 
 def _splitting(step):
@@ -596,16 +584,13 @@ def solve_block(op, problem, act, step, stop, X0, out):
     return k
 
 
-def block_of(problem, lo, hi):
-    raise NotImplementedError("compiled code only")
+block_of = compiled_only("block_of", "The problem restricted to rows ``lo:hi``.")
 
 
-def rows_of(X, lo, hi):
-    raise NotImplementedError("compiled code only")
+rows_of = compiled_only("rows_of", "Rows ``lo:hi`` of an array (one without rows stays as it is).")
 
 
-def output_of(out, lo, hi):
-    raise NotImplementedError("compiled code only")
+output_of = compiled_only("output_of", "The outputs of rows ``lo:hi`` (views).")
 
 
 @overload(block_of)

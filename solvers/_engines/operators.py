@@ -19,6 +19,8 @@ import collections
 import numpy as np
 from numba.extending import overload
 
+from .kernels import compiled_only
+
 __all__ = ["Dense", "dense", "apply", "apply_T", "resolvent"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
@@ -42,40 +44,20 @@ def _kind(op):
     return getattr(op, "instance_class", None)
 
 
-def apply(op, X, out):
-    """``out = X Aᵀ`` (compiled code only)."""
-    raise NotImplementedError("operators.apply runs in compiled code only")
+apply = compiled_only("apply", "``out = X Aᵀ``.")
+apply_T = compiled_only("apply_T", "``out = X A``.")
+resolvent = compiled_only("resolvent", "``out = X M⁻ᵀ``, ``M = (1 + α) I − α A``.")
 
 
-def apply_T(op, X, out):
-    """``out = X A`` (compiled code only)."""
-    raise NotImplementedError("operators.apply_T runs in compiled code only")
+def _dense_primitive(primitive, field: int) -> None:
+    """``primitive(op, X, out)`` for a :class:`Dense` ``op``: ``out = X op[field]`` (one GEMM)."""
+
+    @overload(primitive)
+    def _for(op, X, out):
+        if _kind(op) is Dense:
+            return lambda op, X, out: np.dot(X, op[field], out)
 
 
-def resolvent(op, X, out):
-    """``out = X M⁻ᵀ``, ``M = (1 + α) I − α A`` (compiled code only)."""
-    raise NotImplementedError("operators.resolvent runs in compiled code only")
-
-
-@overload(apply)
-def _apply(op, X, out):
-    if _kind(op) is Dense:
-        def impl(op, X, out):
-            np.dot(X, op.AT, out)
-        return impl
-
-
-@overload(apply_T)
-def _apply_T(op, X, out):
-    if _kind(op) is Dense:
-        def impl(op, X, out):
-            np.dot(X, op.A, out)
-        return impl
-
-
-@overload(resolvent)
-def _resolvent(op, X, out):
-    if _kind(op) is Dense:
-        def impl(op, X, out):
-            np.dot(X, op.MinvT, out)
-        return impl
+for _primitive, _field in ((apply, Dense._fields.index("AT")), (apply_T, Dense._fields.index("A")),
+                           (resolvent, Dense._fields.index("MinvT"))):
+    _dense_primitive(_primitive, _field)

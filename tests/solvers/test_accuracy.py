@@ -153,9 +153,8 @@ def test_smaller_alpha_is_still_guaranteed(method, engine):
 
 
 def test_forward_backward_beats_average_when_mu_negative(engine):
-    """(derived) FB's factor 1 − α(1 − μ) is below average's 1 − α(1 − max(0, μ)) when μ < 0.
-    A claim about the iterations themselves: exact products (mixed ones can move a sample's
-    count by one or two, and here FB saves a single iteration in all)."""
+    """(derived) FB's factor 1 − α(1 − μ) is below average's 1 − α(1 − max(0, μ)) when μ < 0
+    (here FB saves a single iteration in all)."""
     A, W = problem("mu", -2.0, True)
     avg = solvers.solve(A, W, method="average", atol=ATOL, engine=engine)
     fb = solvers.solve(A, W, method="forward_backward", atol=ATOL, engine=engine)

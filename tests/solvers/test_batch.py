@@ -31,8 +31,7 @@ def test_single_vector_keeps_its_shape(method, engine):
 @pytest.mark.parametrize("method", GUARANTEED)
 def test_per_sample_iterations_equal_single_solves(method, spec, engine):
     """Samples of very different sizes stop at different iterations; each sample's count and
-    solution equal those of solving it alone (up to BLAS rounding: one row is a GEMV), with
-    exact products as the recorded batch solve takes (mixed ones: ``test_mixed.py``)."""
+    solution equal those of solving it alone (up to BLAS rounding: one row is a GEMV)."""
     A, W = problem("mu", 0.9, True)
     W = W[1] * np.array([1e-6, 1e-2, 1.0, 30.0, 0.0])[:, None]
     res = solvers.solve(A, W, method=method, activation=spec, atol=1e-10, engine=engine, record=True)
@@ -55,9 +54,7 @@ def test_per_sample_iterations_equal_single_solves(method, spec, engine):
 @pytest.mark.parametrize("method", GUARANTEED)
 def test_converged_samples_are_frozen(method, spec, engine):
     """While both samples are active the block is the same, so the sample that stops first is
-    bit-identical to a batch of two copies of it; and later iterations never touch it. Exact
-    products: with mixed ones a row's exact passes depend on its neighbours' (one BLAS call
-    for the rows due for one), and a one-row product may round differently."""
+    bit-identical to a batch of two copies of it; and later iterations never touch it."""
     A, W = problem("mu", 0.5, False)
     pair = np.stack([W[2] * 1e-3, W[2] * 10.0])
     kw = dict(method=method, activation=spec, atol=1e-10, engine=engine)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib
 import numbers
 import warnings
@@ -96,8 +97,10 @@ class _Facts:
     a_min: float  # min a_ii
     mu: float  # μ∞(A)
 
-    @property
+    @functools.cached_property
     def A64(self) -> np.ndarray:
+        """``A`` in float64, converted once (the guarantee check, Anderson's factor, the
+        resolvent and the error bound all read it)."""
         return self.A if self.A.dtype == np.float64 else self.A.astype(np.float64)
 
 
@@ -338,7 +341,7 @@ def solve(
         memory=memory, accept=_anderson_accept(facts, method, alpha),
         MinvT=_resolvent_inverse_T(facts.A64, alpha, dtype) if method in _SPLITTINGS else None,
     )
-    X, iters, res, codes, hist, _ = eng.run(task)
+    X, iters, res, codes, hist = eng.run(task)
     result = FixedPointResult(
         x=X[0] if was_1d else X,
         converged=codes == _SUCCESS,
@@ -450,7 +453,7 @@ def solve_adjoint(
         alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
         memory=memory, accept=_anderson_accept(facts, method, alpha),
     )
-    lam, iters, res, codes, hist, _ = eng.run(task)
+    lam, iters, res, codes, hist = eng.run(task)
     result = AdjointResult(
         converged=codes == _SUCCESS,
         status=_overall(codes),

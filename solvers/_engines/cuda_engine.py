@@ -286,7 +286,4 @@ def run(task: Task):
     hist_h = hist.copy_to_host()
     if task.record:
         hist_h = hist_h[: int(iters_h.max()) + 1].copy()
-    Z = None
-    if task.keep_z:  # the last product of the returned x (one more, on the host)
-        Z = X @ Mat + W
-    return X, iters_h, res.copy_to_host(), codes.copy_to_host(), (hist_h if task.record else None), Z
+    return X, iters_h, res.copy_to_host(), codes.copy_to_host(), (hist_h if task.record else None)

@@ -644,8 +644,7 @@ def _output_of(out, lo, hi):
 
 def run(task: Task):
     """Solve ``task`` (the contract of :func:`.numpy_engine.run`): returns
-    ``(X, iterations, residual, codes, history, Z)``; ``Z`` is each sample's last
-    ``x Aᵀ + w`` when ``task.keep_z``, else ``None``."""
+    ``(X, iterations, residual, codes, history)``."""
     W = task.rhs
     batch, n = W.shape
     dtype = W.dtype
@@ -659,11 +658,11 @@ def run(task: Task):
     res = np.zeros(batch)
     codes = np.full(batch, RUNNING, np.int8)
     hist = np.full((batch, task.max_iter + 1 if task.record else 0), np.nan)
-    Z = np.empty((batch if task.keep_z else 0, n), dtype)
+    Z = np.empty((0, n), dtype)  # no rows: the last products are not kept
     X0 = np.empty((0, n), dtype) if task.x0 is None else task.x0
     out = Output(X, iters, res, codes, hist, Z)
     bounds = block_bounds(batch)
-    variant = ("solve", task.kind, task.method, task.activation.code, dtype.char, task.x0 is None, task.keep_z)
+    variant = ("solve", task.kind, task.method, task.activation.code, dtype.char, task.x0 is None)
     step = step_of(task)
     args = (op, problem, act, step, stop, X0, out, bounds)
     parallel = use_blocks(variant, len(bounds), solve_blocks, args)
@@ -676,4 +675,4 @@ def run(task: Task):
                                        X0[lo:hi] if X0.shape[0] else X0, _output_of(out, lo, hi))
                            for lo, hi in bounds)
     history = hist[:, : last + 1].T.copy() if task.record else None
-    return X, iters, res, codes, history, (Z if task.keep_z else None)
+    return X, iters, res, codes, history

@@ -162,9 +162,9 @@ _STEPS = {
 def run(task: Task):
     """Iterate ``task.method`` until every sample meets ``r ≤ atol + rtol‖x‖`` or stops otherwise.
 
-    Returns ``(X, iterations, residual, codes, history, Z)``: ``codes`` are
+    Returns ``(X, iterations, residual, codes, history)``: ``codes`` are
     :class:`~solvers.Status` values per sample, ``history`` the residual of every iteration
-    (``record``), ``Z`` each sample's last ``x Aᵀ + w`` (``keep_z``, forward only).
+    (``record``).
     """
     W = task.rhs
     forward = task.kind == "forward"
@@ -177,17 +177,18 @@ def run(task: Task):
     batch = W.shape[0]
     active = np.arange(batch)
     state = step.init(X0, active)
-    out = _Out(X0.copy(), np.zeros(batch, dtype=np.int64), np.zeros(batch),
-               np.full(batch, RUNNING, dtype=np.int8), np.zeros_like(W) if task.keep_z else None)
+    out = _Out(X0.copy(), np.zeros(batch, dtype=np.int64), np.zeros(batch), np.full(batch, RUNNING, dtype=np.int8))
     # Blow-ups are reported as NONFINITE; small products run on one BLAS thread.
     with np.errstate(over="ignore", invalid="ignore"), blas_threads_for(batch, W.shape[1]):
         hist = _loop(problem, step, state, out, active, task)
-    return out.X, out.iters, out.res, out.codes, hist, out.Z
+    return out.X, out.iters, out.res, out.codes, hist
 
 
 class _Out:
-    def __init__(self, X, iters, res, codes, Z):
-        self.X, self.iters, self.res, self.codes, self.Z = X, iters, res, codes, Z
+    """The per-sample outputs, written as samples stop."""
+
+    def __init__(self, X, iters, res, codes):
+        self.X, self.iters, self.res, self.codes = X, iters, res, codes
 
 
 def _loop(problem, step, state, out, active, task):
@@ -210,8 +211,6 @@ def _loop(problem, step, state, out, active, task):
         if k == task.max_iter:
             c[c < 0] = MAX_ITER
         out.X[active], out.res[active], out.iters[active] = Xa, r, k
-        if out.Z is not None:
-            out.Z[active] = Z
         if task.record:
             h = np.full(batch, np.nan)
             h[active] = r

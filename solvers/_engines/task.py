@@ -41,9 +41,6 @@ class Task:
         Anderson's safeguard ratio.
     MinvT : ndarray or None
         ``((1 + α) I − α A)⁻ᵀ`` for the splittings.
-    keep_z : bool
-        Also return each sample's last ``x Aᵀ + w`` (forward only; the stopping rule's own
-        product, of the returned ``x``).
     """
 
     kind: str
@@ -61,7 +58,6 @@ class Task:
     memory: int = 5
     accept: float = 1.0
     MinvT: np.ndarray | None = None
-    keep_z: bool = False
 
     @property
     def norm(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _thread
 import logging
+import sys
 import threading
 import time
 
@@ -120,6 +121,8 @@ def interrupt_compilation() -> None:
     still compiles, for 2 s at most, until one lands in Python code and propagates.
     """
 
+    _quiet_ignored_interrupts()
+
     def nag():
         end = time.perf_counter() + _NAG_LIMIT
         while compiling() and time.perf_counter() < end:
@@ -128,3 +131,21 @@ def interrupt_compilation() -> None:
                 _thread.interrupt_main()
 
     threading.Thread(target=nag, name="nemon-interrupt", daemon=True).start()
+
+
+def _quiet_ignored_interrupts() -> None:
+    """An interrupt raised inside the compiler's C callback is reported by Python as an
+    "Exception ignored" traceback; that report says nothing to a user who pressed Ctrl-C
+    (the interrupt is repeated until it propagates), so it is dropped. Other unraisable
+    exceptions are reported as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_nemon_quiet", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        previous(unraisable)
+
+    hook._nemon_quiet = True
+    sys.unraisablehook = hook

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import time
 
 import numba
@@ -45,6 +46,12 @@ def block_bounds(batch: int, threads: int | None = None) -> np.ndarray:
     sizes differ by one at most, each of at least :data:`MIN_BLOCK_ROWS` rows (one block for
     small batches)."""
     threads = thread_count() if threads is None else threads
+    return _bounds(batch, threads).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(batch: int, threads: int) -> np.ndarray:
+    """:func:`block_bounds` (computed once per batch size: a training step asks every time)."""
     nblocks = max(1, min(threads, batch // MIN_BLOCK_ROWS))
     edges = [batch * i // nblocks for i in range(nblocks + 1)]
     return np.array(list(zip(edges[:-1], edges[1:])), dtype=np.int64)

@@ -62,7 +62,7 @@ def make_optimizer_state(params: dict) -> OptimizerState:
 
 
 @njit(cache=True, error_model="numpy")
-def _adam(p, g, m, v, beta1, rest1, beta2, rest2, eps, step_size, inv_correction2):
+def _adam_update(p, g, m, v, beta1, rest1, beta2, rest2, eps, step_size, inv_correction2):
     """One fused Adam update of flat arrays (``rest = 1 − β``). Every scalar comes in the
     parameter's dtype, so a float32 network updates in float32 (a Python ``1`` in here would
     make the arithmetic float64); ``error_model="numpy"`` drops the division-by-zero check
@@ -76,30 +76,41 @@ def _adam(p, g, m, v, beta1, rest1, beta2, rest2, eps, step_size, inv_correction
         p[i] -= step_size * mi / (np.sqrt(vi * inv_correction2) + eps)
 
 
+@njit(cache=True, error_model="numpy")
+def _adam(ps, gs, ms, vs, beta1, rest1, beta2, rest2, eps, step_size, inv_correction2):
+    """:func:`_adam_update` of every parameter of one dtype (tuples of flat arrays) in one call."""
+    for k in range(len(ps)):
+        _adam_update(ps[k], gs[k], ms[k], vs[k], beta1, rest1, beta2, rest2, eps, step_size, inv_correction2)
+
+
 def step(config: OptimizerConfig, state: OptimizerState, params: dict, grads: dict, lr_factor: float = 1.0):
     """Update ``params`` in place from ``grads`` (Adam with bias correction, or SGD + momentum)."""
     state.t += 1
     lr = config.lr * lr_factor
-    for k, p in params.items():
-        g = grads[k]
-        if config.name == "adam":
-            m = state.m[k]
-            v = state.v[k]
+    if config.name == "adam":
+        groups = {}  # dtype -> the flat views (p, g, m, v) of its parameters, updated in one call
+        for k, p in params.items():
+            m, v = state.m[k], state.v[k]
             if all(a.flags.c_contiguous for a in (p, m, v)):  # ravel gives views: update in place
-                f = p.dtype.type
-                _adam(p.ravel(), np.ravel(g).astype(p.dtype, copy=False), m.ravel(), v.ravel(), f(config.beta1),
-                       f(1 - config.beta1), f(config.beta2), f(1 - config.beta2), f(config.eps),
-                       f(lr / (1 - config.beta1**state.t)), f(1 / (1 - config.beta2**state.t)))
+                group = groups.setdefault(p.dtype, ([], [], [], []))
+                for views, a in zip(group, (p, np.asarray(grads[k], dtype=p.dtype), m, v)):
+                    views.append(a.ravel())
                 continue
             m *= config.beta1
-            m += (1 - config.beta1) * g
+            m += (1 - config.beta1) * grads[k]
             v *= config.beta2
-            v += (1 - config.beta2) * g * g
+            v += (1 - config.beta2) * grads[k] * grads[k]
             mhat = m / (1 - config.beta1**state.t)
             vhat = v / (1 - config.beta2**state.t)
             p -= (lr * mhat / (np.sqrt(vhat) + config.eps)).astype(p.dtype)
-        else:
-            buf = state.m[k]
-            buf *= config.momentum
-            buf += g
-            p -= (lr * buf).astype(p.dtype)
+        for dtype, views in groups.items():
+            f = dtype.type
+            _adam(*(tuple(v) for v in views), f(config.beta1), f(1 - config.beta1), f(config.beta2),
+                  f(1 - config.beta2), f(config.eps), f(lr / (1 - config.beta1**state.t)),
+                  f(1 / (1 - config.beta2**state.t)))
+        return
+    for k, p in params.items():
+        buf = state.m[k]
+        buf *= config.momentum
+        buf += grads[k]
+        p -= (lr * buf).astype(p.dtype)

@@ -423,6 +423,23 @@ def test_adam_two_steps_closed_form(rng):
     np.testing.assert_allclose(p, expected, rtol=1e-12)
 
 
+def test_adam_updates_each_dtype_in_its_own_dtype(rng):
+    """Parameters of one dtype are updated in one compiled call; each entry
+    gets one NumPy Adam step, float32 and float64 each in their own dtype."""
+    params = {"A": rng.standard_normal((9, 7)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32),
+              "B": rng.standard_normal((4, 33)).astype(np.float32), "w": rng.standard_normal(50)}
+    grads = {k: rng.standard_normal(p.shape) for k, p in params.items()}
+    start = {k: p.copy() for k, p in params.items()}
+    cfg = OptimizerConfig("adam", lr=0.01)
+    step(cfg, make_optimizer_state(params), params, grads)
+    for k, p in params.items():
+        g = grads[k].astype(p.dtype)
+        m, v = (1 - cfg.beta1) * g, (1 - cfg.beta2) * g * g
+        want = start[k] - cfg.lr * (m / (1 - cfg.beta1)) / (np.sqrt(v / (1 - cfg.beta2)) + cfg.eps)
+        assert p.dtype == start[k].dtype
+        np.testing.assert_allclose(p, want, rtol=1e-5 if p.dtype == np.float32 else 1e-12, err_msg=k)
+
+
 def test_adam_zero_gradient_does_not_move(rng):
     p = rng.standard_normal(4)
     p0 = p.copy()

@@ -9,7 +9,7 @@ from ._numba_cache import configure_numba_cache
 
 configure_numba_cache()  # before any kernel is defined: numba picks its cache folder then
 
-from ._conditions import CONDITIONS, ConditionResult, WellposednessReport, lben_value, wellposedness
+from ._conditions import CONDITIONS, LBEN_TIME_LIMIT, ConditionResult, WellposednessReport, lben_value, wellposedness
 from ._examples import EXAMPLES, example
 from ._facts import all_finite, matrix_facts
 from ._lipschitz import certified_radius, lipschitz_bound
@@ -36,6 +36,7 @@ __all__ = [
     "CONDITIONS",
     "ConditionResult",
     "EXAMPLES",
+    "LBEN_TIME_LIMIT",
     "METHODS",
     "WellposednessReport",
     "all_finite",

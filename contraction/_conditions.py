@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 
 import numpy as np
 
+from ._lben import lben_program, lben_within
 from ._norms import induced_norm, mu_2, mu_inf
 from ._validation import as_square_matrix, as_weights
 from ._weights import metzler_majorant, spectral_abscissa, spectral_radius
 
-__all__ = ["CONDITIONS", "ConditionResult", "WellposednessReport", "wellposedness", "lben_value"]
+__all__ = ["CONDITIONS", "ConditionResult", "WellposednessReport", "wellposedness", "lben_value", "LBEN_TIME_LIMIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +33,25 @@ CONDITIONS = {
     "lben": ("diag L > 0: L(I-A)+(I-A)^T L > 0", "Lipschitz bounded equilibrium nets (Revay et al.)"),
 }
 
+#: Default seconds :func:`wellposedness` allows the LBEN semidefinite program.
+LBEN_TIME_LIMIT = 60.0
+
 
 @dataclasses.dataclass(frozen=True)
 class ConditionResult:
-    """One condition's verdict: ``holds`` iff ``value < 1``; ``margin = 1 − value``."""
+    """One condition's verdict: ``holds`` iff ``value < 1``; ``margin = 1 − value``.
+
+    A condition that was not evaluated (the LBEN program past its time limit) has
+    ``skipped=True``, ``value`` NaN, ``holds=False`` and a ``note`` that says what to do.
+    """
 
     name: str
     value: float
     holds: bool
     formula: str
     origin: str
+    skipped: bool = False
+    note: str = ""
 
     @property
     def margin(self) -> float:
@@ -70,9 +82,10 @@ class WellposednessReport:
         header = f"{'condition':<15} {'value':>12} {'margin':>12}  {'holds':<5}  formula"
         lines = [header, "-" * len(header)]
         for r in self.results:
-            lines.append(
-                f"{r.name:<15} {r.value:>12.6g} {r.margin:>12.6g}  {'yes' if r.holds else 'no':<5}  {r.formula}"
-            )
+            verdict = "skip" if r.skipped else "yes" if r.holds else "no"
+            lines.append(f"{r.name:<15} {r.value:>12.6g} {r.margin:>12.6g}  {verdict:<5}  {r.formula}")
+            if r.note:
+                lines.append(f"{'':<15} {r.note}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -93,26 +106,26 @@ def lben_value(A) -> float:
     ----------
     M. Revay, R. Wang, I. R. Manchester, "Lipschitz Bounded Equilibrium Networks", 2020.
     """
-    import cvxpy as cp
-
-    A = as_square_matrix(A).astype(np.float64)
-    n = A.shape[0]
-    lam = cp.Variable(n)
-    t = cp.Variable()
-    IA = np.eye(n) - A
-    L = cp.diag(lam)
-    M = L @ IA
-    sym = 0.5 * (M + M.T)  # symmetric by construction; cvxpy needs to see it
-    cons = [lam >= 0, cp.sum(lam) == n, sym >> t * np.eye(n)]
-    prob = cp.Problem(cp.Maximize(t), cons)
-    # Clarabel (interior point) is accurate to ~1e-9; SCS, cvxpy's fallback, only to ~1e-5.
-    prob.solve(solver=cp.CLARABEL if cp.CLARABEL in cp.installed_solvers() else None)
-    if t.value is None:
-        raise RuntimeError(f"cvxpy could not solve the LBEN program (status {prob.status})")
-    return float(1.0 - t.value)
+    return lben_program(as_square_matrix(A).astype(np.float64))
 
 
-def wellposedness(A, eta=None, conditions=None) -> WellposednessReport:
+def _lben_skipped_note(n: int, time_limit: float) -> str:
+    """What the LBEN row of a report says when its program passed ``time_limit`` seconds."""
+    return (f"skipped: the LBEN semidefinite program (n={n}) did not finish within {time_limit:g} s "
+            f"(its time grows steeply with n); allow more time with --lben-time-limit SECONDS, "
+            f"or leave it out with --no-lben")
+
+
+def _as_time_limit(time_limit) -> float | None:
+    if time_limit is None:
+        return None
+    if (isinstance(time_limit, bool) or not isinstance(time_limit, numbers.Real)
+            or math.isnan(time_limit) or time_limit <= 0):
+        raise ValueError(f"lben_time_limit must be a positive number of seconds or None, got {time_limit!r}")
+    return None if math.isinf(time_limit) else float(time_limit)
+
+
+def wellposedness(A, eta=None, conditions=None, lben_time_limit=LBEN_TIME_LIMIT) -> WellposednessReport:
     """Evaluate the well-posedness conditions of DESIGN.md section 3 for ``A``.
 
     Parameters
@@ -122,11 +135,17 @@ def wellposedness(A, eta=None, conditions=None) -> WellposednessReport:
         Weights for the ``nemon`` condition (default all ones).
     conditions : iterable of str, optional
         Subset of :data:`CONDITIONS` (default all; ``lben`` solves an SDP).
+    lben_time_limit : float or None, optional
+        Seconds allowed for the LBEN semidefinite program (default :data:`LBEN_TIME_LIMIT`;
+        ``None`` or ``inf``: no limit). When they pass, the program is stopped and the
+        ``lben`` row is ``skipped`` with a note. Programs with n ≤ 40 are solved at once and
+        never limited. Progress is logged on the ``nemon.lben`` logger.
 
     Returns
     -------
     WellposednessReport
-        ``report[name]`` has ``value``, ``margin = 1 − value`` and ``holds = value < 1``.
+        ``report[name]`` has ``value``, ``margin = 1 − value`` and ``holds = value < 1``;
+        a skipped row has ``skipped=True``, ``value`` NaN, ``holds=False`` and a ``note``.
 
     Notes
     -----
@@ -135,6 +154,7 @@ def wellposedness(A, eta=None, conditions=None) -> WellposednessReport:
     """
     A = as_square_matrix(A).astype(np.float64)
     eta = as_weights(eta, A.shape[0])
+    time_limit = _as_time_limit(lben_time_limit)
     names = tuple(CONDITIONS) if conditions is None else tuple(conditions)
     unknown = [c for c in names if c not in CONDITIONS]
     if unknown:
@@ -145,11 +165,16 @@ def wellposedness(A, eta=None, conditions=None) -> WellposednessReport:
         "idl_norm": lambda: induced_norm(A, np.inf),
         "idl_spectral": lambda: spectral_radius(np.abs(A)),
         "mon": lambda: mu_2(A),
-        "lben": lambda: lben_value(A),
+        "lben": lambda: lben_within(A, time_limit),
     }
     results = []
     for name in names:
-        value = float(compute[name]())
+        value = compute[name]()
         formula, origin = CONDITIONS[name]
+        if value is None:
+            note = _lben_skipped_note(A.shape[0], time_limit)
+            results.append(ConditionResult(name, math.nan, False, formula, origin, skipped=True, note=note))
+            continue
+        value = float(value)
         results.append(ConditionResult(name, value, bool(value < 1.0), formula, origin))
     return WellposednessReport(tuple(results), A.shape[0])

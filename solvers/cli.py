@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,26 +27,81 @@ class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+#: What each reader expects, for the messages.
+_FORMATS = {".npy": "a NumPy array saved with numpy.save", ".csv": "comma-separated numbers, one row per line"}
+_TEXT = "whitespace-separated numbers, one row per line"
+
+
 def load_matrix(path: str, name: str = "matrix") -> np.ndarray:
-    """Read a 2-D array from ``.npy``, ``.csv`` or whitespace-separated text."""
+    """Read a 2-D array of real numbers from ``.npy``, ``.csv`` or whitespace-separated text;
+    every way the file can be wrong is a :class:`CLIError` naming the file and what was
+    expected."""
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"{name} file not found: {path}")
+        raise CLIError(f"{name} file not found: {path}" if not p.exists() else f"{name}: {path} is not a file")
+    expected = _FORMATS.get(p.suffix, _TEXT)
     try:
-        if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif p.suffix == ".csv":
-            arr = np.loadtxt(p, delimiter=",", ndmin=2)
-        else:
-            arr = np.loadtxt(p, ndmin=2)
-    except Exception as exc:
-        raise CLIError(f"could not read {name} from {path}: {exc}") from None
-    arr = np.asarray(arr, dtype=np.float64) if np.issubdtype(np.asarray(arr).dtype, np.number) else arr
+        with warnings.catch_warnings():  # numpy warns about an empty file: the size check below says it
+            warnings.simplefilter("ignore")
+            if p.suffix == ".npy":
+                arr = np.load(p, allow_pickle=False)
+            elif p.suffix == ".csv":
+                arr = np.loadtxt(p, delimiter=",", ndmin=2)
+            else:
+                arr = np.loadtxt(p, ndmin=2)
+    except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
+        detail = "it holds Python objects" if "allow_pickle" in str(exc) else "it could not be read as such"
+        raise CLIError(f"{name} file {path}: expected {expected}, but {detail}") from None
+    if not isinstance(arr, np.ndarray):
+        raise CLIError(f"{name} file {path}: expected {expected}, got an archive of several arrays")
+    if arr.dtype.kind == "c":
+        raise CLIError(f"{name} file {path} holds complex numbers; expected real numbers")
+    if arr.dtype.kind not in "biuf":
+        raise CLIError(f"{name} file {path} holds {arr.dtype} data; expected real numbers")
+    arr = arr.astype(np.float64)
+    if arr.size == 0:
+        raise CLIError(f"{name} file {path} is empty; expected a 2-D array of numbers")
     if arr.ndim != 2:
         raise CLIError(f"{name} in {path} must be 2-dimensional, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise CLIError(f"{name} in {path} has non-finite entries")
     return arr
+
+
+def _output(path, what: str, *, suffix: str | None = None, force: bool = True, hint: str = "") -> Path:
+    """The path ``path`` will be written to, checked before any work starts: ``suffix``
+    appended the way the writer would (``np.save`` adds ``.npy``), its folder created, a file
+    creatable there, not a folder, and, unless ``force``, not an existing file (finished work
+    is never overwritten unasked)."""
+    p = Path(path)
+    if suffix and p.suffix != suffix:
+        p = p.with_name(p.name + suffix) if suffix == ".npy" else p.with_suffix(suffix)
+    if p.is_dir():
+        raise CLIError(f"{what} {p} is a folder; expected a file path")
+    if p.exists() and not force:
+        raise CLIError(f"{what} {p} exists; pass --force to overwrite it{hint}, or --out for another path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p.parent):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write {what} {p}: {exc.strerror or exc}") from None
+    return p
+
+
+def _figure_path(path, what: str = "figure") -> Path:
+    """A figure path checked like :func:`_output` (figures are redrawn, so overwritten), with
+    a format matplotlib can write (``.png`` added when there is no suffix)."""
+    from matplotlib.figure import Figure
+
+    p = Path(path)
+    if not p.suffix:
+        p = p.with_suffix(".png")
+    formats = Figure().canvas.get_supported_filetypes()
+    if p.suffix[1:].lower() not in formats:
+        raise CLIError(f"{what} {p}: unknown image format {p.suffix!r}; use one of "
+                       + ", ".join("." + f for f in sorted(formats)))
+    return _output(p, what)
 
 
 def _matrices(args):
@@ -70,7 +128,7 @@ def _matrices(args):
 def cmd_check(args) -> int:
     A, B, source = _matrices(args)
     conditions = [c for c in contraction.CONDITIONS if not (args.no_lben and c == "lben")]
-    report = contraction.wellposedness(A, conditions=conditions)
+    report = contraction.wellposedness(A, conditions=conditions, lben_time_limit=args.lben_time_limit)
     print(f"Matrix: {source}")
     print()
     print("Well-posedness (each condition holds when value < 1):")
@@ -101,27 +159,36 @@ def cmd_check(args) -> int:
 def cmd_solve(args) -> int:
     from . import solve
 
+    if args.atol == 0 and args.rtol == 0:
+        raise CLIError("--atol and --rtol cannot both be 0: no sample would ever stop (give --atol > 0)")
+    out = _output(args.out, "solution file", suffix=".npy", force=args.force) if args.out else None
     A, _, source = _matrices(args)
     if args.W is not None:
         W = load_matrix(args.W, "W")
+        if W.shape[1] != A.shape[0]:
+            raise CLIError(f"W in {args.W} must have {A.shape[0]} columns (one row per sample) to match A, "
+                           f"got shape {W.shape}")
     else:
         W = np.random.default_rng(args.seed).standard_normal((args.batch, A.shape[0]))
-    result = solve(A, W, method=args.method, atol=args.atol, max_iter=args.max_iter,
+    result = solve(A, W, method=args.method, atol=args.atol, rtol=args.rtol, max_iter=args.max_iter,
                    activation=args.activation, engine=args.engine)
     print(f"Matrix: {source}; inputs: {'file ' + args.W if args.W else f'{args.batch} Gaussian samples'}")
     print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}: {result.status.name}: "
           f"{result.status.message}")
     print(f"iterations: mean {result.iterations.mean():.1f}, max {result.iterations.max()}; "
           f"residual max {result.residual.max():.3e}; error bound max {result.error_bound.max():.3e}")
-    if args.out:
-        np.save(args.out, result.x)
-        print(f"wrote {args.out}")
+    if out is not None:
+        np.save(out, result.x)
+        print(f"wrote {out}")
     return 0 if result.success else 1
 
 
 def cmd_compare(args) -> int:
     from .compare import compare_methods, format_table, instance, plot_comparison
 
+    if args.atol == 0:
+        raise CLIError("--atol must be > 0: no sample would ever stop")
+    figure = _figure_path(args.out)
     if args.matrix is not None:
         A = load_matrix(args.matrix, "A")
         if A.shape[0] != A.shape[1]:
@@ -136,7 +203,7 @@ def cmd_compare(args) -> int:
     print(f"Iteration schemes on {source}, batch {W.shape[0]}, {args.activation}, atol {args.atol:g}, "
           f"engine {args.engine}; mu_inf(A) = {contraction.mu_inf(A):.4g}, min a_ii = {np.diagonal(A).min():.4g}")
     print(format_table(rows))
-    path = plot_comparison(rows, args.out, title=f"{source}, batch {W.shape[0]}")
+    path = plot_comparison(rows, figure, title=f"{source}, batch {W.shape[0]}")
     print(f"figure: {path}")
     return 0
 
@@ -156,19 +223,76 @@ def train_config(args):
                        diag_min=args.diag_min)
 
 
+DEFAULT_CHECKPOINT = "out/model.npz"
+
+
+def _config_field(name):
+    return lambda net, config, saved: getattr(config, name)
+
+
+#: ``nemon train`` options a resumed run takes from its checkpoint (option dest -> the
+#: checkpoint's value): another value is an error. ``--epochs``, ``--engine``, ``--out``,
+#: ``--figure``, ``--force``, ``--no-progress``, ``--data-dir`` and ``--download`` may change.
+RESUME_FIXED = {
+    "hidden": lambda net, config, saved: net.n_hidden,
+    "activation": lambda net, config, saved: net.activation.name,
+    "dtype": lambda net, config, saved: net.dtype.name,
+    "dataset": lambda net, config, saved: saved.get("dataset"),
+    "data_seed": lambda net, config, saved: saved.get("data_seed"),
+    "train_samples": lambda net, config, saved: saved.get("train_samples"),
+    **{name: _config_field(name) for name in (
+        "batch_size", "lr", "optimizer", "schedule", "constraint", "gamma", "diag_min", "lipschitz_weight", "atol",
+        "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method")},
+}
+
+
+def _resume_conflicts(args, net, config, saved) -> list[str]:
+    """The options given on the command line that contradict the checkpoint being resumed."""
+    conflicts = []
+    for dest, read in RESUME_FIXED.items():
+        if dest not in args.given:
+            continue
+        want, have = getattr(args, dest), read(net, config, saved)
+        if have is None and dest in ("dataset", "data_seed"):  # a checkpoint saved without them
+            continue
+        if want != have:
+            conflicts.append(f"--{dest.replace('_', '-')} {want} (the checkpoint's: {have})")
+    return conflicts
+
+
 def cmd_train(args) -> int:
     from . import training as tr
     from .training import evaluate, format_epoch_table, format_report, plot_history
 
+    # Every output is checked before any work: a run never fails after training.
+    target = args.out or args.resume or DEFAULT_CHECKPOINT
+    continuing = args.resume is not None and _same_file(target, args.resume)
+    checkpoint = _output(target, "checkpoint", suffix=".npz", force=args.force or continuing,
+                         hint=" or --resume it to train it further")
+    figure = _figure_path(args.figure or checkpoint.with_suffix(".png"))
     if args.resume:
         try:
             net, history, saved = tr.load_training(args.resume)
         except FileNotFoundError as exc:
             raise CLIError(str(exc)) from None
-        _default_dataset(args, saved)
         if history is None:
             raise CLIError(f"{args.resume} holds no training state to resume")
+        conflicts = _resume_conflicts(args, net, history.config, saved)
+        if conflicts:
+            raise CLIError(f"--resume {args.resume}: " + ", ".join(conflicts) + ": a resumed run continues with "
+                           "its checkpoint's settings (only --epochs, --engine, --out, --figure, --force, "
+                           "--no-progress and --data-dir may change); start a new run with --out to change them")
+        _default_dataset(args, saved)
+        if "train_samples" not in args.given:
+            args.train_samples = saved.get("train_samples")
+        done = history.state.epoch
         epochs = history.config.epochs if args.epochs is None else args.epochs
+        if epochs < done or (epochs == done and not history.interrupted):
+            more = f"give --epochs larger than {done} to train it further"
+            if epochs < done:
+                raise CLIError(f"--epochs {epochs} is fewer than the {done} epochs {args.resume} has trained; {more}")
+            print(f"{args.resume} has trained all of its {done} epochs; {more}")
+            return 0
         config = dataclasses.replace(history.config, epochs=epochs)
         print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
     Xtr, ytr, Xte, yte = load_data(args)
@@ -177,39 +301,59 @@ def cmd_train(args) -> int:
                                  seed=args.seed, dtype=np.dtype(args.dtype),
                                  solver=tr.SolverConfig(engine=args.engine))
         config, history = train_config(args), None
+    elif Xtr.shape[1] != net.n_in:
+        raise CLIError(f"{args.dataset} has {Xtr.shape[1]} features but the checkpoint's network expects {net.n_in}")
     net.solver = dataclasses.replace(net.solver, engine=args.engine)
+    resolved = config.resolved()
+    ramp = ""
+    if resolved.interval_eps > 0:
+        ramp = (f", eps ramped over {resolved.interval_ramp} epochs" if resolved.interval_ramp
+                else ", eps at full radius from the first step")
     print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {len(Xte)} test), "
           f"constraint {config.constraint} (gamma {config.gamma}"
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
-          f"{config.epochs} epochs")
+          f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
+          f"{ramp}")
     print(format_epoch_table([], header=True))
 
     def show(record):
         print(format_epoch_table([record], header=False), flush=True)
 
-    hist = tr.train(net, Xtr, ytr, config, X_val=Xte, y_val=yte, progress=not args.no_progress, callback=show,
-                    resume=history)
+    try:
+        hist = tr.train(net, Xtr, ytr, config, X_val=Xte, y_val=yte, callback=show, resume=history,
+                        progress=not args.no_progress and sys.stderr.isatty())
+    except tr.TrainingCollapsed as exc:
+        print(f"nemon train: error: {exc}; nothing was saved", file=sys.stderr)
+        return 1
     net.solver = hist.solver  # evaluate and save with the solver it was trained with
     con = hist.config.make_constraint()
-    metrics = {"dataset": args.dataset, "data_seed": args.data_seed}
+    metrics = {"dataset": args.dataset, "data_seed": args.data_seed, "train_samples": args.train_samples}
     if hist.interrupted:  # saved at once (no evaluation: Ctrl-C means stop now)
-        path = tr.save(net, args.out, history=hist, metrics=metrics)
+        path = tr.save(net, checkpoint, history=hist, metrics=metrics)
         print(f"\nInterrupted: checkpoint saved to {path}; continue with: nemon train --resume {path}")
         return 130
     metrics = {**evaluate(net, Xte, yte, eta=con.weights(hist.state.raw)), **metrics}
-    path = tr.save(net, args.out, history=hist, metrics=metrics)
+    path = tr.save(net, checkpoint, history=hist, metrics=metrics)
     print()
     print(format_report(metrics, title=f"Final report ({args.dataset} test set)"))
     print(f"total training time         {sum(r['seconds'] for r in hist.epochs):.1f} s")
     print(f"checkpoint: {path}")
     if hist.epochs:
-        fig = plot_history(hist, args.figure, title=f"{net} on {args.dataset}, constraint {hist.config.constraint}")
+        fig = plot_history(hist, figure, n_classes=net.n_out)
         print(f"figure: {fig}")
     return 0
 
 
+def _same_file(a, b) -> bool:
+    """Whether two checkpoint paths name the same file (``.npz`` added as the writer does)."""
+    def norm(p):
+        p = Path(p)
+        return (p if p.suffix == ".npz" else p.with_suffix(".npz")).resolve()
+
+    return norm(a) == norm(b)
+
+
 def cmd_evaluate(args) -> int:
-    from . import training as tr
     from .training import evaluate, format_report
 
     net, history, saved = _load_checkpoint(args)
@@ -223,40 +367,52 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _eps_list(text: str):
+def _eps_list(text: str, option: str = "--eps"):
     try:
         eps = [float(e) for e in text.split(",") if e.strip()]
     except ValueError:
-        raise CLIError(f"--eps must be comma-separated numbers, got {text!r}") from None
-    if not eps or any(not np.isfinite(e) or e < 0 for e in eps):
-        raise CLIError(f"--eps must hold finite radii >= 0, got {text!r}")
+        raise CLIError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    if not eps or any(not math.isfinite(e) or not 0 <= e <= 1 for e in eps):
+        raise CLIError(f"{option} must hold radii in [0, 1] (pixel units of data in [0, 1]), got {text!r}")
     return eps
 
 
 def _robustness(args, attacks: bool) -> int:
-    from . import training as tr
     from .training import format_robustness, plot_robustness, robustness_table
 
-    net, history, saved = _load_checkpoint(args)
     eps = _eps_list(args.eps)
+    figure = _figure_path(args.out)
+    net, history, saved = _load_checkpoint(args)
     _, _, Xte, yte = load_data(args)
     if Xte.shape[1] != net.n_in:
         raise CLIError(f"{args.dataset} has {Xte.shape[1]} features but the network expects {net.n_in}")
-    if args.samples < 1 or args.steps < 1 or args.restarts < 1:
-        raise CLIError(f"--samples, --steps and --restarts must be >= 1, got {args.samples}, {args.steps}, "
-                       f"{args.restarts}")
     X, y = Xte[: args.samples], yte[: args.samples]
     eta = None
     if history is not None:
         eta = history.config.make_constraint().weights(history.state.raw)
-    rows = robustness_table(net, X, y, eps, attacks=attacks, eta=eta, pgd_steps=args.steps,
-                            pgd_restarts=args.restarts, seed=args.seed)
+    steps, restarts = (args.steps, args.restarts) if attacks else (1, 1)
+    rows = robustness_table(net, X, y, eps, attacks=attacks, eta=eta, pgd_steps=steps, pgd_restarts=restarts,
+                            seed=args.seed)
     kind = "certificates and attacks" if attacks else "certificates"
     print(f"{args.checkpoint} on {args.dataset} ({len(X)} test samples): {kind}; eps in pixel units of [0, 1] data")
     print(format_robustness(rows))
-    path = plot_robustness({Path(args.checkpoint).stem: rows}, args.out)
+    path = plot_robustness({_model_name(args.checkpoint, history): rows}, figure,
+                           title=f"{Path(args.checkpoint).name} on {args.dataset} ({len(X)} test images)")
     print(f"figure: {path}")
     return 0
+
+
+def _model_name(checkpoint, history) -> str:
+    """How a figure's legend names a checkpoint's model: its training run in words."""
+    if history is None:
+        return Path(checkpoint).stem
+    c = history.config
+    name = f"{c.constraint} (gamma {c.gamma:g})"
+    if c.interval_eps > 0:
+        name += f", interval-trained at eps {c.interval_eps:g}"
+    if c.lipschitz_weight > 0:
+        name += f", Lipschitz weight {c.lipschitz_weight:g}"
+    return name
 
 
 def cmd_certify(args) -> int:
@@ -270,28 +426,69 @@ def cmd_attack(args) -> int:
 def cmd_reproduce(args) -> int:
     from .training import format_reproduce_table, reproduce
 
-    rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=args.out,
-                           eps=_eps_list(args.eps), seed=args.seed, epochs=args.epochs,
-                           eval_samples=args.samples, progress=not args.no_progress, engine=args.engine,
-                           log=lambda line: print(line, flush=True),
-                           models=[m.strip() for m in args.models.split(",")] if args.models else None)
+    eps = _eps_list(args.eps)
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir,
+                           out_dir=_folder(args.out, "output folder"), eps=eps, seed=args.seed, epochs=args.epochs,
+                           eval_samples=args.samples, progress=not args.no_progress and sys.stderr.isatty(),
+                           engine=args.engine, log=lambda line: print(line, flush=True), models=models,
+                           force=args.force)
     print()
     print("Summary (cert = best of interval and Lipschitz certified accuracy; pgd = accuracy under PGD):")
     print(format_reproduce_table(rows))
+    print(f"table: {Path(args.out) / 'results.csv'} and results.json; models: {Path(args.out) / 'models'}")
     for f in figs:
         print(f"figure: {f}")
     return 0
 
 
+def _folder(path, what: str) -> Path:
+    """An output folder checked before any work: created, and a file creatable in it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"{what} {p} is a file; expected a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write into {what} {p}: {exc.strerror or exc}") from None
+    return p
+
+
+def _number(text: str, kind, test, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not test(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts >= 1 (shared with the example and benchmark scripts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def finite_float(text: str) -> float:
+    return _number(text, float, math.isfinite, "a finite number")
+
+
+def unit_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def _load_checkpoint(args):
@@ -322,181 +519,233 @@ def load_data(args):
     from .training import load_dataset
 
     try:
-        return load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=args.data_seed)
+        Xtr, ytr, Xte, yte = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                                          seed=args.data_seed)
     except (FileNotFoundError, ImportError) as exc:
         raise CLIError(str(exc)) from None
+    limit = getattr(args, "train_samples", None)
+    if limit is not None:
+        Xtr, ytr = Xtr[:limit], ytr[:limit]
+    return Xtr, ytr, Xte, yte
 
 
 def _add_matrix_args(p):
     p.add_argument("matrix", nargs="?", help="A as .npy, .csv or whitespace-separated text")
     p.add_argument("--example", choices=list(contraction.EXAMPLES), help="a built-in example instead of a file")
-    p.add_argument("--n", type=int, default=8, help="size of a built-in example (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a built-in example (default 0)")
+    p.add_argument("--n", type=positive_int, default=8, help="size of a built-in example")
+    p.add_argument("--seed", type=int, default=0, help="seed of a built-in example (and of solve's Gaussian inputs)")
     p.add_argument("--B", help="input matrix B (n x m) for the Lipschitz bound")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a flag)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Option errors in one line that names the option, pointing to ``--help`` (argparse's
+    own prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nemon",
+    parser = _Parser(
+        prog="nemon", allow_abbrev=False, formatter_class=_Help,
         description="Implicit networks made well-posed by non-Euclidean contraction.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="well-posedness table, step sizes, contraction factors")
+
+    def command(name, helptext):
+        return sub.add_parser(name, help=helptext, description=helptext, allow_abbrev=False, formatter_class=_Help)
+
+    p = command("check", "well-posedness table, step sizes, contraction factors")
     _add_matrix_args(p)
-    p.add_argument("--no-lben", action="store_true", help="skip the LBEN semidefinite program (large n)")
+    p.add_argument("--no-lben", action="store_true", help="skip the LBEN semidefinite program (slow for large n)")
+    p.add_argument("--lben-time-limit", type=positive_float, default=contraction.LBEN_TIME_LIMIT, metavar="SECONDS",
+                   help="give up the LBEN semidefinite program after this long (its row then says so)")
     p.set_defaults(func=cmd_check)
 
     from . import ACTIVATIONS, ENGINES, METHODS
 
-    p = sub.add_parser("solve", help="solve x = sigma(Ax + w) for a batch and report the outcome")
+    p = command("solve", "solve x = sigma(Ax + w) for a batch and report the outcome")
     _add_matrix_args(p)
     p.add_argument("--W", help="inputs w, one row per sample (.npy/.csv/text); default Gaussian")
-    p.add_argument("--batch", type=int, default=10, help="Gaussian samples when --W is not given")
-    p.add_argument("--method", choices=METHODS, default="average")
+    p.add_argument("--batch", type=positive_int, default=10, help="Gaussian samples when --W is not given")
+    p.add_argument("--method", choices=METHODS, default="average", help="iteration scheme")
     _add_solver_args(p, ENGINES, ACTIVATIONS)
-    p.add_argument("--out", help="save the solution as .npy")
+    p.add_argument("--rtol", type=nonnegative_float, default=0.0,
+                   help="relative tolerance: a sample stops when its residual <= atol + rtol * ||x||")
+    p.add_argument("--out", help="save the solution as .npy (the suffix is added when missing)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.set_defaults(func=cmd_solve)
 
     from .compare import FAMILIES
 
-    p = sub.add_parser("compare", help="every iteration scheme on one instance: table and figure")
+    p = command("compare", "every iteration scheme on one instance: table and figure")
     p.add_argument("matrix", nargs="?", help="A as .npy, .csv or text (default: a built-in family)")
-    p.add_argument("--family", choices=FAMILIES, default="negative-diagonal")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median)")
+    p.add_argument("--family", choices=FAMILIES, default="negative-diagonal", help="built-in instance family")
+    p.add_argument("--n", type=positive_int, default=100, help="size of the built-in instance")
+    p.add_argument("--batch", type=positive_int, default=100, help="inputs per solve")
+    p.add_argument("--seed", type=int, default=0, help="seed of the instance and its inputs")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per method (median)")
     p.add_argument("--out", default="out/compare.png", help="figure path")
     _add_solver_args(p, ENGINES, ACTIVATIONS, max_iter=5000)
     p.set_defaults(func=cmd_compare)
 
     from .training import CONSTRAINTS, DATASETS
 
-    p = sub.add_parser("train", help="train an implicit network (default: mnist5k, n=100, gamma=0.9)")
-    _add_data_args(p, DATASETS)
-    p.add_argument("--hidden", type=int, default=100, help="hidden units n")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
-    p.add_argument("--constraint", choices=list(CONSTRAINTS), default="mu_inf")
-    p.add_argument("--gamma", type=float, default=0.9, help="bound of the constraint (mu_inf(A) <= gamma)")
-    p.add_argument("--diag-min", type=float, default=None,
+    p = command("train", "train an implicit network (default: mnist5k, n=100, gamma=0.9)")
+    _add_data_args(p, DATASETS, train=True)
+    p.add_argument("--hidden", type=positive_int, default=100, help="hidden units n")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own; may change on resume)")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="samples per step")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimiser")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
+    p.add_argument("--constraint", choices=list(CONSTRAINTS), default="mu_inf", help="how A is kept well-posed")
+    p.add_argument("--gamma", type=finite_float, default=0.9, help="bound of the constraint (mu_inf(A) <= gamma)")
+    p.add_argument("--diag-min", type=finite_float, default=None,
                    help="mu_inf only: also keep a_ii >= DIAG_MIN, so alpha* >= 1/(1 - DIAG_MIN) and the solves stay "
                         "fast (interval training otherwise drives self-loops far negative)")
-    p.add_argument("--lipschitz-weight", type=float, default=0.0, help="weight of the Lipschitz regulariser")
-    p.add_argument("--atol", type=float, default=1e-4, help="forward and adjoint solver tolerance")
-    p.add_argument("--interval-eps", type=float, default=0.0,
+    p.add_argument("--lipschitz-weight", type=nonnegative_float, default=0.0, help="weight of the Lipschitz regulariser")
+    p.add_argument("--atol", type=positive_float, default=1e-4, help="forward and adjoint solver tolerance")
+    p.add_argument("--interval-eps", type=unit_float, default=0.0,
                    help="interval-bound (robust) training radius in pixel units; 0 = off")
-    p.add_argument("--interval-weight", type=float, default=0.5, help="weight of the worst-case loss")
-    p.add_argument("--interval-ramp", type=int, default=0, help="epochs over which eps grows from 0")
+    p.add_argument("--interval-weight", type=unit_float, default=0.5, help="weight of the worst-case loss")
+    p.add_argument("--interval-ramp", type=nonnegative_int, default=None,
+                   help="epochs over which eps grows from 0 (default: a third of the epochs, at least 1; 0 = full "
+                        "radius from the first step, which can leave every hidden unit dead)")
     p.add_argument("--forward-method", default=None, choices=METHODS,
                    help="forward (and embedded-network) solver; default the constraint's own (average; "
                         "peaceman_rachford for mon); anderson needs fewer iterations")
-    p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--engine", choices=ENGINES, default="numba")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/model.npz", help="checkpoint path")
-    p.add_argument("--figure", default="out/training.png", help="training-curve figure path")
+    p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu", help="activation sigma")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter dtype")
+    p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine (may change on resume)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
+    p.add_argument("--out", default=None,
+                   help=f"checkpoint path (default {DEFAULT_CHECKPOINT}, or the --resume checkpoint)")
+    p.add_argument("--figure", default=None, help="training-curve figure (default: the checkpoint's path, .png)")
     p.add_argument("--resume", help="continue from this checkpoint (same result as an uninterrupted run)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown unless on a terminal)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="report accuracy, well-posedness and bounds of a checkpoint")
-    p.add_argument("checkpoint")
+    p = command("evaluate", "report accuracy, well-posedness and bounds of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint written by nemon train")
     _add_data_args(p, DATASETS)
-    p.add_argument("--engine", choices=ENGINES, default="numba")
+    p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine")
     p.set_defaults(func=cmd_evaluate)
 
     for name, func, helptext in (("certify", cmd_certify, "certified accuracy (interval and Lipschitz) per eps"),
                                  ("attack", cmd_attack, "certified and attacked (FGSM, PGD) accuracy per eps")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("checkpoint")
+        p = command(name, helptext)
+        p.add_argument("checkpoint", help="a checkpoint written by nemon train")
         _add_data_args(p, DATASETS)
-        p.add_argument("--eps", default="0.01,0.05,0.1", help="comma-separated l-inf radii in pixel units")
-        p.add_argument("--samples", type=int, default=1000, help="test samples to evaluate")
-        p.add_argument("--steps", type=int, default=20, help="PGD steps")
-        p.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--engine", choices=ENGINES, default="numba")
+        p.add_argument("--eps", default="0.01,0.05,0.1", help="comma-separated l-inf radii in pixel units, in [0, 1]")
+        p.add_argument("--samples", type=positive_int, default=1000, help="test samples to evaluate")
+        if name == "attack":
+            p.add_argument("--steps", type=positive_int, default=20, help="PGD steps")
+            p.add_argument("--restarts", type=positive_int, default=1, help="PGD random restarts")
+            p.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
+        p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine")
         p.add_argument("--out", default=f"out/{name}.png", help="robustness-curve figure path")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, seed=0)
 
-    p = sub.add_parser("reproduce", help="the seed paper's comparison end to end (train, certify, attack)")
+    p = command("reproduce", "the seed paper's comparison end to end (train, certify, attack)")
     p.add_argument("--quick", action="store_true", help="mnist5k, few epochs, 500 test samples (minutes)")
     p.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="default: mnist5k with --quick, else fashion-mnist or mnist when installed")
-    p.add_argument("--data-dir")
-    p.add_argument("--eps", default="0.01,0.02,0.05,0.1")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--samples", type=int, default=None, help="test samples evaluated")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", choices=ENGINES, default="numba")
-    p.add_argument("--out", default="out/reproduce", help="folder for the figures")
+    p.add_argument("--data-dir", help="folder with the data files (IDX for mnist / fashion-mnist)")
+    p.add_argument("--eps", default="0.01,0.02,0.05,0.1", help="comma-separated l-inf radii in pixel units, in [0, 1]")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs per model (default 6 with --quick, else 30, 45 for the interval model)")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help="test samples evaluated (default 500 with --quick, else the whole test set)")
+    p.add_argument("--seed", type=int, default=0, help="split, initialisation and attack seed")
+    p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine")
+    p.add_argument("--out", default="out/reproduce", help="folder for the table, the models and the figures")
+    p.add_argument("--force", action="store_true", help="overwrite the results of an earlier run in --out")
     p.add_argument("--models", help="comma-separated model names to run (default: all; see the table)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown unless on a terminal)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 
 
 def _add_solver_args(p, engines, activations, max_iter=1000):
-    p.add_argument("--activation", choices=list(activations), default="relu")
-    p.add_argument("--atol", type=float, default=1e-8)
-    p.add_argument("--max-iter", type=int, default=max_iter)
-    p.add_argument("--engine", choices=engines, default="numba")
+    p.add_argument("--activation", choices=list(activations), default="relu", help="activation sigma")
+    p.add_argument("--atol", type=nonnegative_float, default=1e-8,
+                   help="absolute tolerance on each sample's l-inf residual")
+    p.add_argument("--max-iter", type=positive_int, default=max_iter, help="iterations before giving up")
+    p.add_argument("--engine", choices=engines, default="numba", help="solver engine")
 
 
-def _add_data_args(p, datasets):
+def _add_data_args(p, datasets, train: bool = False):
     p.add_argument("--dataset", choices=list(datasets), default=None,
                    help="default mnist5k, or the data set a given checkpoint was trained on")
     p.add_argument("--data-dir", help="folder with the data files (IDX for mnist / fashion-mnist)")
     p.add_argument("--download", action="store_true", help="download MNIST (checksum-verified) if missing")
     p.add_argument("--data-seed", type=int, default=None, help="seed of the train/test split (default 0)")
+    if train:
+        p.add_argument("--train-samples", type=positive_int, default=None,
+                       help="train on the first TRAIN_SAMPLES training images only (default: all)")
 
 
 class _Stderr(logging.Handler):
-    """Writes records to the ``sys.stderr`` of the moment (tests and redirections replace it)."""
+    """Writes records to the ``sys.stderr`` of the moment (tests and redirections replace it),
+    through ``tqdm.write`` so that a message never lands on a progress bar's line."""
 
     def emit(self, record):
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
             sys.stderr.flush()
         except Exception:  # a closed stream must not break the command
             self.handleError(record)
 
 
-def _show_compilation() -> None:
-    """First compilations say so on stderr (what compiles, that it happens once, how long)."""
-    log = logging.getLogger("nemon.compile")
+def _log_to_stderr(name: str | None, level: int, fmt: str) -> None:
+    """Records of logger ``name`` (the root when ``None``) at ``level`` and above on stderr."""
+    log = logging.getLogger(name)
     if not any(isinstance(h, _Stderr) for h in log.handlers):
         handler = _Stderr()
-        handler.setFormatter(logging.Formatter("nemon: %(message)s"))
+        handler.setFormatter(logging.Formatter(fmt))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
+    log.setLevel(level)
+    if name is not None:
         log.propagate = False
+
+
+def _given(parser: argparse.ArgumentParser, args, argv) -> set:
+    """The dests of the options written on the command line (not left at their defaults)."""
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    tokens = {t.split("=", 1)[0] for t in argv if t.startswith("-")}
+    return {a.dest for a in command._actions if any(o in tokens for o in a.option_strings)}
 
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _show_compilation()
+    args.given = _given(parser, args, argv)
+    _log_to_stderr(None, logging.INFO if args.verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s")
+    # First compilations say so (what compiles, that it happens once, how long).
+    _log_to_stderr("nemon.compile", logging.INFO, "nemon: %(message)s")
+    _log_to_stderr("nemon.lben", logging.INFO, "nemon: %(message)s")  # the slow semidefinite program's progress
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"nemon {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"nemon {args.command}: interrupted (Ctrl-C){': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
-    except CLIError as exc:
-        print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # e.g. engine='cuda' without a GPU
+    except (CLIError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. engine='cuda' without a GPU
         print(f"nemon {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -526,9 +775,13 @@ def _interrupt(signum, frame):
 
 def entry() -> None:
     """The ``nemon`` command: :func:`main` with Ctrl-C handled as above."""
-    if threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
         signal.signal(signal.SIGINT, _interrupt)
-    sys.exit(main())
+    code = main()
+    if main_thread:  # the work is done and reported: a Ctrl-C while Python shuts down changes nothing
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def _bad_inputs(tmp_path: Path):
         "non-square": ([_write(tmp_path / "rect.csv", np.ones((2, 3)))], "must be square"),
         "nan": ([_write(tmp_path / "nan.csv", nan)], "non-finite"),
         "one-dimensional": ([tmp_path / "vector.npy"], "2-dimensional"),
-        "garbage": ([tmp_path / "garbage.txt"], "could not read"),
+        "garbage": ([tmp_path / "garbage.txt"], "could not be read"),
         "both": ([good, "--example", "paper-2x2"], "not both"),
         "neither": ([], "give a MATRIX file or --example"),
         "B rows": ([good, "--B", _write(tmp_path / "B.csv", np.ones((2, 2)))], "B must have 3 rows"),

@@ -11,8 +11,8 @@ from ._constraints import CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx
 from ._network import LOSSES, Gradients, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule
-from ._report import evaluate, format_epoch_table, format_report, plot_history
-from ._reproduce import ModelSpec, format_reproduce_table, model_specs, reproduce
+from ._report import evaluate, format_epoch_table, format_report, history_figure, plot_history
+from ._reproduce import ModelSpec, ReproduceInterrupted, format_reproduce_table, model_specs, reproduce
 from ._robust import (
     certified_accuracy,
     fgsm_attack,
@@ -21,9 +21,10 @@ from ._robust import (
     interval_bounds,
     pgd_attack,
     robust_accuracy,
+    robustness_figure,
     robustness_table,
 )
-from ._trainer import History, TrainConfig, TrainerState, lipschitz_penalty, train
+from ._trainer import History, TrainConfig, TrainerState, TrainingCollapsed, lipschitz_penalty, train
 
 __all__ = [
     "CONSTRAINTS",
@@ -40,7 +41,9 @@ __all__ = [
     "SolverConfig",
     "TrainConfig",
     "TrainerState",
+    "TrainingCollapsed",
     "ModelSpec",
+    "ReproduceInterrupted",
     "certified_accuracy",
     "evaluate",
     "format_epoch_table",
@@ -48,6 +51,7 @@ __all__ = [
     "format_reproduce_table",
     "format_robustness",
     "model_specs",
+    "history_figure",
     "plot_history",
     "plot_robustness",
     "reproduce",
@@ -56,6 +60,7 @@ __all__ = [
     "lipschitz_penalty",
     "pgd_attack",
     "robust_accuracy",
+    "robustness_figure",
     "robustness_table",
     "load",
     "load_dataset",

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from solvers import get_activation
-
+from ._files import atomic_write
 from ._network import ImplicitNetwork, SolverConfig
 from ._optim import OptimizerState
 from ._trainer import History, TrainConfig, TrainerState
@@ -21,6 +19,9 @@ __all__ = ["save", "load", "load_training", "CheckpointError", "FORMAT", "FORMAT
 
 FORMAT = "nemon-checkpoint"
 FORMAT_VERSION = 1
+
+#: What every "not a checkpoint" message says was expected.
+EXPECTED = "expected an .npz archive written by `nemon train` or solvers.training.save"
 
 
 class CheckpointError(ValueError):
@@ -38,7 +39,8 @@ def save(net: ImplicitNetwork, path, *, history: History | None = None, metrics:
     """Write ``net`` (and, with ``history``, the trainer state for ``--resume``) to ``path``.
 
     The file is written to a temporary name in the same directory and renamed into place,
-    so an interrupted save never leaves a half-written checkpoint.
+    so an interrupted save never leaves a half-written checkpoint; it gets the permissions
+    of any new file (``0o666`` less the process umask).
     """
     path = Path(path)
     if path.suffix != ".npz":
@@ -71,15 +73,8 @@ def save(net: ImplicitNetwork, path, *, history: History | None = None, metrics:
         arrays.update({f"opt_m.{k}": v for k, v in st.optimizer.m.items()})
         arrays.update({f"opt_v.{k}": v for k, v in st.optimizer.v.items()})
     arrays["header"] = np.frombuffer(json.dumps(header, default=_json_default).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
     return path
 
 
@@ -89,39 +84,95 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _not_a_checkpoint(path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a nemon checkpoint ({EXPECTED}): {reason}")
+
+
+#: The .npy header versions :func:`numpy.savez` writes (3.0 is only for non-ASCII field names).
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_arrays(path: Path) -> dict:
+    """Every array of the archive at ``path``, read without ever unpickling."""
+    if path.is_dir():
+        raise _not_a_checkpoint(path, "it is a directory")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path} ({EXPECTED})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if not head:
+        raise _not_a_checkpoint(path, "the file is empty")
+    if head == b"\x93NUMPY":
+        raise _not_a_checkpoint(path, "it holds a single numpy array (a .npy file), not an archive of arrays")
+    if not head.startswith(b"PK"):
+        raise _not_a_checkpoint(path, "the file is not a zip archive")
+    arrays, member = {}, None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                member = info.filename
+                if not member.endswith(".npy"):
+                    raise _not_a_checkpoint(path, f"the archive holds {member!r}, which is not a numpy array")
+                key = member[: -len(".npy")]
+                with zf.open(info) as fh:  # the dtype first: an object array is never handed to numpy
+                    version = np.lib.format.read_magic(fh)
+                    if version not in _HEADER_READERS:
+                        raise _not_a_checkpoint(path, f"array {key!r} is in .npy format {version}, which nemon "
+                                                      "never writes")
+                    _, _, dtype = _HEADER_READERS[version](fh)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{path}: array {key!r} holds Python objects (dtype {dtype}); a nemon "
+                                          "checkpoint holds numeric arrays only, and this one is not read")
+                with zf.open(info) as fh:
+                    arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
+    except CheckpointError:
+        raise
+    except Exception:  # zipfile, zlib and numpy each have their own ways of saying "damaged"
+        where = "" if member is None else f" (at {member!r})"
+        raise _not_a_checkpoint(path, f"the archive is damaged or truncated{where}") from None
+    return arrays
+
+
 def _read(path):
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable .npz checkpoint: {exc}") from None
+    arrays = _read_arrays(path)
     if "header" not in arrays:
-        raise CheckpointError(f"{path} has no nemon header: not a nemon checkpoint")
+        raise _not_a_checkpoint(path, f"it has no nemon header (it holds the arrays {sorted(arrays)})")
     try:
         header = json.loads(arrays.pop("header").tobytes().decode())
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt header: {exc}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise CheckpointError(f"{path}: corrupt header (not the JSON text a nemon checkpoint starts with)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt header (a JSON {type(header).__name__}, expected an object)")
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: foreign file (format {header.get('format')!r}, expected {FORMAT!r})")
+        raise _not_a_checkpoint(path, f"foreign file (format {header.get('format')!r}, expected {FORMAT!r})")
     if header.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {header.get('format_version')} is not supported "
                               f"(this nemon reads version {FORMAT_VERSION})")
     return path, header, arrays
 
 
+def _field_problem(exc: Exception) -> str:
+    """A header error in words (a KeyError's text is just the key)."""
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is missing"
+    return str(exc)
+
+
 def _network_from(path, header, arrays) -> ImplicitNetwork:
     try:
         cfg = header["network"]
-        n, m, q = int(cfg["n_hidden"]), int(cfg["n_in"]), int(cfg["n_out"])
-        dtype = np.dtype(cfg["dtype"])
-        act = get_activation(tuple(cfg["activation"]))
+        if not isinstance(cfg, dict):
+            raise TypeError(f"'network' must be an object, got {type(cfg).__name__}")
         solver = SolverConfig(**cfg["solver"])
-        net = ImplicitNetwork(m, n, q, activation=act, seed=int(cfg.get("seed", 0)), dtype=dtype, solver=solver)
+        net = ImplicitNetwork(cfg["n_in"], cfg["n_hidden"], cfg["n_out"], activation=tuple(cfg["activation"]),
+                              seed=cfg.get("seed", 0), dtype=cfg["dtype"], solver=solver)
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid network header: {exc}") from None
+        raise CheckpointError(f"{path}: invalid network header: {_field_problem(exc)}") from None
+    n, m, q, dtype = net.n_hidden, net.n_in, net.n_out, net.dtype
     expected = {"A": (n, n), "B": (n, m), "b": (n,), "C": (q, n), "c": (q,)}
     for k, shape in expected.items():
         a = arrays.get(f"net.{k}")
@@ -167,6 +218,9 @@ def load_training(path):
     history = None
     if tr is not None:
         try:
+            unknown = set(tr["config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+            if unknown:
+                raise ValueError(f"unknown TrainConfig fields {sorted(unknown)} (written by a newer nemon?)")
             config = TrainConfig(**tr["config"])
             con = config.make_constraint()
             raw = {k: arrays[f"raw.{k}"].copy() for k in tr["raw"]}
@@ -182,11 +236,15 @@ def load_training(path):
             history = History(config, list(tr["epochs"]), state, bool(tr.get("interrupted", False)),
                               solver=config.solver(net.solver))
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: invalid training state: {exc}") from None
+            raise CheckpointError(f"{path}: invalid training state: {_field_problem(exc)}") from None
         _check_training_arrays(path, net, con, raw, m, v)
         problem = con.violation(net.A, raw)
         if problem:
             raise CheckpointError(f"{path}: {problem}")
         if not np.allclose(con.matrix(raw), net.A, rtol=1e-5, atol=1e-6):
             raise CheckpointError(f"{path}: A does not match the saved constraint parameters")
-    return net, history, header.get("metrics", {})
+    metrics = header.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: corrupt header ('metrics' is a JSON {type(metrics).__name__}, "
+                              "expected an object)")
+    return net, history, metrics

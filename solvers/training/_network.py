@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import numpy as np
 
 import contraction
 
-from solvers import get_activation, solve, solve_adjoint
+from solvers import ADJOINT_METHODS, ENGINES, METHODS, get_activation, solve, solve_adjoint
 
 from ._fused import fusable, fused_gradients
 
@@ -17,9 +18,29 @@ __all__ = ["ImplicitNetwork", "SolverConfig", "Gradients", "LOSSES"]
 LOSSES = ("cross_entropy", "mse")
 
 
+def check_count(value, name: str, low: int = 1) -> int:
+    """``value`` as an ``int`` that is ``>= low``, else a ``ValueError`` naming ``name``
+    (``2.7``, ``True`` and ``"3"`` are not counts: truncating them would hide a mistake)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_real(value, name: str, low: float | None = None, strict: bool = False) -> float:
+    """``value`` as a finite ``float`` (``> low`` when ``strict``, else ``>= low``), else a
+    ``ValueError`` naming ``name`` and the condition."""
+    bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if strict else value >= low
+    if not ok:
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
-    """How the network solves its forward and adjoint equations."""
+    """How the network solves its forward and adjoint equations (validated on creation)."""
 
     method: str = "average"
     adjoint_method: str = "average"
@@ -27,6 +48,14 @@ class SolverConfig:
     adjoint_atol: float = 1e-4
     max_iter: int = 1000
     engine: str = "numba"
+
+    def __post_init__(self):
+        for name, allowed in (("method", METHODS), ("adjoint_method", ADJOINT_METHODS), ("engine", ENGINES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_real(self.atol, "atol", 0)
+        check_real(self.adjoint_atol, "adjoint_atol", 0)
+        check_count(self.max_iter, "max_iter", 0)  # 0, as for solvers.solve: the start is returned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +107,19 @@ class ImplicitNetwork:
     """
 
     def __init__(self, n_in, n_hidden, n_out, activation="relu", seed=0, dtype=np.float64, solver=None):
-        for name, v in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.dtype = np.dtype(dtype)
+        m, n, q = (check_count(v, name) for name, v in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)))
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.activation = get_activation(activation)
+        if solver is not None and not isinstance(solver, SolverConfig):
+            raise ValueError(f"solver must be a SolverConfig, got {type(solver).__name__}")
         self.solver = solver if solver is not None else SolverConfig()
-        self.seed = int(seed)
-        rng = np.random.default_rng(seed)
-        n, m, q = int(n_hidden), int(n_in), int(n_out)
+        self.seed = check_count(seed, "seed", 0)
+        rng = np.random.default_rng(self.seed)
         f = self.dtype
         self.A = (0.1 * rng.standard_normal((n, n)) / np.sqrt(n)).astype(f)
         self.B = (rng.standard_normal((n, m)) / np.sqrt(m)).astype(f)
@@ -117,14 +148,28 @@ class ImplicitNetwork:
     def parameter_count(self) -> int:
         return int(sum(p.size for p in self.parameters().values()))
 
-    def as_inputs(self, U) -> np.ndarray:
-        """``U`` checked (shape (batch, n_in), finite) as a C-contiguous array of the network's dtype."""
-        U = np.asarray(U)
+    def check_inputs(self, U, name: str = "U") -> np.ndarray:
+        """``U`` checked (real, shape (batch, n_in) with batch >= 1, finite) as an array, not
+        converted; a ``ValueError`` naming ``name`` otherwise."""
+        try:
+            U = np.asarray(U)
+        except Exception as exc:
+            raise ValueError(f"{name} must be a numeric array, got {type(U).__name__}: {exc}") from None
         if U.ndim != 2 or U.shape[1] != self.n_in:
-            raise ValueError(f"U must have shape (batch, {self.n_in}), got {U.shape}")
-        if not np.all(np.isfinite(U)):
-            raise ValueError("U must be finite")
-        return np.ascontiguousarray(U, dtype=self.dtype)
+            raise ValueError(f"{name} must have shape (batch, {self.n_in}) for this network (n_in = {self.n_in}), "
+                             f"got {U.shape}")
+        if U.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one sample, got shape {U.shape}")
+        if U.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a real numeric array, got dtype {U.dtype}")
+        if U.dtype.kind == "f" and not np.all(np.isfinite(U)):
+            bad = np.argwhere(~np.isfinite(U))
+            raise ValueError(f"{name} must be finite; non-finite entries at (row, column) {bad[:5].tolist()}")
+        return U
+
+    def as_inputs(self, U, name: str = "U") -> np.ndarray:
+        """``U`` checked (:meth:`check_inputs`) as a C-contiguous array of the network's dtype."""
+        return np.ascontiguousarray(self.check_inputs(U, name), dtype=self.dtype)
 
     # -- forward ------------------------------------------------------------------------
     def forward_pass(self, U, solver=None) -> ForwardPass:
@@ -146,21 +191,30 @@ class ImplicitNetwork:
         return self.forward_pass(U, solver).Y
 
     def predict(self, U, batch_size: int = 1000, solver=None) -> np.ndarray:
-        U = np.asarray(U)
+        """Predicted classes (argmax of the outputs), ``batch_size`` rows per solve."""
+        U = self.check_inputs(U)
+        batch_size = check_count(batch_size, "batch_size")
         return np.concatenate([self.forward(U[i : i + batch_size], solver).argmax(axis=1)
                                for i in range(0, len(U), batch_size)])
 
     def accuracy(self, U, y, batch_size: int = 1000, solver=None) -> float:
-        return float((self.predict(U, batch_size, solver) == np.asarray(y)).mean())
+        """Fraction of the rows of ``U`` whose predicted class is the label ``y``."""
+        U = self.check_inputs(U)
+        y = self.check_labels(y, len(U), "y")
+        return float((self.predict(U, batch_size, solver) == y).mean())
 
     # -- loss and gradients ---------------------------------------------------------------
-    def check_labels(self, targets, batch: int) -> np.ndarray:
-        """``targets`` checked as ``batch`` integer labels in ``[0, n_out)``."""
+    def check_labels(self, targets, batch: int, name: str = "targets") -> np.ndarray:
+        """``targets`` checked as ``batch`` integer labels in ``[0, n_out)``; a ``ValueError``
+        naming ``name`` otherwise."""
         t = np.asarray(targets)
-        if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"targets must be integer labels of shape ({batch},), got {t.shape} {t.dtype}")
-        if t.min() < 0 or t.max() >= self.n_out:
-            raise ValueError(f"targets must be labels in [0, {self.n_out}), got range [{t.min()}, {t.max()}]")
+        if t.shape != (batch,):
+            raise ValueError(f"{name} must hold one label per input row, shape ({batch},), got {t.shape}")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"{name} must be integer labels (class indices), got dtype {t.dtype}")
+        if batch and (t.min() < 0 or t.max() >= self.n_out):
+            raise ValueError(f"{name} must be class labels in [0, {self.n_out}) for this network (n_out = "
+                             f"{self.n_out}), got range [{t.min()}, {t.max()}]")
         return t
 
     def _output_grad(self, Y, targets, loss, reduction):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,16 @@ import contraction
 from solvers import solve
 from solvers.engine import blas_threads_for
 
-from ._network import ImplicitNetwork
+from ._network import ImplicitNetwork, check_count
 
-__all__ = ["evaluate", "format_report", "format_epoch_table", "plot_history"]
+__all__ = ["evaluate", "format_report", "format_epoch_table", "history_figure", "plot_history"]
 
 
 def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> dict:
     """Accuracy, well-posedness and certificates of ``net`` on ``(X, y)``."""
-    X = np.asarray(X)
-    y = np.asarray(y)
+    X = net.check_inputs(X, "X")
+    y = net.check_labels(y, len(X), "y")
+    batch_size = check_count(batch_size, "batch_size")
     correct, iters, unconverged = 0, [], 0
     s = net.solver
     with blas_threads_for(batch_size, net.n_hidden):
@@ -82,33 +84,107 @@ def format_epoch_table(records, header: bool = True) -> str:
     return "\n".join(lines)
 
 
-def plot_history(history, path, title: str = "") -> Path:
-    """Loss, accuracies, solver iterations and the Lipschitz bound per epoch."""
-    from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
+#: The constraint of a run in plain words, from ``TrainConfig.constraint`` and ``gamma``.
+_CONSTRAINT_WORDS = {
+    "mu_inf": "projected onto μ∞(A) ≤ {gamma:g}",
+    "norm_inf": "projected onto ||A||∞ ≤ {gamma:g}",
+    "nemon_param": "seed authors' parametrisation, μ∞(A) ≤ {gamma:g}",
+    "mon": "monotone parametrisation, m = {m:g}",
+    "none": "unconstrained A",
+    "zero": "A = 0 (feed-forward baseline)",
+}
 
+
+def _describe_run(config) -> str:
+    """A training configuration in plain words, for a figure title."""
+    words = _CONSTRAINT_WORDS.get(config.constraint, config.constraint)
+    parts = [words.format(gamma=config.gamma, m=1 - config.gamma),
+             f"{config.optimizer} (lr {config.lr:g}{', cosine schedule' if config.schedule == 'cosine' else ''})",
+             f"batch {config.batch_size}", f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"]
+    if config.interval_eps > 0:
+        parts.append(f"interval training at eps = {config.interval_eps:g} (weight {config.interval_weight:g})")
+    if config.lipschitz_weight > 0:
+        parts.append(f"Lipschitz penalty {config.lipschitz_weight:g}")
+    return "Training: " + ", ".join(parts)
+
+
+def history_figure(history, title: str = "", n_classes: int | None = None):
+    """The training curves of ``history`` as a :class:`matplotlib.figure.Figure` (2 × 2 panels).
+
+    Loss; accuracy (train, validation when recorded, interval-certified validation accuracy
+    when the records carry ``val_certified``, and chance level ``1/n_classes`` when given);
+    mean solver iterations; the ℓ∞ Lipschitz bound (log scale). ``title`` defaults to the
+    run's configuration in words.
+    """
+    from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
+    from matplotlib.ticker import LogFormatter, MaxNLocator
+
+    if n_classes is not None and (isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 2):
+        raise ValueError(f"n_classes must be an integer >= 2 or None, got {n_classes!r}")
+    records = list(history.epochs)
+    config = history.config
+    classifier = getattr(config, "loss", "cross_entropy") == "cross_entropy"
+
+    def has(key):
+        return bool(records) and all(key in r for r in records) and not np.all(np.isnan(history.column(key)))
+
+    ep = history.column("epoch")
+    fig = Figure(figsize=(10, 7.5), layout="constrained")
+    (ax_loss, ax_acc), (ax_it, ax_lip) = fig.subplots(2, 2, sharex=True)
+
+    ax_loss.plot(ep, history.column("loss"), "o-", label="train")
+    ax_loss.set_title("training loss")
+    ax_loss.set_ylabel("cross-entropy (nats per sample)" if classifier else "mean squared error")
+
+    if classifier:
+        ax_acc.plot(ep, history.column("train_acc"), "o-", label="train")
+        if has("val_acc"):
+            ax_acc.plot(ep, history.column("val_acc"), "s-", label="validation")
+        if has("val_certified"):
+            eps = history.column("eps") if has("eps") else np.array([config.interval_eps])
+            at = f"eps {eps[-1]:g}" if np.all(eps == eps[-1]) else "training eps"
+            ax_acc.plot(ep, history.column("val_certified"), "^-", label=f"validation, certified at {at} (interval)")
+        if n_classes is not None:
+            ax_acc.axhline(1 / n_classes, color="0.4", ls="--", lw=1, label=f"chance (1/{int(n_classes)})")
+        ax_acc.set_ylim(0, 1)
+        ax_acc.set_title("accuracy")
+        ax_acc.set_ylabel("accuracy (fraction correct)")
+    else:  # regression: the validation column holds the mean squared error
+        if has("val_acc"):
+            ax_acc.plot(ep, history.column("val_acc"), "s-", label="validation")
+        ax_acc.set_title("validation error")
+        ax_acc.set_ylabel("mean squared error")
+
+    ax_it.plot(ep, history.column("fwd_iters"), "o-", label="forward")
+    ax_it.plot(ep, history.column("adj_iters"), "s-", label="adjoint")
+    ax_it.set_title("solver iterations (mean over samples)")
+    ax_it.set_ylabel("iterations per sample")
+
+    lip = history.column("lipschitz")
+    ax_lip.semilogy(ep, lip, "o-", label="tight: 1/(1 − μ)")
+    ax_lip.semilogy(ep, history.column("lipschitz_paper"), "s--", label="paper: 1/(1 − max(0, μ))")
+    if not np.all(np.isfinite(lip)):  # an empty or gapped panel must say why
+        where = "any epoch" if not np.any(np.isfinite(lip)) else "the missing epochs"
+        ax_lip.text(0.03, 0.04, f"no bound at {where}: μ∞(A) ≥ 1", transform=ax_lip.transAxes, fontsize=9)
+    ax_lip.set_title("l-inf Lipschitz bound, input to logits")
+    ax_lip.set_ylabel("bound (logit change per unit of input)")
+    # within one decade only minor ticks are in view: plain numbers, not 4.9×10¹
+    ax_lip.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+    for ax in (ax_loss, ax_acc, ax_it, ax_lip):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=9)
+    for ax in (ax_it, ax_lip):
+        ax.set_xlabel("epoch")
+    fig.suptitle(textwrap.fill(title or _describe_run(config), 100))  # two lines rather than cut off
+    return fig
+
+
+def plot_history(history, path, title: str = "", n_classes: int | None = None) -> Path:
+    """Write :func:`history_figure` to ``path`` (PNG, or any format matplotlib infers from the suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ep = history.column("epoch")
-    fig = Figure(figsize=(16, 3.8))
-    axes = fig.subplots(1, 4)
-    axes[0].plot(ep, history.column("loss"), "o-")
-    axes[0].set_title("training loss")
-    axes[1].plot(ep, history.column("train_acc"), "o-", label="train")
-    axes[1].plot(ep, history.column("val_acc"), "s-", label="test")
-    axes[1].set_title("accuracy")
-    axes[1].legend()
-    axes[2].plot(ep, history.column("fwd_iters"), "o-", label="forward")
-    axes[2].plot(ep, history.column("adj_iters"), "s-", label="adjoint")
-    axes[2].set_title("mean solver iterations per batch")
-    axes[2].legend()
-    axes[3].semilogy(ep, history.column("lipschitz"), "o-", label="tight")
-    axes[3].semilogy(ep, history.column("lipschitz_paper"), "s--", label="paper")
-    axes[3].set_title("l-inf Lipschitz bound (input to logits)")
-    axes[3].legend()
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    history_figure(history, title=title, n_classes=n_classes).savefig(path, dpi=150)
     return path

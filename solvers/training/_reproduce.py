@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
+import io
+import json
 import logging
+import re
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -11,13 +18,15 @@ import numpy as np
 
 from solvers.compare import compare_methods
 
+from ._checkpoint import save
+from ._files import atomic_write
 from ._data import load_dataset
 from ._network import ImplicitNetwork, SolverConfig
 from ._report import evaluate
 from ._robust import plot_robustness, robustness_table
 from ._trainer import TrainConfig, train
 
-__all__ = ["ModelSpec", "model_specs", "reproduce", "format_reproduce_table", "EPS_DEFAULT"]
+__all__ = ["ModelSpec", "model_specs", "reproduce", "ReproduceInterrupted", "format_reproduce_table", "EPS_DEFAULT"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +73,40 @@ def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
     ]
 
 
+class ReproduceInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`reproduce`; what was saved is on disk and in :attr:`summary`.
+
+    A :class:`KeyboardInterrupt`, so code that does not catch it stops as on any Ctrl-C.
+    ``str(exc)`` is :attr:`summary`, one line.
+
+    Attributes
+    ----------
+    summary : str
+        What was saved: the finished models' table and checkpoints, the interrupted model and
+        its checkpoint (resumable with its training state), or that nothing was saved.
+    rows : list of dict
+        The finished models' rows (as :func:`reproduce` returns them).
+    results : pathlib.Path or None
+        ``results.json`` when the table was written.
+    checkpoint : pathlib.Path or None
+        The interrupted model's checkpoint, when it has one.
+    model : str or None
+        The model that was interrupted (``None`` when no model was under way).
+    """
+
+    def __init__(self, summary: str, *, rows=(), results=None, checkpoint=None, model=None):
+        super().__init__(summary)
+        self.summary = summary
+        self.rows = list(rows)
+        self.results = results
+        self.checkpoint = checkpoint
+        self.model = model
+
+
 def reproduce(quick: bool = True, dataset: str | None = None, data_dir=None, out_dir="out/reproduce",
               eps=EPS_DEFAULT, seed: int = 0, epochs: int | None = None, eval_samples: int | None = None,
               pgd_steps: int | None = None, progress: bool = False, engine: str = "numba", log=None,
-              models=None):
+              models=None, force: bool = False):
     """Train, certify and attack every model of :func:`model_specs` on one split.
 
     ``quick``: mnist5k, 6 epochs, 500 evaluation samples, PGD with 10 steps. Otherwise
@@ -75,9 +114,49 @@ def reproduce(quick: bool = True, dataset: str | None = None, data_dir=None, out
     ``full_epochs`` where set, unless ``epochs`` is given), the whole test set, PGD with 20
     steps. ``log`` receives progress lines (default: ``logging``).
     ``models``: exact names from :func:`model_specs` to run; all by default.
-    Returns ``(rows, figure paths)``.
+    ``force``: overwrite the results of a previous run in ``out_dir``; without it, an existing
+    ``out_dir/results.json`` raises ``ValueError`` before anything is loaded or trained.
+
+    Written under ``out_dir`` as each model finishes (each file replaced atomically):
+    ``results.csv`` and ``results.json`` (one row per finished model; the JSON also holds the
+    run's settings, its ``status`` -- "running", "finished", "interrupted" or "failed" -- and
+    the ``unfinished`` model, if any: name, phase, epoch and batch reached, checkpoint) and
+    ``models/<slug>.npz`` (the checkpoint, with its training state and, once evaluated, its
+    metrics). Once every model has finished: ``robustness.png`` and ``iterations.png``.
+
+    Ctrl-C anywhere (the trainer stops at the end of the current batch) stops the whole
+    run: the interrupted model is not evaluated and is not a row of the table; its checkpoint
+    is saved (resumable: ``load_training`` returns its state with ``interrupted`` set when
+    training was cut short), the finished models' table is written and
+    :class:`ReproduceInterrupted` is raised with a one-line summary of what was saved.
+
+    Returns ``(rows, figure paths)``; a row's ``epochs`` is the number of epochs trained.
     """
     log = log if log is not None else logger.info
+    out = Path(out_dir)
+    results = out / "results.json"
+    if results.exists() and not force:
+        raise ValueError(f"{results} exists from a previous run: pass another --out (out_dir), or --force "
+                         f"(force=True) to overwrite its results")
+    names = [s.name for s in model_specs()]
+    if models and (len(set(models)) != len(models) or any(m not in names for m in models)):
+        raise ValueError(f"models must be distinct names from {names}, got {list(models)}")
+    run = _Run(out, names if not models else [n for n in names if n in models])
+    try:
+        return _reproduce(run, quick=quick, dataset=dataset, data_dir=data_dir, eps=eps, seed=seed, epochs=epochs,
+                          eval_samples=eval_samples, pgd_steps=pgd_steps, progress=progress, engine=engine, log=log)
+    except KeyboardInterrupt:
+        with _sigint_ignored():  # a second Ctrl-C must not cut the record of the first one short
+            run.stop("interrupted")
+        raise ReproduceInterrupted(run.summary(), rows=run.rows, results=run.results if run.written else None,
+                                   checkpoint=run.checkpoint, model=run.model) from None
+    except Exception as exc:
+        run.stop(f"failed: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples, pgd_steps, progress, engine, log):
+    run.phase = "loading the data set"
     if dataset is None:
         dataset = "mnist5k" if quick else _best_available(data_dir)
     X, y, Xt, yt = load_dataset(dataset, data_dir=data_dir, seed=seed)
@@ -86,42 +165,201 @@ def reproduce(quick: bool = True, dataset: str | None = None, data_dir=None, out
     eval_samples = eval_samples if eval_samples is not None else (500 if quick else len(Xt))
     pgd_steps = pgd_steps if pgd_steps is not None else (10 if quick else 20)
     Xe, ye = Xt[:eval_samples], yt[:eval_samples]
-    out = Path(out_dir)
+    out = run.out
     out.mkdir(parents=True, exist_ok=True)
+    run.settings = {"dataset": dataset, "data_seed": seed, "train_samples": len(X), "eval_samples": len(Xe),
+                    "eps": [float(e) for e in eps], "epochs": epochs, "pgd_steps": pgd_steps, "seed": seed,
+                    "engine": engine, "quick": quick, "models": run.planned}
     log(f"reproduce: {dataset} ({len(X)} train, {len(Xe)} evaluated), {epochs} epochs per model, eps {list(eps)}, "
-        f"PGD {pgd_steps} steps")
-    rows, curves, trained = [], {}, {}
-    specs = model_specs(n_in=X.shape[1], n_out=int(y.max()) + 1)
-    if models:
-        chosen = [s for s in specs if any(m == s.name for m in models)]
-        if len(chosen) != len(models):
-            raise ValueError(f"models must be names from {[s.name for s in specs]}, got {list(models)}")
-        specs = chosen
+        f"PGD {pgd_steps} steps; results in {run.csv} and .json, models in {run.models_dir}/")
+    curves, trained = {}, {}
+    specs = [s for s in model_specs(n_in=X.shape[1], n_out=int(y.max()) + 1) if s.name in run.planned]
     for spec in specs:
+        run.start(spec.name)
         net = ImplicitNetwork(X.shape[1], spec.hidden, int(y.max()) + 1, seed=seed, dtype=np.dtype(spec.dtype),
                               solver=SolverConfig(engine=engine))
         n_epochs = spec.full_epochs if (spec.full_epochs and not quick and not fixed_epochs) else epochs
         config = dataclasses.replace(spec.config, epochs=n_epochs, interval_ramp=max(1, n_epochs // 3), seed=seed)
+        run.phase = "training"
         t0 = time.perf_counter()
         hist = train(net, X, y, config, progress=progress)
         seconds = time.perf_counter() - t0
-        net.solver = hist.solver  # evaluate with the solver it was trained with
+        net.solver = hist.solver  # evaluate and save with the solver it was trained with
+        run.trained(net, hist, n_batches=-(-len(X) // config.batch_size))
+        if hist.interrupted:  # the trainer caught Ctrl-C and stopped after a batch: stop the whole run
+            raise KeyboardInterrupt
+        run.save_checkpoint("trained")  # before evaluation, so an interrupt there keeps the trained model
+        run.phase = "evaluating"
         eta = hist.config.make_constraint().weights(hist.state.raw)
         metrics = evaluate(net, Xe, ye, eta=eta)
+        run.phase = "certifying and attacking"
         robust = robustness_table(net, Xe, ye, eps, attacks=True, eta=eta, pgd_steps=pgd_steps, seed=seed)
+        params = net.parameter_count() - (net.n_hidden**2 if spec.config.constraint == "zero" else 0)  # A ≡ 0
+        row = {"model": spec.name, "train_s": seconds, "epochs": len(hist.epochs), **metrics, "params": params,
+               "robust": robust}
+        run.phase = "saving"
+        run.finish(row)
         curves[spec.name] = robust
         trained[spec.name] = net
-        params = net.parameter_count() - (net.n_hidden**2 if spec.config.constraint == "zero" else 0)  # A ≡ 0
-        row = {"model": spec.name, "train_s": seconds, "epochs": n_epochs, **metrics, "params": params,
-               "robust": robust}
-        rows.append(row)
-        log(format_reproduce_table([row], header=not rows[:-1]))
+        log(format_reproduce_table([row], header=len(run.rows) == 1))
+    run.start(None)
+    run.phase = "drawing the figures"
     shown = {k: v for k, v in curves.items() if "interval" in k or k in ("implicit mu_inf", "feed-forward ReLU")}
-    figs = [plot_robustness(shown or curves, out / "robustness.png",
-                            title=f"{dataset}: certified (interval, Lipschitz) and PGD accuracy")]
+    run.figures.append(plot_robustness(shown or curves, out / "robustness.png",
+                                       title=f"{dataset}: certified (interval, Lipschitz) and PGD accuracy"))
     if any(not k.startswith("feed-forward") for k in trained):
-        figs.append(_plot_iterations(trained, Xe[:100], out / "iterations.png", engine))
-    return rows, figs
+        run.figures.append(_plot_iterations(trained, Xe[:100], out / "iterations.png", engine))
+    run.write("finished")
+    return run.rows, list(run.figures)
+
+
+def _slug(name: str) -> str:
+    """A file name for a model: 'implicit mu_inf + interval' -> 'implicit-mu_inf-interval'."""
+    return re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-")
+
+
+class _Run:
+    """The record of one :func:`reproduce` run: finished rows, the model under way, the files.
+
+    ``write`` rewrites ``results.csv`` and ``results.json`` (atomically); ``stop`` records why
+    the run ended early and writes the table when this run saved anything.
+    """
+
+    def __init__(self, out: Path, planned: list):
+        self.out, self.planned = out, planned
+        self.csv, self.results, self.models_dir = out / "results.csv", out / "results.json", out / "models"
+        self.settings: dict = {}
+        self.rows: list = []
+        self.figures: list = []
+        self.phase = "starting"
+        self.written = False
+        self.model = None
+        self.net = self.history = self.checkpoint = None
+        self.n_batches = 0
+        self.unfinished = None
+
+    def start(self, name):
+        self.model, self.net, self.history, self.checkpoint = name, None, None, None
+
+    def trained(self, net, history, n_batches: int):
+        self.net, self.history, self.n_batches = net, history, n_batches
+
+    def save_checkpoint(self, status: str, metrics: dict | None = None) -> Path:
+        info = {"model": self.model, "status": status, "epochs_trained": len(self.history.epochs),
+                "epochs_planned": self.history.config.epochs}
+        metrics = {**(metrics or {}), "dataset": self.settings["dataset"], "data_seed": self.settings["data_seed"],
+                   "reproduce": info}
+        self.checkpoint = save(self.net, self.models_dir / f"{_slug(self.model)}.npz", history=self.history,
+                               metrics=metrics)
+        return self.checkpoint
+
+    def finish(self, row: dict):
+        metrics = {k: v for k, v in row.items() if k not in ("model", "epochs", "train_s", "params")}
+        path = self.save_checkpoint("finished", metrics)
+        self.rows.append({**row, "checkpoint": str(path)})
+        self.start(None)  # finished before the table is written: an interrupt there rewrites it with this row
+        self.write("running")
+
+    def stop(self, reason: str):
+        """Record the model under way as unfinished (saving its checkpoint if it was trained
+        and has none yet) and write the table, when this run saved anything."""
+        if self.model is not None and self.history is not None and self.checkpoint is None:
+            self.save_checkpoint("interrupted" if self.history.interrupted else "trained")
+        if self.model is not None or self.phase == "drawing the figures":
+            st = self.history.state if self.history is not None else None
+            self.unfinished = {
+                "model": self.model, "reason": reason, "phase": self.phase,
+                "epochs_trained": len(self.history.epochs) if self.history is not None else None,
+                "epoch": st.epoch if st is not None else None, "batch": st.batch if st is not None else None,
+                "checkpoint": str(self.checkpoint) if self.checkpoint is not None else None,
+            }
+        if self.rows or self.checkpoint is not None:
+            self.write(reason.split(":")[0])
+
+    def write(self, status: str):
+        doc = {"status": status, **self.settings, "rows": self.rows, "unfinished": self.unfinished}
+        _write_atomic(self.results, json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n")
+        _write_atomic(self.csv, _csv_text(self.rows, self.settings.get("eps", [])))
+        self.written = True
+
+    def summary(self) -> str:
+        """One line: what was saved, and where the run stopped."""
+        n = f"{len(self.rows)} of {len(self.planned)} models finished"
+        saved = (f"table in {self.csv} and .json, models in {self.models_dir}/" if self.written
+                 else "nothing saved")
+        if self.model is None:
+            where = f"interrupted while {self.phase}" + (
+                f" ({', '.join(map(str, self.figures))} written)" if self.figures else "")
+            return f"{n}: {saved}; {where}"
+        h = self.history
+        if h is None:
+            where = f"'{self.model}' interrupted while {self.phase}, before its first checkpoint"
+        elif h.interrupted:
+            st, total = h.state, h.config.epochs
+            at = (f"in epoch {st.epoch + 1} of {total} (batch {st.batch} of {self.n_batches})" if st.batch
+                  else f"after epoch {st.epoch} of {total}")
+            where = f"'{self.model}' interrupted {at}, checkpoint {self.checkpoint}"
+        else:
+            where = (f"'{self.model}' trained ({len(h.epochs)} epochs) but interrupted while {self.phase}, "
+                     f"checkpoint {self.checkpoint}")
+        return f"{n}: {saved}; {where}"
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT for a short write (main thread only: signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` at once: a reader never sees a half-written table, and an
+    interrupted write leaves the previous one."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+
+
+def _json_safe(o):
+    """Plain JSON: numpy scalars as Python numbers, non-finite floats (an absent bound) as null."""
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, (np.integer, np.bool_)):
+        return o.item()
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def _csv_text(rows: list, eps: list) -> str:
+    """The summary table's columns, one row per finished model (``cert@ε`` the better of the
+    interval and Lipschitz certified accuracies, as in :func:`format_reproduce_table`)."""
+    cols = ["model", "params", "accuracy", "mu_inf", "lipschitz_tight", "lipschitz_paper"]
+    cols += [f"cert@{e:g}" for e in eps] + [f"pgd@{e:g}" for e in eps]
+    cols += [f"cert_interval@{e:g}" for e in eps] + [f"cert_lipschitz@{e:g}" for e in eps]
+    cols += ["forward_iterations_mean", "epochs", "train_s", "checkpoint"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for r in rows:
+        robust = {f"{x['eps']:g}": x for x in r["robust"]}
+        cells = [r["model"], r["params"], r["accuracy"], r["mu_inf"], r["lipschitz_tight"], r["lipschitz_paper"]]
+        cells += [max(robust[f"{e:g}"]["certified_interval"], robust[f"{e:g}"]["certified_lipschitz"]) for e in eps]
+        cells += [robust[f"{e:g}"]["pgd"] for e in eps]
+        cells += [robust[f"{e:g}"]["certified_interval"] for e in eps]
+        cells += [robust[f"{e:g}"]["certified_lipschitz"] for e in eps]
+        cells += [r["forward_iterations_mean"], r["epochs"], r["train_s"], r["checkpoint"]]
+        writer.writerow([repr(float(c)) if isinstance(c, (float, np.floating)) else c for c in cells])
+    return buf.getvalue()
 
 
 def _best_available(data_dir):

@@ -37,7 +37,7 @@ import contraction
 from solvers import solve, solve_adjoint
 from solvers.engine import blas_threads_for
 
-from ._network import ImplicitNetwork
+from ._network import ImplicitNetwork, check_count, check_real
 
 __all__ = [
     "embedded_matrices",
@@ -53,6 +53,7 @@ __all__ = [
     "robustness_table",
     "format_robustness",
     "plot_robustness",
+    "robustness_figure",
 ]
 
 DATA_RANGE = (0.0, 1.0)
@@ -66,6 +67,11 @@ def embedded_matrices(A, B):
     A_M = A - A_N
     Bp, Bm = np.maximum(B, 0), np.minimum(B, 0)
     return np.block([[A_M, A_N], [A_N, A_M]]), np.block([[Bp, Bm], [Bm, Bp]])
+
+
+def _radius(eps, name: str = "eps") -> float:
+    """``eps`` checked as an ℓ∞ radius: a finite number >= 0 (pixel units)."""
+    return check_real(eps, f"{name} (an l-inf radius in pixel units, data in [0, 1])", 0)
 
 
 def _box(U, eps):
@@ -111,11 +117,17 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     The embedded fixed point is solved with :func:`solvers.solve` (averaged iteration at the
     original network's ``α*``). ``Y`` bounds are ``C⁺ x_hi + C⁻ x_lo + c`` and vice versa.
     """
-    U_lo, U_hi = np.atleast_2d(np.asarray(U_lo, float)), np.atleast_2d(np.asarray(U_hi, float))
-    if U_lo.shape != U_hi.shape or U_lo.shape[1] != net.n_in:
-        raise ValueError(f"U_lo and U_hi must have the same shape (batch, {net.n_in}), got {U_lo.shape}, {U_hi.shape}")
+    U_lo, U_hi = np.atleast_2d(U_lo), np.atleast_2d(U_hi)
+    m = net.n_in
+    if U_lo.shape != U_hi.shape or U_lo.ndim != 2 or U_lo.shape[1] != m:
+        raise ValueError(f"U_lo and U_hi must have the same shape (batch, {m}) for this network (n_in = {m}), "
+                         f"got U_lo {U_lo.shape} and U_hi {U_hi.shape}")
+    U_lo = net.check_inputs(U_lo, "U_lo").astype(np.float64, copy=False)
+    U_hi = net.check_inputs(U_hi, "U_hi").astype(np.float64, copy=False)
     if np.any(U_lo > U_hi):
-        raise ValueError("U_lo must be <= U_hi entrywise")
+        first = np.argwhere(U_lo > U_hi)[0].tolist()
+        raise ValueError(f"U_lo must be <= U_hi entrywise (the box [U_lo, U_hi]), got U_lo > U_hi at (row, column) "
+                         f"{first}")
     n = net.n_hidden
     *_, res = _solve_embedded(net, U_lo, U_hi, atol=min(net.solver.atol, CERTIFY_ATOL))
     X = res.x.astype(np.float64)
@@ -145,7 +157,9 @@ def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
 
 def certified_by_interval(net: ImplicitNetwork, U, labels, eps: float) -> np.ndarray:
     """Per sample: every margin of class ``labels`` is positive over the clipped ε-box."""
-    labels = np.asarray(labels)
+    eps = _radius(eps)
+    U = net.check_inputs(U)
+    labels = net.check_labels(labels, len(U), "labels")
     lo, hi = _box(U, eps)
     X_lo, X_hi, _, _ = interval_bounds(net, lo, hi)
     low = margin_lower_bounds(net, X_lo, X_hi, labels)
@@ -155,9 +169,12 @@ def certified_by_interval(net: ImplicitNetwork, U, labels, eps: float) -> np.nda
 
 def certified_by_lipschitz(net: ImplicitNetwork, U, labels, eps: float, form: str = "tight", eta=None) -> np.ndarray:
     """Per sample: correctly classified with certified radius > ε (``contraction.certified_radius``)."""
-    labels = np.asarray(labels)
+    eps = _radius(eps)
+    U = net.check_inputs(U)
+    labels = net.check_labels(labels, len(U), "labels")
     A, B = net.A.astype(np.float64), net.B.astype(np.float64)
-    L_x = contraction.lipschitz_bound(A, B, eta=eta, form=form)
+    L_x = contraction.lipschitz_bound(A, B, eta=eta, form=form)  # validates eta and form
+    eta = None if eta is None else np.asarray(eta, dtype=np.float64)
     if not np.isfinite(L_x):
         return np.zeros(len(labels), dtype=bool)
     passes = [net.forward_pass(U[i : i + 1000]) for i in range(0, len(U), 1000)]
@@ -181,7 +198,10 @@ def certified_accuracy(net: ImplicitNetwork, U, y, eps: float, method: str = "in
     """Fraction of samples certified correct at ℓ∞ radius ``eps`` (pixel units)."""
     if method not in ("interval", "lipschitz"):
         raise ValueError(f"method must be 'interval' or 'lipschitz', got {method!r}")
-    U, y = np.asarray(U), np.asarray(y)
+    eps = _radius(eps)
+    batch_size = check_count(batch_size, "batch_size")
+    U = net.check_inputs(U)
+    y = net.check_labels(y, len(U), "y")
     if method == "lipschitz":
         return float(certified_by_lipschitz(net, U, y, eps, form=form, eta=eta).mean())
     ok = [certified_by_interval(net, U[i : i + batch_size], y[i : i + batch_size], eps)
@@ -196,8 +216,10 @@ def _project(U_adv, U, eps):
 
 def fgsm_attack(net: ImplicitNetwork, U, y, eps: float) -> np.ndarray:
     """One signed-gradient step of size ε, clipped to the ball and the data range."""
-    U = np.asarray(U, dtype=np.float64)
-    g = net.input_gradient(U, np.asarray(y)).astype(np.float64)
+    eps = _radius(eps)
+    U = net.check_inputs(U).astype(np.float64, copy=False)
+    y = net.check_labels(y, len(U), "y")
+    g = net.input_gradient(U, y).astype(np.float64)
     return _project(U + eps * np.sign(g), U, eps)
 
 
@@ -208,16 +230,13 @@ def pgd_attack(net: ImplicitNetwork, U, y, eps: float, steps: int = 20, step_siz
     Returns, per sample, the perturbed input of the restart with the largest loss (a
     misclassifying one when any restart found one).
     """
-    U = np.asarray(U, dtype=np.float64)
-    y = np.asarray(y)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
-        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-    if not (np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
-    rng = np.random.default_rng(seed)
+    eps = _radius(eps)
+    steps = check_count(steps, "steps")
+    restarts = check_count(restarts, "restarts")
+    step_size = 2.5 * eps / steps if step_size is None else check_real(step_size, "step_size", 0, strict=True)
+    rng = np.random.default_rng(check_count(seed, "seed", 0))
+    U = net.check_inputs(U).astype(np.float64, copy=False)
+    y = net.check_labels(y, len(U), "y")
 
     def score(X):
         logits = net.forward(X).astype(np.float64)
@@ -243,7 +262,12 @@ def robust_accuracy(net: ImplicitNetwork, U, y, eps: float, attack: str = "pgd",
     """Accuracy under the attack (an upper bound on the true robust accuracy)."""
     if attack not in ("pgd", "fgsm"):
         raise ValueError(f"attack must be 'pgd' or 'fgsm', got {attack!r}")
-    U, y = np.asarray(U), np.asarray(y)
+    if attack == "fgsm" and kw:
+        raise TypeError(f"attack='fgsm' takes no options, got {sorted(kw)}")
+    eps = _radius(eps)
+    batch_size = check_count(batch_size, "batch_size")
+    U = net.check_inputs(U)
+    y = net.check_labels(y, len(U), "y")
     correct = 0
     for i in range(0, len(U), batch_size):
         Ub, yb = U[i : i + batch_size], y[i : i + batch_size]
@@ -312,7 +336,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``.
     """
     y = np.asarray(y)
-    lo, hi = _box(U, eps)
+    lo, hi = _box(U, _radius(eps))
     n, batch = net.n_hidden, len(y)
     AA, W2, U_c, U_r, res = _solve_embedded(net, lo, hi, solver=solver)
     X = res.x.astype(np.float64)
@@ -354,7 +378,19 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
 def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True, eta=None, pgd_steps: int = 20,
                      pgd_restarts: int = 1, seed: int = 0) -> list:
     """One row per ε: clean, certified (interval; Lipschitz tight and paper forms), FGSM and PGD."""
-    U, y = np.asarray(U), np.asarray(y)
+    try:
+        eps_list = list(eps_list)
+    except TypeError:
+        raise ValueError(f"eps_list must be a sequence of radii, got {eps_list!r}") from None
+    if not eps_list:
+        raise ValueError("eps_list must hold at least one radius, got an empty sequence")
+    eps_list = [_radius(e, "each eps in eps_list") for e in eps_list]
+    if attacks:
+        check_count(pgd_steps, "pgd_steps")
+        check_count(pgd_restarts, "pgd_restarts")
+        check_count(seed, "seed", 0)
+    U = net.check_inputs(U)
+    y = net.check_labels(y, len(U), "y")
     with blas_threads_for(500, net.n_hidden):
         return _robustness_rows(net, U, y, eps_list, attacks, eta, pgd_steps, pgd_restarts, seed)
 
@@ -390,32 +426,65 @@ def format_robustness(rows) -> str:
     return "\n".join(lines)
 
 
-def plot_robustness(curves: dict, path, title: str = ""):
-    """Accuracy vs ε: certified (solid) and attacked (dashed), one colour per model."""
+#: The curves :func:`robustness_figure` draws, one panel each: row key, panel title.
+_ROBUST_PANELS = (("certified_interval", "certified by interval bounds"),
+                  ("certified_lipschitz", "certified by the Lipschitz bound"),
+                  ("pgd", "under PGD attack (empirical, an upper bound)"))
+_MARKERS = "osD^vPX*"
+
+
+def robustness_figure(curves: dict, title: str = ""):
+    """Accuracy against the ℓ∞ radius ε as a :class:`matplotlib.figure.Figure`.
+
+    ``curves`` maps a model name to its :func:`robustness_table` rows. One panel per kind of
+    curve present in the rows (interval-certified, Lipschitz-certified, PGD), one colour and
+    marker per model across panels, one shared legend below the panels; each curve starts at
+    the clean accuracy at ε = 0. ``title`` defaults to a description of what is drawn.
+    """
     import matplotlib
     from matplotlib.figure import Figure  # an explicit figure: no pyplot state, no backend choice
+
+    if not curves or any(not rows for rows in curves.values()):
+        raise ValueError("curves must map each model name to a non-empty list of robustness rows")
+    panels = [(key, name) for key, name in _ROBUST_PANELS if any(key in rows[0] for rows in curves.values())]
+    ncol = min(len(curves), 3)
+    legend_rows = -(-len(curves) // ncol)
+    fig = Figure(figsize=(4.3 * len(panels), 4.0 + 0.3 * legend_rows), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = {}
+    for i, (model, rows) in enumerate(curves.items()):
+        style = dict(color=colours[i % len(colours)], marker=_MARKERS[i % len(_MARKERS)], clip_on=False)
+        start = [] if rows[0]["eps"] == 0 else [(0.0, rows[0]["clean"])]
+        for ax, (key, _) in zip(axes, panels):
+            if key in rows[0]:
+                points = start + [(r["eps"], r[key]) for r in rows]
+                (line,) = ax.plot(*zip(*points), "-", **style)
+                handles.setdefault(model, line)
+    for ax, (_, name) in zip(axes, panels):
+        ax.set_title(name, fontsize=11)
+        ax.set_xlabel("l-inf radius eps (pixel units, data in [0, 1])")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (fraction of test samples)")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol, fontsize=10)
+    if not title:
+        drawn = [key for key, _ in panels]
+        certified = " and ".join(word for key, word in (("certified_interval", "interval"),
+                                                        ("certified_lipschitz", "Lipschitz")) if key in drawn)
+        title = "Accuracy against the l-inf radius: " + (f"certified ({certified})" if certified else "")
+        if "pgd" in drawn:
+            title += (" and " if certified else "") + "under PGD attack"
+    fig.suptitle(title)
+    return fig
+
+
+def plot_robustness(curves: dict, path, title: str = ""):
+    """Write :func:`robustness_figure` to ``path`` (PNG, or any format matplotlib infers from the suffix)."""
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(11, 5))
-    ax = fig.subplots()
-    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, rows) in enumerate(curves.items()):
-        col = colours[i % len(colours)]
-        eps = [0.0] + [r["eps"] for r in rows]
-        clean = rows[0]["clean"]
-        ax.plot(eps, [clean] + [r["certified_interval"] for r in rows], "-o", color=col, label=f"{name}: certified (interval)")
-        ax.plot(eps, [clean] + [r["certified_lipschitz"] for r in rows], ":^", color=col, alpha=0.7,
-                label=f"{name}: certified (Lipschitz)")
-        if "pgd" in rows[0]:
-            ax.plot(eps, [clean] + [r["pgd"] for r in rows], "--s", color=col, label=f"{name}: PGD (empirical)")
-    ax.set_xlabel("l-inf radius eps (pixel units, data in [0, 1])")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.set_title(title or "robustness: certified (lower bound) and PGD (upper bound) accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    robustness_figure(curves, title=title).savefig(path, dpi=150)
     return path

@@ -15,11 +15,11 @@ from solvers import METHODS
 from solvers.engine import blas_threads_for, compilation
 
 from ._constraints import CONSTRAINTS, Constraint, make_constraint
-from ._network import LOSSES, ImplicitNetwork, SolverConfig
+from ._network import LOSSES, ImplicitNetwork, SolverConfig, check_count, check_real
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
-from ._robust import interval_loss_and_grad
+from ._robust import certified_accuracy, interval_loss_and_grad
 
-__all__ = ["TrainConfig", "TrainerState", "History", "train", "lipschitz_penalty"]
+__all__ = ["TrainConfig", "TrainerState", "History", "TrainingCollapsed", "train", "lipschitz_penalty"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,44 +45,56 @@ class TrainConfig:
     seed: int = 0
     interval_eps: float = 0.0
     interval_weight: float = 0.5
-    interval_ramp: int = 0
+    interval_ramp: int | None = None  # None = a third of the epochs, at least 1 (see resolved)
     forward_method: str = ""  # "" = the constraint's own (see train)
     diag_min: float | None = None
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "seed", "interval_ramp"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {v!r}")
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        # Counts are integers: 2.7 epochs or batch_size=True is a mistake, not something to truncate.
+        check_count(self.epochs, "epochs", 0)
+        check_count(self.batch_size, "batch_size")
+        check_count(self.seed, "seed", 0)
+        if self.interval_ramp is not None:
+            check_count(self.interval_ramp, "interval_ramp", 0)
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {tuple(CONSTRAINTS)}, got {self.constraint!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.forward_method and self.forward_method not in METHODS:
             raise ValueError(f"forward_method must be one of {METHODS}, got {self.forward_method!r}")
-        if self.interval_eps < 0 or not 0 <= self.interval_weight <= 1 or self.interval_ramp < 0:
-            raise ValueError("interval_eps must be >= 0, interval_weight in [0, 1], interval_ramp >= 0")
+        check_real(self.lr, "lr", 0, strict=True)
+        OptimizerConfig(self.optimizer, self.lr)  # names the optimizer when it is unknown
+        check_real(self.gamma, "gamma")
+        if self.diag_min is not None:
+            check_real(self.diag_min, "diag_min")
+        self.make_constraint()  # gamma and diag_min against the constraint
+        check_real(self.interval_eps, "interval_eps", 0)
+        if not 0 <= check_real(self.interval_weight, "interval_weight") <= 1:
+            raise ValueError(f"interval_weight must be in [0, 1], got {self.interval_weight!r}")
         if self.interval_eps > 0 and self.loss != "cross_entropy":
-            raise ValueError("interval training needs loss='cross_entropy'")
-        if self.lipschitz_weight < 0:
-            raise ValueError(f"lipschitz_weight must be >= 0, got {self.lipschitz_weight}")
+            raise ValueError(f"interval training (interval_eps > 0) needs loss='cross_entropy', got loss={self.loss!r}")
+        check_real(self.lipschitz_weight, "lipschitz_weight", 0)
         if self.lipschitz_weight > 0 and self.constraint not in ("mu_inf", "norm_inf", "zero"):
-            raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf' or 'norm_inf' (mu_inf(A) < 1 throughout)")
+            raise ValueError("lipschitz_weight > 0 needs constraint 'mu_inf', 'norm_inf' or 'zero' (mu_inf(A) < 1 "
+                             f"throughout), got constraint={self.constraint!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if not (np.isfinite(self.atol) and self.atol > 0):
-            raise ValueError(f"atol must be finite and > 0, got {self.atol}")
+        check_real(self.atol, "atol", 0, strict=True)
 
     def make_constraint(self) -> Constraint:
         return make_constraint(self.constraint, self.gamma, self.diag_min)
 
     def resolved(self) -> "TrainConfig":
-        """This config with the constraint's defaults filled in (``forward_method``, ``diag_min``)."""
+        """This config with the defaults filled in: the constraint's (``forward_method``,
+        ``diag_min``) and the interval radius's ramp (``interval_ramp=None``: over the first
+        third of the epochs, at least one; interval training at full radius from the first
+        step can leave every hidden unit dead)."""
         con = self.make_constraint()
+        ramp = self.interval_ramp
+        if ramp is None:
+            ramp = max(1, self.epochs // 3) if self.interval_eps > 0 else 0
         return dataclasses.replace(self, forward_method=self.forward_method or con.forward_method,
-                                   diag_min=con.diag_min)
+                                   diag_min=con.diag_min, interval_ramp=ramp)
 
     def solver(self, base: SolverConfig) -> SolverConfig:
         """The solver training uses: ``base`` (the network's) with this run's methods and tolerances."""
@@ -274,7 +286,10 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     unknown = set(fields) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise TypeError(f"train() got unknown TrainConfig fields {sorted(unknown)}")
-    cfg = dataclasses.replace(base, **fields).resolved()
+    given = dataclasses.replace(base, **fields)
+    if resume is not None and given.interval_ramp is None:  # the ramp the run started with
+        given = dataclasses.replace(given, interval_ramp=resume.config.interval_ramp)
+    cfg = given.resolved()
     con = cfg.make_constraint()
     solver = cfg.solver(net.solver)
     opt_cfg = OptimizerConfig(cfg.optimizer, cfg.lr)
@@ -361,16 +376,69 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             state.partial = _new_partial()
             if callback is not None:
                 callback(record)
-            if flag["stop"]:
-                history.interrupted = state.epoch < cfg.epochs
+            problem = _collapse(net, X, y, record, cfg, solver)
+            if problem:
+                raise TrainingCollapsed(problem, history)
+            if flag["stop"]:  # Ctrl-C in the last batch of an epoch (the last one's too): stop all the same
+                history.interrupted = True
                 break
     return history
+
+
+class TrainingCollapsed(RuntimeError):
+    """Training stopped because the network's outputs no longer depend on its input (every
+    hidden unit inactive: a dead ReLU network gets no gradient and cannot recover). The
+    message gives the evidence and the likely cause; ``history`` holds the epochs so far."""
+
+    def __init__(self, message: str, history: "History"):
+        super().__init__(message)
+        self.history = history
+
+
+#: Samples of the training set on which the end of each epoch checks for a collapse.
+COLLAPSE_SAMPLES = 1000
+
+
+def _collapse(net, X, y, record, cfg: TrainConfig, solver) -> str | None:
+    """A message when the network has collapsed (its outputs are the same for every one of
+    the first :data:`COLLAPSE_SAMPLES` training inputs), else ``None``."""
+    U = X[:COLLAPSE_SAMPLES]
+    Y = net.forward(U, solver).astype(np.float64)
+    if np.ptp(Y, axis=0).max() > 1e-6 * (1.0 + np.abs(Y).max()):
+        return None
+    epoch = record["epoch"]
+    lines = [f"the network collapsed in epoch {epoch}: its outputs are the same for all of the first {len(U)} "
+             "training inputs (no hidden unit responds to the input, so no gradient can bring it back)"]
+    if cfg.loss == "cross_entropy":
+        q = net.n_out
+        lines.append(f"training loss {record['loss']:.4f} (log {q} = {np.log(q):.4f}: no information), "
+                     f"train accuracy {record['train_acc']:.3f} (chance {1 / q:.3f})")
+    if cfg.interval_eps > 0:
+        eps = _ramped_eps(cfg, epoch, 0, 1)
+        lines.append(f"likely cause: interval training with weight {cfg.interval_weight:g} at radius {eps:g} by the end "
+                     f"of epoch {epoch} ({_ramp_words(cfg)}): the worst-case loss is lowest when "
+                     "every unit is off. Ramp the radius over more epochs (--interval-ramp), or lower "
+                     "--interval-eps or --interval-weight")
+    else:
+        lines.append(f"likely cause: a step too large for this network (learning rate {cfg.lr:g}; try a smaller --lr) "
+                     f"or a constraint that leaves little room (constraint {cfg.constraint}, gamma {cfg.gamma:g})")
+    return "; ".join(lines)
+
+
+def _ramp_words(cfg: TrainConfig) -> str:
+    if cfg.interval_ramp:
+        return f"ramped over {cfg.interval_ramp} epochs"
+    return "no ramp: full radius from the first step"
 
 
 def _ramped_eps(cfg: TrainConfig, epoch: int, batch: int, n_batches: int) -> float:
     if cfg.interval_ramp <= 0:
         return cfg.interval_eps
     return cfg.interval_eps * min(1.0, (epoch + batch / n_batches) / cfg.interval_ramp)
+
+
+#: Validation samples on which an interval-trained run reports its certified accuracy per epoch.
+CERTIFIED_SAMPLES = 500
 
 
 def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> dict:
@@ -394,6 +462,10 @@ def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> 
     elif X_val is not None:
         pred = np.concatenate([net.forward(X_val[i : i + 1000], solver) for i in range(0, len(X_val), 1000)])
         record["val_acc"] = float(np.mean((pred - np.asarray(y_val).reshape(pred.shape)) ** 2))
+    if cfg.interval_eps > 0 and X_val is not None:
+        eps = _ramped_eps(cfg, state.epoch + 1, 0, 1)
+        record["eps"] = eps
+        record["val_certified"] = certified_accuracy(net, X_val[:CERTIFIED_SAMPLES], y_val[:CERTIFIED_SAMPLES], eps)
     problem = con.violation(net.A, state.raw)
     if problem:
         logger.warning("after epoch %d: %s", record["epoch"], problem)

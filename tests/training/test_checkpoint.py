@@ -7,7 +7,11 @@ import dataclasses
 import gc
 import json
 import math
+import os
+import pickle
+import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -172,28 +176,81 @@ def test_failed_save_keeps_the_previous_checkpoint(error, checkpoint, trained, m
     assert_same_network(load(checkpoint), trained[0])
 
 
+# -- file modes -------------------------------------------------------------------------------
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002, 0o000])
+def test_saved_checkpoint_honours_the_umask(umask, trained, tmp_path):
+    net, history = trained
+    previous = os.umask(umask)
+    try:
+        first = save(net, tmp_path / "m.npz", history=history)
+        again = save(net, tmp_path / "m.npz")  # an overwrite gets a new file's mode too
+    finally:
+        os.umask(previous)
+    assert first == again
+    assert (first.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
 # -- strict reading -----------------------------------------------------------------------------
+#: What numpy says about bad files; a nemon message never repeats it (nor advises unpickling).
+NUMPY_WORDS = ("allow_pickle", "pickle.load", "pickled", "numpy.ndarray", "context manager", "No data left")
+
+
+def assert_not_a_checkpoint(path, reason, call=load):
+    """``call(path)`` raises a CheckpointError that names the file, says what was expected and
+    why this file is not it (``reason``, a regex), in nemon's words."""
+    with pytest.raises(CheckpointError) as info:
+        call(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a nemon checkpoint (expected an .npz archive written by `nemon train`")
+    assert re.search(reason, message), message
+    assert not any(w in message for w in NUMPY_WORDS), message
+    return message
+
+
 def test_missing_file_raises_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found") as info:
         load(tmp_path / "nothing.npz")
+    assert str(tmp_path / "nothing.npz") in str(info.value) and "expected an .npz archive" in str(info.value)
 
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
 
 
+def test_a_directory_is_rejected(tmp_path):
+    (tmp_path / "model.npz").mkdir()
+    assert_not_a_checkpoint(tmp_path / "model.npz", "it is a directory")
+    assert_not_a_checkpoint(tmp_path / "model.npz", "it is a directory", call=load_training)
+
+
 def test_random_bytes_are_rejected(tmp_path, rng):
     path = tmp_path / "random.npz"
-    path.write_bytes(rng.bytes(2000))
-    with pytest.raises(CheckpointError, match="not a readable"):
-        load(path)
+    data = rng.bytes(2000)
+    assert not data.startswith(b"PK")
+    path.write_bytes(data)
+    assert_not_a_checkpoint(path, "not a zip archive")
+
+
+def test_random_bytes_after_a_zip_signature_are_rejected(tmp_path, rng):
+    path = tmp_path / "random.npz"
+    path.write_bytes(b"PK\x03\x04" + rng.bytes(2000))
+    assert_not_a_checkpoint(path, "damaged or truncated")
+
+
+def test_a_pickle_is_rejected_without_unpickling(tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_bytes(pickle.dumps(Tripwire()))
+    TRIPPED.clear()
+    assert_not_a_checkpoint(path, "not a zip archive")
+    assert TRIPPED == []
 
 
 def test_empty_file_is_rejected(tmp_path):
     path = tmp_path / "empty.npz"
     path.write_bytes(b"")
-    with pytest.raises(CheckpointError):
-        load(path)
+    assert_not_a_checkpoint(path, "the file is empty")
 
 
 def load_collecting_resource_warnings(path):
@@ -207,10 +264,20 @@ def load_collecting_resource_warnings(path):
     return [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
-def test_a_truncated_checkpoint_is_rejected(checkpoint):
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_a_truncated_checkpoint_is_rejected(keep, checkpoint):
     data = checkpoint.read_bytes()
-    checkpoint.write_bytes(data[: len(data) // 2])
+    checkpoint.write_bytes(data[: int(len(data) * keep)])
+    assert_not_a_checkpoint(checkpoint, "damaged or truncated")
     load_collecting_resource_warnings(checkpoint)
+
+
+def test_a_corrupted_array_is_rejected(checkpoint):
+    data = bytearray(checkpoint.read_bytes())
+    start = data.index(b"\x93NUMPY")  # the first array inside the archive: flip bytes of its header
+    data[start + 10 : start + 30] = b"\xff" * 20
+    checkpoint.write_bytes(bytes(data))
+    assert_not_a_checkpoint(checkpoint, "damaged or truncated", call=load_training)
 
 
 def test_rejecting_a_truncated_checkpoint_closes_the_file(checkpoint):
@@ -223,21 +290,25 @@ def test_plain_npy_file_is_rejected(tmp_path):
     path = tmp_path / "array.npz"
     with open(path, "wb") as fh:
         np.save(fh, np.eye(3))
-    with pytest.raises(CheckpointError):
-        load(path)
+    assert_not_a_checkpoint(path, r"a single numpy array \(a \.npy file\)")
 
 
 def test_npz_without_header_is_rejected(tmp_path):
     path = tmp_path / "foreign.npz"
     np.savez(path, A=np.eye(3))
-    with pytest.raises(CheckpointError, match="no nemon header"):
-        load(path)
+    assert_not_a_checkpoint(path, r"no nemon header \(it holds the arrays \['A'\]\)")
+
+
+def test_zip_of_other_files_is_rejected(tmp_path):
+    path = tmp_path / "notes.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    assert_not_a_checkpoint(path, "'readme.txt', which is not a numpy array")
 
 
 def test_other_format_name_is_rejected(checkpoint):
     rewrite(checkpoint, edit_header=lambda h: h.update(format="other-tool-checkpoint"))
-    with pytest.raises(CheckpointError, match="foreign"):
-        load(checkpoint)
+    assert_not_a_checkpoint(checkpoint, "foreign file .format 'other-tool-checkpoint', expected 'nemon-checkpoint'")
 
 
 def test_other_format_version_is_rejected(checkpoint):
@@ -246,17 +317,25 @@ def test_other_format_version_is_rejected(checkpoint):
         load(checkpoint)
 
 
-def test_corrupt_header_json_is_rejected(checkpoint):
-    rewrite(checkpoint, edit_arrays=lambda a: a.update(header=np.frombuffer(b"{not json", dtype=np.uint8)))
-    with pytest.raises(CheckpointError, match="header"):
+@pytest.mark.parametrize("text", [b"{not json", b"\xff\xfe", b"[1, 2]", b'"nemon-checkpoint"'])
+def test_corrupt_header_json_is_rejected(text, checkpoint):
+    rewrite(checkpoint, edit_arrays=lambda a: a.update(header=np.frombuffer(text, dtype=np.uint8)))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(checkpoint))}: corrupt header"):
         load(checkpoint)
+
+
+def test_metrics_that_are_not_a_mapping_are_rejected(checkpoint):
+    rewrite(checkpoint, edit_header=lambda h: h.update(metrics=[0.5]))
+    with pytest.raises(CheckpointError, match="'metrics' is a JSON list"):
+        load_training(checkpoint)
 
 
 @pytest.mark.parametrize("key, shape", [("net.A", (5, 5)), ("net.B", (6, 63)), ("net.b", (6, 1)), ("net.C", (6, 10)),
                                         ("net.c", (9,))])
 def test_wrong_shapes_are_rejected(key, shape, checkpoint):
     rewrite(checkpoint, edit_arrays=lambda a: a.update({key: np.zeros(shape)}))
-    with pytest.raises(CheckpointError, match="shape"):
+    expected = f"{checkpoint}: {key.split('.')[1]} has shape {shape}, expected"
+    with pytest.raises(CheckpointError, match="^" + re.escape(expected)):
         load(checkpoint)
 
 
@@ -275,7 +354,8 @@ def test_missing_array_is_rejected(checkpoint):
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.complex128])
 def test_wrong_dtype_is_rejected(dtype, checkpoint):
     rewrite(checkpoint, edit_arrays=lambda a: a.update({"net.B": a["net.B"].astype(dtype)}))
-    with pytest.raises(CheckpointError, match="dtype"):
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(checkpoint))}: B has dtype {np.dtype(dtype)}, "
+                                              "expected float64"):
         load(checkpoint)
 
 
@@ -324,7 +404,20 @@ def test_unknown_training_config_field_is_rejected(checkpoint):
 
 def test_missing_network_header_is_rejected(checkpoint):
     rewrite(checkpoint, edit_header=lambda h: h.pop("network"))
-    with pytest.raises(CheckpointError, match="network header"):
+    with pytest.raises(CheckpointError, match="invalid network header: 'network' is missing"):
+        load(checkpoint)
+
+
+def test_unknown_training_config_field_is_named(checkpoint):
+    rewrite(checkpoint, edit_header=lambda h: h["training"]["config"].update(momentum_schedule="warp"))
+    with pytest.raises(CheckpointError, match=r"unknown TrainConfig fields \['momentum_schedule'\]"):
+        load_training(checkpoint)
+
+
+@pytest.mark.parametrize("field, value", [("n_hidden", 6.0), ("n_hidden", "6"), ("n_hidden", True), ("seed", 3.5)])
+def test_non_integer_sizes_in_the_header_are_rejected(field, value, checkpoint):
+    rewrite(checkpoint, edit_header=lambda h: h["network"].update({field: value}))
+    with pytest.raises(CheckpointError, match=f"invalid network header: {field} must be an integer"):
         load(checkpoint)
 
 
@@ -414,9 +507,11 @@ def test_object_arrays_are_rejected_without_unpickling(key, checkpoint):
 
     rewrite(checkpoint, edit_arrays=plant)
     TRIPPED.clear()
-    with pytest.raises(CheckpointError, match="pickle|object"):
+    with pytest.raises(CheckpointError, match=f"array '{key}' holds Python objects") as info:
         load_training(checkpoint)
     assert TRIPPED == []
+    assert str(checkpoint) in str(info.value)
+    assert not any(w in str(info.value) for w in NUMPY_WORDS)
 
 
 def test_saved_checkpoint_loads_with_allow_pickle_false(checkpoint):

@@ -1,0 +1,81 @@
+"""Every ``nemon`` command README.md shows runs, in the README's order, in one folder, on small
+settings: a README command cannot rot silently. Adding a command to README.md without its
+small settings here fails :func:`test_every_readme_command_has_small_settings`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from solvers.cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+#: README command -> options appended to run it on small settings (argparse keeps the last
+#: value of an option given twice). The interval-trained model gets 3 epochs so that its
+#: default ramp (a third of the epochs) has a full-radius epoch after it.
+SMALL = {
+    "nemon train": ["--epochs", "2", "--hidden", "16", "--no-progress"],
+    "nemon check --example paper-2x2": [],
+    "nemon check A.npy --B B.csv": ["--no-lben"],
+    "nemon solve --example random-nemon --n 50 --method anderson": [],
+    "nemon compare --family negative-diagonal": ["--n", "20", "--batch", "10", "--repeats", "1"],
+    "nemon train --dataset fashion-mnist --epochs 30 --interval-eps 0.1 --diag-min -1 --out out/robust.npz":
+        ["--epochs", "3", "--hidden", "16", "--train-samples", "3000", "--no-progress"],
+    "nemon train --dataset fashion-mnist --forward-method anderson --out out/anderson.npz":
+        ["--epochs", "1", "--hidden", "16", "--train-samples", "3000", "--no-progress"],
+    "nemon train --resume out/model.npz": ["--no-progress"],
+    "nemon train --resume out/model.npz --epochs 25": ["--epochs", "3", "--no-progress"],
+    "nemon evaluate out/model.npz": [],
+    "nemon certify out/robust.npz --eps 0.01,0.05,0.1": ["--samples", "100"],
+    "nemon attack out/robust.npz --eps 0.01,0.05,0.1": ["--samples", "50", "--steps", "3"],
+    "nemon reproduce --quick": ["--models", "implicit mu_inf", "--epochs", "1", "--samples", "50", "--no-progress"],
+}
+
+
+def readme_commands() -> list[str]:
+    """The ``nemon`` commands of README.md's code lines (indented by four spaces), comments
+    stripped, each once, in order of first appearance (the set-up line's ``nemon train`` is the
+    command list's first one)."""
+    commands = []
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("    "):
+            continue
+        code = line.split("#", 1)[0]
+        for part in code.split("&&"):
+            part = " ".join(part.split())
+            if part.startswith("nemon ") or part == "nemon":
+                if part not in commands:
+                    commands.append(part)
+    return commands
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_every_readme_command_has_small_settings():
+    commands = readme_commands()
+    assert "nemon train" in commands and "nemon reproduce --quick" in commands
+    assert set(commands) == set(SMALL), "README.md and SMALL differ: " + repr(set(commands) ^ set(SMALL))
+
+
+def test_readme_commands_run_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("A.npy", 0.05 * rng.standard_normal((6, 6)))  # the files `nemon check A.npy --B B.csv` reads
+    np.savetxt("B.csv", rng.standard_normal((6, 3)), delimiter=",")
+    for command in readme_commands():
+        argv = command.split()[1:] + SMALL[command]
+        code, out, err = run(argv)
+        assert code == 0, f"{command} (+ {SMALL[command]}) exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
+        assert "Traceback" not in err, command
+    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/compare.png",
+                 "out/certify.png", "out/attack.png", "out/reproduce/results.json"):
+        assert Path(path).is_file(), path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,21 @@ def _describe_run(config) -> str:
         parts.append(f"interval training at eps = {config.interval_eps:g} (weight {config.interval_weight:g})")
     if config.lipschitz_weight > 0:
         parts.append(f"Lipschitz penalty {config.lipschitz_weight:g}")
-    return "Training: " + ", ".join(parts)
+    return _lines("Training: ", parts)
+
+
+def _lines(head: str, parts, width: int = 100) -> str:
+    """``head`` and the comma-separated ``parts``, broken into lines of at most ``width``
+    characters between parts (never inside one)."""
+    lines, line = [], head
+    for i, part in enumerate(parts):
+        piece = part + ("," if i < len(parts) - 1 else "")
+        if line.strip() and len(line) + 1 + len(piece) > width:
+            lines.append(line)
+            line = piece
+        else:
+            line = f"{line}{'' if line.endswith(' ') or not line else ' '}{piece}"
+    return "\n".join(lines + [line])
 
 
 def history_figure(history, title: str = "", n_classes: int | None = None):
@@ -178,7 +191,7 @@ def history_figure(history, title: str = "", n_classes: int | None = None):
             ax.legend(fontsize=9)
     for ax in (ax_it, ax_lip):
         ax.set_xlabel("epoch")
-    fig.suptitle(textwrap.fill(title or _describe_run(config), 100))  # two lines rather than cut off
+    fig.suptitle(title or _describe_run(config))
     return fig
 
 

@@ -9,6 +9,7 @@ from ._numba_cache import configure_numba_cache
 
 configure_numba_cache()  # before any kernel is defined: numba picks its cache folder then
 
+from ._conv import PADDINGS, Conv2d
 from ._conditions import CONDITIONS, LBEN_TIME_LIMIT, ConditionResult, WellposednessReport, lben_value, wellposedness
 from ._examples import EXAMPLES, example
 from ._facts import all_finite, matrix_facts
@@ -35,9 +36,11 @@ from ._weights import (
 __all__ = [
     "CONDITIONS",
     "ConditionResult",
+    "Conv2d",
     "EXAMPLES",
     "LBEN_TIME_LIMIT",
     "METHODS",
+    "PADDINGS",
     "WellposednessReport",
     "all_finite",
     "certified_radius",

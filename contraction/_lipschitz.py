@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._conv import Conv2d
 from ._norms import mu_inf
 from ._validation import as_finite_scalar, as_matrix, as_square_matrix, as_weights
 
@@ -35,9 +36,13 @@ def lipschitz_bound(A, B, C=None, eta=None, form: str = "tight") -> float:
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
-    B : array_like, shape (n, m)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution: every quantity from its kernel, per output channel
+        (``eta`` then holds one weight per channel).
+    B : array_like, shape (n, m), or contraction.Conv2d (an input convolution, with ``A`` a Conv2d)
     C : array_like, shape (q, n), optional
+        For a convolutional layer, compose its average pool into ``C`` first (pooling has
+        ‖·‖∞ = 1, and ``C`` times a pool has the ℓ∞ norm of ``C``).
     eta : array_like, shape (n,), optional
         Weights of the state norm (default all ones).
     form : {"tight", "paper"}
@@ -48,6 +53,8 @@ def lipschitz_bound(A, B, C=None, eta=None, form: str = "tight") -> float:
     float
         The bound; ``inf`` when ``μ_{∞,η}(A) ≥ 1`` (no guarantee).
     """
+    if isinstance(A, Conv2d):
+        return _conv_lipschitz(A, B, C, eta, form)
     A = as_square_matrix(A)
     n = A.shape[0]
     B = as_matrix(B, "B")
@@ -68,6 +75,37 @@ def lipschitz_bound(A, B, C=None, eta=None, form: str = "tight") -> float:
     bound = _inf_norm(B / w[:, None]) / denom
     if C is not None:
         bound *= _inf_norm(C * w[None, :])
+    return float(bound)
+
+
+def _conv_lipschitz(A: Conv2d, B, C, eta, form: str) -> float:
+    """:func:`lipschitz_bound` for a convolutional layer: ``B`` a :class:`Conv2d` (an input
+    convolution onto A's channels) or a matrix with ``A.n`` rows, ``C`` a matrix with ``A.n``
+    columns (compose an average pool into it first: pooling has ‖·‖∞ = 1, and ``C`` times a
+    pool has the ℓ∞ norm of ``C``); ``eta`` one weight per channel."""
+    if form not in _FORMS:
+        raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
+    mu = mu_inf(A, eta)
+    if mu >= 1.0:
+        return float("inf")
+    C_ch, pixels = A.out_channels, A.pixels
+    w = np.ones(C_ch) if eta is None else np.asarray(eta, dtype=np.float64)
+    if isinstance(B, Conv2d):
+        if B.out_channels != C_ch or B.image_shape != A.image_shape:
+            raise ValueError(f"B must map onto A's {C_ch} channels of {A.image_shape} images, got {B!r}")
+        b_norm = float((np.abs(B.kernel).sum(axis=(1, 2, 3)) / w).max())
+    else:
+        B = as_matrix(B, "B")
+        if B.shape[0] != A.n:
+            raise ValueError(f"B must have {A.n} rows to match A, got shape {B.shape}")
+        b_norm = _inf_norm(B / np.repeat(w, pixels)[:, None])
+    denom = 1.0 - mu if form == "tight" else 1.0 - max(0.0, mu)
+    bound = b_norm / denom
+    if C is not None:
+        C = as_matrix(C, "C")
+        if C.shape[1] != A.n:
+            raise ValueError(f"C must have {A.n} columns to match A, got shape {C.shape}")
+        bound *= _inf_norm(C * np.repeat(w, pixels)[None, :])
     return float(bound)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.linalg
 from numba import njit
 
+from ._conv import Conv2d
 from ._validation import as_positive_definite, as_square_matrix, as_weights, _finite_array
 
 __all__ = [
@@ -128,7 +129,9 @@ def mu_inf(A, eta=None) -> float:
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution: every quantity from its kernel, per output channel
+        (``eta`` then holds one weight per channel).
     eta : array_like, shape (n,), optional
         Positive weights (default all ones).
 
@@ -142,6 +145,9 @@ def mu_inf(A, eta=None) -> float:
     S. Jafarpour, A. Davydov, A. Proskurnikov, F. Bullo, "Robust Implicit Networks via
     Non-Euclidean Contractions", NeurIPS 2021.
     """
+    if isinstance(A, Conv2d):  # per output channel, from the kernel (contraction/_conv.py)
+        diag, off = A.row_data(eta)
+        return float((diag + off).max())
     A = as_square_matrix(A)
     eta = as_weights(eta, A.shape[0])
     return float(_row_measure(_scale_inf(A, eta)).max())

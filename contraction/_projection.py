@@ -39,6 +39,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ._conv import Conv2d, _channel_weights
 from ._validation import as_finite_scalar, as_matrix, as_square_matrix, as_weights
 
 __all__ = ["project_mu_inf", "project_norm_inf"]
@@ -145,7 +146,9 @@ def project_mu_inf(A, gamma: float, eta=None, diag_min=None) -> np.ndarray:
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution: every quantity from its kernel, per output channel
+        (``eta`` then holds one weight per channel).
     gamma : float
         Bound on the ℓ∞ log-norm (any real; ``γ < 1`` gives well-posedness).
     eta : array_like, shape (n,), optional
@@ -158,8 +161,10 @@ def project_mu_inf(A, gamma: float, eta=None, diag_min=None) -> np.ndarray:
 
     Returns
     -------
-    ndarray, shape (n, n)
-        The projection (a new array; feasible rows are unchanged).
+    ndarray, shape (n, n), or Conv2d
+        The projection (a new array; feasible rows are unchanged). For a convolution, the
+        convolution of the projected kernel: the Frobenius projection of the kernel, one row
+        problem per output channel on its ``C k²`` taps.
 
     Notes
     -----
@@ -173,6 +178,8 @@ def project_mu_inf(A, gamma: float, eta=None, diag_min=None) -> np.ndarray:
     ``s ≥ 0``, and for ``s < 0`` the optimum has ``s = 0`` (any ``s > 0`` is farther and uses
     more of the budget), which is what projecting ``0`` gives.
     """
+    if isinstance(A, Conv2d):
+        return _project_conv(A, gamma, eta, diag_min)
     A = as_square_matrix(A).astype(np.float64)
     gamma = as_finite_scalar(gamma, "gamma")
     eta = as_weights(eta, A.shape[0])
@@ -189,6 +196,41 @@ def project_mu_inf(A, gamma: float, eta=None, diag_min=None) -> np.ndarray:
     P = _project_rows(S, ratio, gamma - diag_min, False)
     P[d] += diag_min
     return P
+
+
+def _project_conv(op: Conv2d, gamma, eta, diag_min) -> Conv2d:
+    """:func:`project_mu_inf` of a convolution: one row problem per output channel, on its
+    ``C k²`` taps with the centre tap of the same channel as the free diagonal (the Frobenius
+    norm of the kernel is, up to the factor ``H W``, that of the matrix, and every row of a
+    channel holds the same taps)."""
+    gamma = as_finite_scalar(gamma, "gamma")
+    if not op.square:
+        raise ValueError(f"project_mu_inf needs a square convolution (C_out = C_in), got {op!r}")
+    K = op.kernel
+    C, k = op.out_channels, op.kernel_size
+    p = k // 2
+    eta = _channel_weights(eta, C)
+    # Columns: the C centre taps first (so row c's diagonal entry is column c), then the rest.
+    centre = np.zeros((C, k, k), dtype=bool)
+    centre[:, p, p] = True
+    order = np.concatenate([np.flatnonzero(centre.ravel()), np.flatnonzero(~centre.ravel())])
+    M = np.ascontiguousarray(K.reshape(C, C * k * k)[:, order])
+    channel = (order // (k * k))  # the input channel of each column
+    ratio = np.zeros((0, 0)) if eta is None else np.ascontiguousarray(eta[channel][None, :] / eta[:, None])
+    if diag_min is None:
+        P = _project_rows(M, ratio, gamma, True)
+    else:
+        diag_min = as_finite_scalar(diag_min, "diag_min")
+        if diag_min > gamma:
+            raise ValueError(f"diag_min must be <= gamma (else the set is empty), got {diag_min} > {gamma}")
+        d = np.arange(C)
+        S = M.copy()
+        S[d, d] = np.maximum(M[d, d] - diag_min, 0.0)
+        P = _project_rows(S, ratio, gamma - diag_min, False)
+        P[d, d] += diag_min
+    out = np.empty_like(M)
+    out[:, order] = P
+    return op.with_kernel(out.reshape(K.shape))
 
 
 def _project_mu_inf_sorted(A: np.ndarray, gamma: float, eta=None) -> np.ndarray:

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from ._conv import Conv2d
 from ._norms import _scale_inf, mu_inf
 from ._validation import as_finite_scalar, as_square_matrix, as_weights
 
@@ -52,7 +53,9 @@ def optimal_alpha(A, method: str = "average") -> float:
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution: every quantity from its kernel, per output channel
+        (``eta`` then holds one weight per channel).
     method : str
         One of :data:`METHODS`.
 
@@ -64,8 +67,10 @@ def optimal_alpha(A, method: str = "average") -> float:
         ``douglas_rachford``: ``1 / (1 − a_min)`` when ``a_min < 1`` (else 1), the largest
         step on which ``(1 − α) + α a_ii ≥ 0`` for every row.
     """
-    A = as_square_matrix(A)
     _check_method(method)
+    if isinstance(A, Conv2d):
+        return optimal_alpha_from_diagonal(float(A.diagonal().min()), method)
+    A = as_square_matrix(A)
     return optimal_alpha_from_diagonal(float(np.diagonal(A).min()), method)
 
 
@@ -97,7 +102,9 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution: every quantity from its kernel, per output channel
+        (``eta`` then holds one weight per channel).
     alpha : float, optional
         Step size (default :func:`optimal_alpha` of ``method``; ignored for ``picard``).
     method : str
@@ -119,24 +126,46 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
     Forward-backward's Jacobian is ``D((1 − α) I + α S)``; Peaceman–Rachford's is
     ``(2M⁻¹ − I)(2D − I)`` whose sup is ``‖2M⁻¹ − I‖``; Douglas–Rachford averages it with I.
     """
-    A = as_square_matrix(A).astype(np.float64)
     _check_method(method)
-    eta = as_weights(eta, A.shape[0])
+    conv = isinstance(A, Conv2d)
+    if not conv:
+        A = as_square_matrix(A).astype(np.float64)
+        eta = as_weights(eta, A.shape[0])
     if method == "picard" or alpha is None:
         alpha = optimal_alpha(A, method)
     alpha = as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
-    S = _scale_inf(A, eta)
-    diag = np.diagonal(S)
-    off = np.abs(S).sum(axis=1) - np.abs(diag)
+    if conv:  # the rows of a convolution, per output channel (contraction/_conv.py)
+        diag, off = A.row_data(eta)
+        if method in ("peaceman_rachford", "douglas_rachford"):
+            A, eta = _conv_dense(A, eta, method)
+    else:
+        S = _scale_inf(A, eta)
+        diag = np.diagonal(S)
+        off = np.abs(S).sum(axis=1) - np.abs(diag)
     if method in ("picard", "average", "anderson"):
         rows = np.maximum(abs(1.0 - alpha), np.abs(1.0 - alpha + alpha * diag) + alpha * off)
         return float(rows.max())
     if method == "forward_backward":
         return float((np.abs(1.0 - alpha + alpha * diag) + alpha * off).max())
-    K_norm = float(np.abs(_reflected_resolvent(S, alpha)).sum(axis=1).max())
+    K_norm = float(np.abs(_reflected_resolvent(_scale_inf(A, eta), alpha)).sum(axis=1).max())
     if method == "peaceman_rachford":
         return K_norm
     return 0.5 * (1.0 + K_norm)
+
+
+#: Largest convolution (n = C·H·W) whose splitting factors are computed from its dense matrix.
+CONV_DENSE_LIMIT = 4096
+
+
+def _conv_dense(op: Conv2d, eta, method: str):
+    """``(matrix, weights per pixel)`` of a convolution, for the splittings' factors (their
+    reflected resolvent is not a row quantity of the kernel)."""
+    if op.n > CONV_DENSE_LIMIT:
+        raise ValueError(f"contraction_factor of {method} for {op!r} needs its {op.n}x{op.n} resolvent; "
+                         f"computed for n <= {CONV_DENSE_LIMIT} only (the averaged and forward-backward factors "
+                         "have no such limit)")
+    w = None if eta is None else np.repeat(np.asarray(eta, dtype=np.float64), op.pixels)
+    return op.to_dense(), w
 
 
 def iteration_bound(factor: float, initial_residual: float, tol: float) -> float:
@@ -164,7 +193,9 @@ def error_bound(A, residual, eta=None):
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution: every quantity from its kernel, per output channel
+        (``eta`` then holds one weight per channel).
     residual : float or array_like
         Fixed-point residual(s) ``‖σ(Ax + w) − x‖_{∞,η}``.
     eta : array_like, optional

@@ -32,8 +32,9 @@ _FORMATS = {".npy": "a NumPy array saved with numpy.save", ".csv": "comma-separa
 _TEXT = "whitespace-separated numbers, one row per line"
 
 
-def load_matrix(path: str, name: str = "matrix") -> np.ndarray:
-    """Read a 2-D array of real numbers from ``.npy``, ``.csv`` or whitespace-separated text;
+def load_matrix(path: str, name: str = "matrix", kernel: bool = False) -> np.ndarray:
+    """Read a 2-D array of real numbers from ``.npy``, ``.csv`` or whitespace-separated text
+    (with ``kernel``, a 4-D ``.npy`` array too: a convolution kernel ``(C_out, C_in, k, k)``);
     every way the file can be wrong is a :class:`CLIError` naming the file and what was
     expected."""
     p = Path(path)
@@ -50,22 +51,49 @@ def load_matrix(path: str, name: str = "matrix") -> np.ndarray:
             else:
                 arr = np.loadtxt(p, ndmin=2)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
-        detail = "it holds Python objects" if "allow_pickle" in str(exc) else "it could not be read as such"
+        if p.suffix == ".npy" and not _starts_with(p, b"\x93NUMPY") and not _starts_with(p, b"PK"):
+            detail = "it is not a .npy file"
+        elif "allow_pickle" in str(exc):
+            detail = "it holds Python objects (not read: loading them could run code)"
+        else:
+            detail = "it could not be read as such"
         raise CLIError(f"{name} file {path}: expected {expected}, but {detail}") from None
     if not isinstance(arr, np.ndarray):
         raise CLIError(f"{name} file {path}: expected {expected}, got an archive of several arrays")
     if arr.dtype.kind == "c":
         raise CLIError(f"{name} file {path} holds complex numbers; expected real numbers")
     if arr.dtype.kind not in "biuf":
-        raise CLIError(f"{name} file {path} holds {arr.dtype} data; expected real numbers")
+        what = {"U": "text", "S": "bytes", "O": "Python objects"}.get(arr.dtype.kind, f"{arr.dtype} values")
+        raise CLIError(f"{name} file {path} holds {what}; expected real numbers")
     arr = arr.astype(np.float64)
     if arr.size == 0:
-        raise CLIError(f"{name} file {path} is empty; expected a 2-D array of numbers")
-    if arr.ndim != 2:
-        raise CLIError(f"{name} in {path} must be 2-dimensional, got shape {arr.shape}")
+        raise CLIError(f"{name} file {path} is empty; expected a 2-D array of numbers"
+                       + (" or a 4-D convolution kernel" if kernel and p.suffix == ".npy" else ""))
+    if arr.ndim != 2 and not (kernel and arr.ndim == 4):
+        if kernel:
+            raise CLIError(f"{name} in {path} must be 2-dimensional (a matrix) or 4-dimensional (a convolution "
+                           f"kernel (C_out, C_in, k, k)), got shape {arr.shape}")
+        hint = "; a 4-D array is a convolution kernel: nemon check explains one (--image HxW)" if arr.ndim == 4 else ""
+        raise CLIError(f"{name} in {path} must be 2-dimensional, got shape {arr.shape}{hint}")
     if not np.all(np.isfinite(arr)):
         raise CLIError(f"{name} in {path} has non-finite entries")
     return arr
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def _unwritable(folder: Path, exc: OSError) -> str:
+    """Why ``folder`` cannot be written: an ancestor that is a file, or the system's reason."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            return f"{parent} is a file, not a folder" if not parent.is_dir() else (exc.strerror or str(exc))
+    return exc.strerror or str(exc)
 
 
 def _output(path, what: str, *, suffix: str | None = None, force: bool = True, hint: str = "") -> Path:
@@ -85,7 +113,7 @@ def _output(path, what: str, *, suffix: str | None = None, force: bool = True, h
         with tempfile.TemporaryFile(dir=p.parent):
             pass
     except OSError as exc:
-        raise CLIError(f"cannot write {what} {p}: {exc.strerror or exc}") from None
+        raise CLIError(f"cannot write {what} {p}: {_unwritable(p.parent, exc)}") from None
     return p
 
 
@@ -104,18 +132,23 @@ def _figure_path(path, what: str = "figure") -> Path:
     return _output(p, what)
 
 
-def _matrices(args):
+def _matrices(args, kernel: bool = False):
+    """``(A, B, source)`` of the MATRIX / --example / --B options. With ``kernel``, a 4-D
+    file (or any file when --image is given) comes back as it is, without B, for
+    :func:`_check_convolution`."""
     if args.example is not None:
         if args.matrix is not None:
             raise CLIError("give either MATRIX or --example, not both")
         A, B = contraction.example(args.example, n=args.n, seed=args.seed)
         source = f"example {args.example!r} (n={A.shape[0]}): {contraction.EXAMPLES[args.example][0]}"
     elif args.matrix is not None:
-        A = load_matrix(args.matrix, "A")
+        A = load_matrix(args.matrix, "A", kernel=kernel)
         B = None
         source = f"file {args.matrix}"
     else:
         raise CLIError("give a MATRIX file or --example NAME (one of: " + ", ".join(contraction.EXAMPLES) + ")")
+    if kernel and (A.ndim == 4 or args.image is not None):
+        return A, None, source
     if A.shape[0] != A.shape[1]:
         raise CLIError(f"A must be square, got shape {A.shape}")
     if getattr(args, "B", None):
@@ -126,7 +159,11 @@ def _matrices(args):
 
 
 def cmd_check(args) -> int:
-    A, B, source = _matrices(args)
+    A, B, source = _matrices(args, kernel=True)
+    if A.ndim == 4 or args.image is not None:
+        return _check_convolution(args, A, source)
+    if "padding" in getattr(args, "given", ()):
+        raise CLIError("--padding applies to a convolution kernel only (a 4-D .npy array, with --image HxW)")
     conditions = [c for c in contraction.CONDITIONS if not (args.no_lben and c == "lben")]
     report = contraction.wellposedness(A, conditions=conditions, lben_time_limit=args.lben_time_limit)
     print(f"Matrix: {source}")
@@ -154,6 +191,116 @@ def cmd_check(args) -> int:
         print(f"Input-to-state l-inf Lipschitz bound: {tight:.6g} (tight, 1/(1-mu)), "
               f"{paper:.6g} (paper, 1/(1-max(0,mu)))")
     return 0 if report["nemon"].holds or report["nemon_weighted"].holds else 1
+
+
+#: Largest n = C*H*W whose convolution ``nemon check`` also checks through its dense matrix.
+CONV_DENSE_CHECK = 2000
+#: Channels up to which ``nemon check`` lists every channel's row data (else the worst one only).
+CONV_CHANNEL_TABLE = 16
+
+
+def image_size(text: str) -> tuple:
+    """argparse type for an image size ``HxW`` (two positive integers, e.g. ``28x28``)."""
+    parts = text.lower().split("x")
+    try:
+        H, W = (int(v) for v in parts) if len(parts) == 2 else (0, 0)
+    except ValueError:
+        H, W = 0, 0
+    if H < 1 or W < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW, two positive integers such as 28x28, got {text!r}")
+    return H, W
+
+
+def _convolution(args, K: np.ndarray, what: str) -> "contraction.Conv2d":
+    """The square :class:`contraction.Conv2d` of kernel ``K`` on ``--image`` with ``--padding``;
+    every way the kernel or the image can be wrong is a :class:`CLIError` naming them."""
+    if K.ndim != 4:
+        raise CLIError(f"--image is for a convolution kernel, a 4-D .npy array (C, C, k, k); {what} is a matrix of "
+                       f"shape {K.shape} (drop --image to check it as a matrix)")
+    if args.image is None:
+        raise CLIError(f"{what} holds a 4-D convolution kernel of shape {K.shape}: give its image size with "
+                       "--image HxW (e.g. --image 28x28)")
+    C_out, C_in, k, k2 = K.shape
+    if k != k2 or k % 2 == 0:
+        raise CLIError(f"the kernel in {what} must have shape (C, C, k, k) with k odd (a centre tap), got {K.shape}")
+    if C_out != C_in:
+        raise CLIError(f"the kernel in {what} maps {C_in} input channels to {C_out} output channels (shape "
+                       f"{K.shape}); check needs a square operator, C_out = C_in")
+    H, W = args.image
+    if H < k or W < k:
+        raise CLIError(f"--image {H}x{W} is smaller than the {k}x{k} kernel in {what}; images must be at least "
+                       f"{k}x{k} (a smaller one wraps several taps onto one pixel)")
+    return contraction.Conv2d(K, (H, W), args.padding)
+
+
+def _check_convolution(args, K: np.ndarray, source: str) -> int:
+    """``nemon check`` of a convolution kernel: every quantity exact, from the kernel alone
+    (DESIGN.md section 8b), and checked against the dense matrix on small images."""
+    what = args.matrix if args.matrix is not None else f"--example {args.example}"
+    op = _convolution(args, K, what)
+    C, k, (H, W) = op.out_channels, op.kernel_size, op.image_shape
+    B = None
+    if args.B:  # read before anything is printed: a bad file is the only output
+        B = load_matrix(args.B, "B", kernel=True)
+        if B.ndim == 4:
+            if B.shape[0] != C or B.shape[2] != B.shape[3] or B.shape[2] % 2 == 0 or B.shape[2] > min(H, W):
+                raise CLIError(f"B in {args.B}: an input kernel must have shape ({C}, C_in, k, k) with k odd and at "
+                               f"most {min(H, W)}, got {B.shape}")
+            B = contraction.Conv2d(B, (H, W), op.padding)
+        elif B.shape[0] != op.n:
+            raise CLIError(f"B in {args.B} must have n = {op.n} rows to match the convolution, got shape {B.shape}")
+    p = k // 2
+    diag, off = op.row_data()
+    rows = diag + off
+    mu = contraction.mu_inf(op)
+    worst = int(np.argmax(rows))
+    print(f"Convolution: {source}: kernel {C}x{C}x{k}x{k} (C = {C} channels, k = {k}), {H}x{W} images, "
+          f"{op.padding} padding; n = C*H*W = {op.n}")
+    print()
+    print(f"mu_inf(A) = {mu:.6g}: well-posed (< 1): {'yes' if mu < 1 else 'no'}")
+    print(f"  exact, from the kernel: the diagonal entry is the centre tap K[c,c,{p},{p}]; mu_inf = max over "
+          "channels c of K[c,c,p,p] + the sum of the other |taps| of K[c]")
+    print(f"  worst channel c = {worst}: K[{worst},{worst},{p},{p}] = {diag[worst]:.6g}, other taps' mass "
+          f"{off[worst]:.6g}, row value {rows[worst]:.6g}")
+    print(f"||A||_inf = {op.norm_inf():.6g} (idl_norm, ||A||_inf < 1: {'yes' if op.norm_inf() < 1 else 'no'})")
+    if op.n <= CONV_DENSE_CHECK:
+        dense = contraction.mu_inf(op.to_dense())
+        agree = "agrees" if abs(dense - mu) <= 1e-12 * max(1.0, abs(mu)) else "DISAGREES"
+        print(f"dense cross-check: mu_inf of the {op.n}x{op.n} matrix = {dense:.6g}, {agree} with the kernel "
+              f"formula (difference {abs(dense - mu):.1e})")
+    else:
+        print(f"dense cross-check: skipped (n = {op.n} > {CONV_DENSE_CHECK})")
+    if C <= CONV_CHANNEL_TABLE:
+        print()
+        print("Per channel (every row of channel c; for zero padding, its interior rows):")
+        print(f"{'channel':>7} {'K[c,c,p,p]':>12} {'other taps':>12} {'row value':>12}")
+        for c in range(C):
+            print(f"{c:>7} {diag[c]:>12.6g} {off[c]:>12.6g} {rows[c]:>12.6g}")
+    print()
+    print("Iterations (factor = worst-case l-inf Lipschitz constant of one step; < 1 contracts):")
+    print(f"{'method':<18} {'alpha':>10} {'factor':>10} {'iters to 1e-8 from r=1':>24}")
+    skipped = None
+    for method in contraction.METHODS:
+        if method == "anderson":
+            continue
+        alpha = contraction.optimal_alpha(op, method)
+        try:
+            factor = contraction.contraction_factor(op, alpha, method)
+        except ValueError as exc:  # the splittings' factor needs the dense resolvent: small n only
+            skipped = skipped or str(exc)
+            print(f"{method:<18} {alpha:>10.4g} {'-':>10} {'-':>24}")
+            continue
+        bound = contraction.iteration_bound(factor, 1.0, 1e-8)
+        print(f"{method:<18} {alpha:>10.4g} {factor:>10.4g} {bound!s:>24}")
+    if skipped:
+        print(f"-: {skipped}")
+    if B is not None:
+        tight = contraction.lipschitz_bound(op, B, form="tight")
+        paper = contraction.lipschitz_bound(op, B, form="paper")
+        print()
+        print(f"Input-to-state l-inf Lipschitz bound: {tight:.6g} (tight, 1/(1-mu)), "
+              f"{paper:.6g} (paper, 1/(1-max(0,mu)))")
+    return 0 if mu < 1 else 1
 
 
 def cmd_solve(args) -> int:
@@ -452,7 +599,7 @@ def _folder(path, what: str) -> Path:
         with tempfile.TemporaryFile(dir=p):
             pass
     except OSError as exc:
-        raise CLIError(f"cannot write into {what} {p}: {exc.strerror or exc}") from None
+        raise CLIError(f"cannot write into {what} {p}: {_unwritable(p, exc)}") from None
     return p
 
 
@@ -565,8 +712,13 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name, helptext):
         return sub.add_parser(name, help=helptext, description=helptext, allow_abbrev=False, formatter_class=_Help)
 
-    p = command("check", "well-posedness table, step sizes, contraction factors")
+    p = command("check", "well-posedness table, step sizes, contraction factors (of a matrix or a convolution)")
     _add_matrix_args(p)
+    p.add_argument("--image", type=image_size, metavar="HxW",
+                   help="image size: MATRIX is then a convolution kernel, a 4-D .npy array (C, C, k, k) (stride 1, "
+                        "'same' output), checked exactly from its taps")
+    p.add_argument("--padding", choices=contraction.PADDINGS, default="circular",
+                   help="the convolution's padding (with --image)")
     p.add_argument("--no-lben", action="store_true", help="skip the LBEN semidefinite program (slow for large n)")
     p.add_argument("--lben-time-limit", type=positive_float, default=contraction.LBEN_TIME_LIMIT, metavar="SECONDS",
                    help="give up the LBEN semidefinite program after this long (its row then says so)")

@@ -118,7 +118,7 @@ def test_an_unwritable_output_fails_at_once_naming_the_path(tmp_path, command):
     }[command]
     code, out, err = run(*argv)
     assert code == 2
-    one_clean_line(err, str(blocker / "sub"), "cannot write")
+    one_clean_line(err, str(blocker / "sub"), "cannot write", f"{blocker} is a file, not a folder")
     assert out == ""  # nothing ran
 
 
@@ -173,8 +173,8 @@ def _bad_files(tmp):
     os.replace(tmp / "archive.npz", tmp / "renamed.npy")
     np.save(tmp / "binary.npy", np.eye(2))
     os.replace(tmp / "binary.npy", tmp / "binary.csv")
-    return {"strings.npy": "expected real numbers", "complex.npy": "complex numbers",
-            "empty.csv": "is empty", "random.npy": "expected a NumPy array saved with numpy.save",
+    return {"strings.npy": "holds text; expected real numbers", "complex.npy": "complex numbers",
+            "empty.csv": "is empty", "random.npy": "expected a NumPy array saved with numpy.save, but it is not a .npy",
             "renamed.npy": "several arrays", "binary.csv": "expected comma-separated numbers"}
 
 

@@ -162,6 +162,17 @@ class Conv2d:
         off = mass.sum(axis=1) - np.abs(diag)
         return diag, off
 
+    def channel_majorant(self) -> np.ndarray:
+        """The C × C Metzler matrix whose weighted ℓ∞ log-norm equals the operator's for weights
+        constant over each channel: diagonal ``K[c,c,p,p] + Σ_{(di,dj) ≠ (p,p)} |K[c,c,di,dj]|``,
+        off-diagonal ``Σ |K[c,c',…]|``. Its Perron weights are the operator's optimal channel
+        weights (:func:`contraction.optimal_weights`)."""
+        self._require_square("the channel majorant")
+        M = np.abs(self.kernel).sum(axis=(2, 3))
+        d = np.arange(self.out_channels)
+        M[d, d] += self.diagonal() - np.abs(self.diagonal())
+        return M
+
     def norm_inf(self) -> float:
         """``‖A‖∞ = max_c Σ |K[c, …]|`` (exact for both paddings, as ``H, W ≥ k``)."""
         return float(np.abs(self.kernel).sum(axis=(1, 2, 3)).max())

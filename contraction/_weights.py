@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse.csgraph as csgraph
 
 from ._norms import induced_norm, mu_inf
+from ._conv import Conv2d
 from ._validation import as_finite_scalar, as_square_matrix
 
 __all__ = [
@@ -198,7 +199,11 @@ def optimal_weights(A, kind: str = "log_norm", method: str = "perron", tol: floa
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution gets one weight per channel (``eta`` of shape (C,)): the Perron
+        weights of its channel majorant (``Conv2d.channel_majorant``), for which
+        ``μ_{∞,η}`` of the operator equals that of the majorant (its infimum over channel
+        weights: the majorant's spectral abscissa).
     kind : {"log_norm", "norm"}
         Minimise the ℓ∞ log-norm (infimum ``α(⌈A⌉)``) or the induced ℓ∞ norm
         (infimum ``ρ(|A|)``).
@@ -217,6 +222,10 @@ def optimal_weights(A, kind: str = "log_norm", method: str = "perron", tol: floa
     value : float
         ``μ_{∞,η}(A)`` (or ``‖A‖_{∞,η}``) at the returned weights, never below the infimum.
     """
+    if isinstance(A, Conv2d):  # one weight per channel, from the channel majorant (contraction/_conv.py)
+        if kind != "log_norm":
+            raise ValueError(f"kind must be 'log_norm' for a convolution, got {kind!r}")
+        A = A.channel_majorant()
     A = as_square_matrix(A).astype(np.float64)
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")

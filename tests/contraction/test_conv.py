@@ -172,3 +172,17 @@ def test_square_only_quantities_name_the_problem(rng):
         contraction.project_mu_inf(op, 0.5)
     with pytest.raises(ValueError, match="per channel"):
         contraction.mu_inf(Conv2d(kernel(rng, 2), (4, 4)), eta=np.ones(32))
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_optimal_channel_weights_reach_the_majorants_spectral_abscissa(rng, padding):
+    K = kernel(rng, 3, scale=0.3)
+    K[0, 1] *= 8.0  # channel 1 feeds channel 0 strongly: unit weights are far from optimal
+    op = Conv2d(K, (4, 4), padding)
+    eta, value = contraction.optimal_weights(op)
+    assert eta.shape == (3,)
+    assert value == pytest.approx(contraction.mu_inf(op, eta), abs=1e-12)
+    assert value == pytest.approx(contraction.spectral_abscissa(op.channel_majorant()), abs=1e-9)
+    assert value < contraction.mu_inf(op) - 0.1
+    # the same weights on the dense matrix, pixel by pixel
+    assert contraction.mu_inf(op.to_dense(), np.repeat(eta, 16)) == pytest.approx(value, abs=1e-12)

@@ -112,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- environment
 
 
-def _load() -> str:
+def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min; {os.cpu_count()} cores)"
 
@@ -151,7 +151,7 @@ def print_environment(torch, count: int) -> None:
         rows = [f"{d.get('internal_api')} {d.get('version')} ({d.get('num_threads')} threads) "
                 f"{Path(d.get('filepath', '')).name}" for d in threadpool_info()]
         print("BLAS: " + "; ".join(rows))
-    print(_load() + " at start")
+    print(load_average() + " at start")
 
 
 # --------------------------------------------------------------------------- the torch trainer
@@ -393,7 +393,7 @@ def breakdown(torch, net, twin, Xtr, ytr, rows, seed: int) -> None:
                         ("whole step in the epoch", nemon_step, torch_step)):
         print(f"{label:<36} {a:>7.3f} {b:>7.3f} {b / a:>11.2f}")
     print(f"torch, from the epochs: Adam {adam:.3f} ms, projection (contraction.project_mu_inf, the function "
-          f"nemon's trainer calls) {proj:.3f} ms per step; {_load()}")
+          f"nemon's trainer calls) {proj:.3f} ms per step; {load_average()}")
 
 
 def print_comparison(rows, acc, n_train: int) -> bool:
@@ -462,10 +462,10 @@ def main_job() -> None:
         print(f"{k + 1:>5d} {t:>8.2f} {a:>9.4f}")
     if reached is None:
         print(f"main job: test accuracy never reached {MAIN_JOB_ACCURACY} (best {max(a for _, a in stamps):.4f}); "
-              f"total {total:.1f} s; {_load()}")
+              f"total {total:.1f} s; {load_average()}")
     else:
         print(f"main job: test accuracy >= {MAIN_JOB_ACCURACY} after epoch {reached[0]} at {reached[1]:.1f} s "
-              f"(accuracy {reached[2]:.4f}); total {total:.1f} s, final accuracy {stamps[-1][1]:.4f}; {_load()}")
+              f"(accuracy {reached[2]:.4f}); total {total:.1f} s, final accuracy {stamps[-1][1]:.4f}; {load_average()}")
 
 
 # --------------------------------------------------------------------------- main
@@ -503,7 +503,7 @@ def main(argv=None) -> int:
     if limiter is not None:
         limiter.restore_original_limits()
     print()
-    print(f"{_load()} at end; wall time {time.perf_counter() - start:.1f} s")
+    print(f"{load_average()} at end; wall time {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -15,8 +15,10 @@ import warnings
 import numpy as np
 
 import contraction
+from contraction import Conv2d
 from contraction._validation import as_finite_scalar, as_square_matrix
 
+from . import _convolution
 from ._activations import get_activation
 from ._engines.task import Task
 from ._engines.threads import blas_threads
@@ -91,11 +93,21 @@ def _start(x, name: str, like: np.ndarray, like_1d: bool, like_name: str, dtype)
 
 @dataclasses.dataclass(frozen=True)
 class _Facts:
-    """What a solve knows about ``A``, each computed once."""
+    """What a solve knows about a dense ``A``, each computed once. :class:`_ConvFacts` answers
+    the same questions for a convolution."""
 
     A: np.ndarray  # square, float, finite (as given: float32 stays float32)
     a_min: float  # min a_ii
     mu: float  # μ∞(A)
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def float32(self) -> bool:
+        """Whether ``A`` allows a float32 solve (with a float32 right-hand side)."""
+        return self.A.dtype == np.float32
 
     @functools.cached_property
     def A64(self) -> np.ndarray:
@@ -103,17 +115,125 @@ class _Facts:
         resolvent and the error bound all read it)."""
         return self.A if self.A.dtype == np.float64 else self.A.astype(np.float64)
 
+    def operator(self, dtype) -> np.ndarray:
+        """``A`` as the engines take it (``Task.op``)."""
+        return np.ascontiguousarray(self.A, dtype=dtype)
 
-def _facts(A) -> _Facts:
+    def resolvent(self, alpha: float, dtype) -> np.ndarray:
+        """``Task.resolvent`` of a splitting: ``((1 + α) I − α A)⁻ᵀ``."""
+        return _resolvent_inverse_T(self.A64, alpha, dtype)
+
+    def factor(self, alpha: float, method: str, eta=None) -> float:
+        """The method's worst-case factor in ``‖·‖∞,η``."""
+        return contraction.contraction_factor(self.A64, alpha, method, eta=eta)
+
+    def mu_2(self) -> float:
+        return contraction.mu_2(self.A64)
+
+    def weights(self) -> tuple[np.ndarray, float]:
+        """``(η, μ∞,η(A))`` at the optimal weights."""
+        return contraction.optimal_weights(self.A64)
+
+    def abscissa(self) -> float:
+        """``α(⌈A⌉)``: below 1 iff some weights make ``μ∞,η(A) < 1``."""
+        return contraction.spectral_abscissa(contraction.metzler_majorant(self.A64))
+
+    def norm_inf(self) -> float:
+        return contraction.induced_norm(self.A64, np.inf)
+
+    def matrix(self) -> np.ndarray:
+        """``A`` as a float64 matrix (the direct adjoint solve)."""
+        return self.A64
+
+
+#: Largest convolution (``n = C·H·W``) whose dense matrix the direct adjoint solve forms.
+DIRECT_CONV_LIMIT = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvFacts:
+    """What a solve knows about a square :class:`contraction.Conv2d`, from its kernel: every
+    quantity per output channel or per frequency (:mod:`._convolution`), never the dense
+    matrix (but for the direct adjoint solve of a small image)."""
+
+    A: Conv2d
+    a_min: float
+    mu: float
+
+    @property
+    def n(self) -> int:
+        return self.A.n
+
+    @property
+    def float32(self) -> bool:
+        """A convolution takes the dtype of its right-hand side."""
+        return True
+
+    def operator(self, dtype) -> Conv2d:
+        return self.A
+
+    def resolvent(self, alpha: float, dtype) -> np.ndarray:
+        """``Task.resolvent`` of a splitting: ``M̂(f)⁻¹`` per frequency (circular padding:
+        :func:`_check_splitting` refused zeros)."""
+        return _convolution.inverse_symbol(self.A, alpha)
+
+    def factor(self, alpha: float, method: str, eta=None) -> float:
+        if method in _SPLITTINGS:
+            return _convolution.splitting_factor(self.A, alpha, method, eta)
+        return contraction.contraction_factor(self.A, alpha, method, eta=eta)
+
+    def mu_2(self) -> float:
+        # Only the splittings ask, and they run on circular padding only.
+        return _convolution.mu_2(self.A) if self.A.padding == "circular" else float("inf")
+
+    def weights(self) -> tuple[np.ndarray, float]:
+        """The best weights constant on each channel (exactly optimal for circular padding)."""
+        return contraction.optimal_weights(self.A)
+
+    def abscissa(self) -> float:
+        """``α`` of the channel majorant: below 1 iff some channel weights make ``μ∞,η(A) < 1``."""
+        return contraction.spectral_abscissa(self.A.channel_majorant())
+
+    def norm_inf(self) -> float:
+        return self.A.norm_inf()
+
+    def matrix(self) -> np.ndarray:
+        if self.n > DIRECT_CONV_LIMIT:
+            raise ValueError(f"method='direct' forms the dense {self.n}x{self.n} matrix of {self.A!r}; it does so "
+                             f"for n <= {DIRECT_CONV_LIMIT} only: use method='average' or 'anderson'")
+        return self.A.to_dense()
+
+
+def _facts(A) -> _Facts | _ConvFacts:
     """``A`` validated, with ``min a_ii`` and ``μ∞(A)`` from one compiled pass; a non-finite
-    ``A`` gets :func:`as_square_matrix`'s error, naming the entries."""
+    ``A`` gets :func:`as_square_matrix`'s error, naming the entries. A convolution's facts come
+    from its kernel."""
     if not (type(A) is np.ndarray and A.dtype.kind == "f" and A.ndim == 2 and A.shape[0] == A.shape[1] and A.size):
+        if isinstance(A, Conv2d):
+            return _conv_facts(A)
         A = as_square_matrix(A)
     A_c = np.ascontiguousarray(A, dtype=None if A.dtype.char in "fd" else np.float64)
     finite, a_min, mu = contraction.matrix_facts(A_c)
     if not finite:
         as_square_matrix(A)  # raises the ValueError that names the non-finite entries
     return _Facts(A_c, float(a_min), float(mu))
+
+
+def _conv_facts(op: Conv2d) -> _ConvFacts:
+    if not op.square:
+        raise ValueError(f"A must be a square operator: a convolution needs C_out = C_in, got {op!r}")
+    return _ConvFacts(op, float(op.diagonal().min()), contraction.mu_inf(op))
+
+
+def _check_splitting(facts, method: str) -> None:
+    """The splittings need the resolvent, which a convolution has in closed form (per frequency)
+    for circular padding only."""
+    if method in _SPLITTINGS and isinstance(facts, _ConvFacts) and facts.A.padding != "circular":
+        raise ValueError(
+            f"method {method!r} needs the resolvent ((1 + alpha) I - alpha A)^-1, which is computed for circular "
+            f"padding only, and {facts.A!r} has padding={facts.A.padding!r}: use method='average' or "
+            "'anderson', or a convolution with padding='circular'"
+        )
 
 
 def _alpha(facts: _Facts, method, alpha, methods) -> float:
@@ -154,7 +274,7 @@ def _factor(facts: _Facts, method: str, alpha: float) -> float:
         return 1.0 - alpha * (1.0 - max(0.0, mu))
     if method == "forward_backward" and a_min < 1.0 and alpha <= 1.0 / (1.0 - a_min):
         return 1.0 - alpha * (1.0 - mu)
-    return contraction.contraction_factor(facts.A64, alpha, method)
+    return facts.factor(alpha, method)
 
 
 def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
@@ -163,11 +283,10 @@ def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
     factor = _factor(facts, base, alpha)
     if factor < 1.0:
         return None
-    A = facts.A64
-    if base in _SPLITTINGS and contraction.mu_2(A) < 1.0:
+    if base in _SPLITTINGS and facts.mu_2() < 1.0:
         return None  # monotone (l2) guarantee, any alpha > 0
-    eta, _ = contraction.optimal_weights(A)
-    weighted = contraction.contraction_factor(A, alpha, base, eta=eta)
+    eta, _ = facts.weights()
+    weighted = facts.factor(alpha, base, eta=eta)
     if weighted < 1.0:
         return None
     best = min(factor, weighted)
@@ -175,11 +294,11 @@ def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
         f"method {method!r} with alpha={alpha:.4g} is not guaranteed to converge: its worst-case "
         f"l-inf contraction factor is {best:.4g} >= 1 (margin {1 - best:.3g})"
     )
-    abscissa = contraction.spectral_abscissa(contraction.metzler_majorant(A))
+    abscissa = facts.abscissa()
     if abscissa >= 1.0:
         msg += f"; A is not well-posed in any weighted l-inf norm: alpha(ceil(A)) = {abscissa:.4g} >= 1 (margin {1 - abscissa:.3g})"
     elif base == "picard":
-        norm = contraction.induced_norm(A, np.inf)
+        norm = facts.norm_inf()
         msg += (
             f"; picard needs ||A||_inf < 1 (here {norm:.4g}, margin {1 - norm:.3g}) or every a_ii >= 0 "
             f"(min a_ii = {facts.a_min:.4g}); use method='average' (alpha* = "
@@ -188,7 +307,7 @@ def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
     else:
         msg += f"; the guaranteed step is alpha <= {contraction.optimal_alpha_from_diagonal(facts.a_min, base):.4g}"
     if base in _SPLITTINGS:
-        msg += f"; the monotone (l2) guarantee needs mu_2(A) < 1, here {contraction.mu_2(A):.4g}"
+        msg += f"; the monotone (l2) guarantee needs mu_2(A) < 1, here {facts.mu_2():.4g}"
     return msg
 
 
@@ -234,7 +353,7 @@ def _anderson_accept(facts: _Facts, method: str, alpha: float) -> float:
     """Anderson's safeguard ratio: the averaged factor when it contracts, else 1."""
     if method != "anderson":
         return 1.0
-    factor = contraction.contraction_factor(facts.A64, alpha, "average")
+    factor = facts.factor(alpha, "average")
     return factor if factor < 1.0 else 1.0
 
 
@@ -246,7 +365,7 @@ def _error_bound(facts: _Facts, residual: np.ndarray) -> np.ndarray:
     """Error bound of each residual from ``μ∞(A)`` (optimal weights when only those certify)."""
     if facts.mu < 1.0:
         return residual / (1.0 - max(0.0, facts.mu))
-    eta, mu_eta = contraction.optimal_weights(facts.A64)
+    eta, mu_eta = facts.weights()
     if mu_eta >= 1.0:
         return np.full_like(residual, np.inf)
     # ‖e‖_∞ ≤ max η ‖e‖_∞,η ≤ max η · r_η / (1 − max(0, μ_η)), and r_η ≤ r / min η.
@@ -258,10 +377,10 @@ def _prepare(A, rhs, rhs_name, method, alpha, methods, engine, atol, rtol, max_i
     right-hand side as a batch in the solve's dtype and the tolerances, all validated."""
     facts = _facts(A)
     alpha = _alpha(facts, method, alpha, methods)
+    _check_splitting(facts, method)
     eng = _engine(engine)
-    dtype = np.dtype(np.float32 if facts.A.dtype == np.float32 and np.asarray(rhs).dtype == np.float32
-                     else np.float64)
-    Rb, was_1d = _as_batch(rhs, facts.A.shape[0], rhs_name, dtype)
+    dtype = np.dtype(np.float32 if facts.float32 and np.asarray(rhs).dtype == np.float32 else np.float64)
+    Rb, was_1d = _as_batch(rhs, facts.n, rhs_name, dtype)
     atol, rtol, max_iter, memory = _tolerances(atol, rtol, max_iter, memory, dtype, check)
     return facts, alpha, eng, dtype, Rb, was_1d, atol, rtol, max_iter, memory
 
@@ -287,11 +406,15 @@ def solve(
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution (``n = C·H·W``, images flattened row-major) is applied through its
+        kernel and never formed densely; the solve takes the dtype of ``W`` (float32 or
+        float64).
     W : array_like, shape (n,) or (batch, n)
         Injected inputs ``w = B u + b`` (row-major batch).
     method : {"average", "picard", "forward_backward", "peaceman_rachford",
               "douglas_rachford", "anderson"}
+        The splittings need the resolvent: for a convolution, circular padding only.
     alpha : float, optional
         Step size; default :func:`contraction.optimal_alpha` of the method.
     atol, rtol : float
@@ -323,7 +446,9 @@ def solve(
     Converged samples stop being updated. A sample whose residual grows by
     ``1e6`` over its first value is ``DIVERGED``; NaN/Inf iterates are ``NONFINITE``.
     The error bound is ``r / (1 − max(0, μ∞(A)))`` (with optimal weights when only
-    ``α(⌈A⌉) < 1``).
+    ``α(⌈A⌉) < 1``; for a convolution, the best weights constant on each channel).
+    A convolution's splittings invert ``(1 + α) I − α A`` per frequency, one ``C × C``
+    system each (DESIGN.md section 8b).
 
     References
     ----------
@@ -336,10 +461,10 @@ def solve(
     if check:
         _warn_if_not_guaranteed(facts, method, alpha, "")
     task = Task(
-        kind="forward", A=np.ascontiguousarray(facts.A, dtype=dtype), rhs=Wb, D=None, x0=X0, method=method,
+        kind="forward", op=facts.operator(dtype), rhs=Wb, D=None, x0=X0, method=method,
         alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
         memory=memory, accept=_anderson_accept(facts, method, alpha),
-        MinvT=_resolvent_inverse_T(facts.A64, alpha, dtype) if method in _SPLITTINGS else None,
+        resolvent=facts.resolvent(alpha, dtype) if method in _SPLITTINGS else None,
     )
     X, iters, res, codes, hist = eng.run(task)
     result = FixedPointResult(
@@ -414,7 +539,8 @@ def solve_adjoint(
 
     Parameters
     ----------
-    A : array_like, shape (n, n)
+    A : array_like, shape (n, n), or contraction.Conv2d
+        As in :func:`solve`; ``direct`` forms a convolution's dense matrix (small images only).
     Z : array_like, shape (n,) or (batch, n)
         Pre-activations ``A x* + w`` at the equilibrium.
     G : array_like, same shape as ``Z``
@@ -445,11 +571,11 @@ def solve_adjoint(
     D = np.ascontiguousarray(act.derivative(Zb), dtype=dtype)
     L0 = None if lam0 is None else _start(lam0, "lam0", Gb, was_1d, "G", dtype)
     if method == "direct":
-        return _adjoint_direct(facts.A64, D, Gb, was_1d, engine, record, raise_on_failure)
+        return _adjoint_direct(facts.matrix(), D, Gb, was_1d, engine, record, raise_on_failure)
     if check:
         _warn_if_not_guaranteed(facts, method, alpha, "adjoint: ")
     task = Task(
-        kind="adjoint", A=np.ascontiguousarray(facts.A, dtype=dtype), rhs=Gb, D=D, x0=L0, method=method,
+        kind="adjoint", op=facts.operator(dtype), rhs=Gb, D=D, x0=L0, method=method,
         alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
         memory=memory, accept=_anderson_accept(facts, method, alpha),
     )

@@ -382,6 +382,9 @@ def _config_field(name):
 #: ``--figure``, ``--force``, ``--no-progress``, ``--data-dir`` and ``--download`` may change.
 RESUME_FIXED = {
     "hidden": lambda net, config, saved: net.n_hidden,
+    "model": lambda net, config, saved: net.architecture()["kind"],
+    **{dest: (lambda net, config, saved, key=key: net.architecture().get(key))
+       for dest, key in (("channels", "channels"), ("kernel", "kernel_size"), ("pool", "pool"), ("padding", "padding"))},
     "activation": lambda net, config, saved: net.activation.name,
     "dtype": lambda net, config, saved: net.dtype.name,
     "dataset": lambda net, config, saved: saved.get("dataset"),
@@ -444,9 +447,7 @@ def cmd_train(args) -> int:
         print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
     Xtr, ytr, Xte, yte = load_data(args)
     if not args.resume:
-        net = tr.ImplicitNetwork(Xtr.shape[1], args.hidden, int(ytr.max()) + 1, activation=args.activation,
-                                 seed=args.seed, dtype=np.dtype(args.dtype),
-                                 solver=tr.SolverConfig(engine=args.engine))
+        net = _new_network(args, Xtr.shape[1], int(ytr.max()) + 1)
         config, history = train_config(args), None
     elif Xtr.shape[1] != net.n_in:
         raise CLIError(f"{args.dataset} has {Xtr.shape[1]} features but the checkpoint's network expects {net.n_in}")
@@ -489,6 +490,28 @@ def cmd_train(args) -> int:
         fig = plot_history(hist, figure, n_classes=net.n_out)
         print(f"figure: {fig}")
     return 0
+
+
+def _new_network(args, n_in: int, n_out: int):
+    """The network ``nemon train`` starts from: dense (``--hidden``) or convolutional
+    (``--channels``, ``--kernel``, ``--pool``, ``--padding``, on square one-channel images)."""
+    from . import training as tr
+
+    common = dict(activation=args.activation, seed=args.seed, dtype=np.dtype(args.dtype),
+                  solver=tr.SolverConfig(engine=args.engine))
+    if args.model == "dense":
+        return tr.ImplicitNetwork(n_in, args.hidden, n_out, **common)
+    side = math.isqrt(n_in)
+    if side * side != n_in or side < args.kernel:
+        raise CLIError(f"--model conv needs square one-channel images of at least {args.kernel}x{args.kernel} pixels; "
+                       f"{args.dataset} has {n_in} features per sample")
+    if side % args.pool:
+        raise CLIError(f"--pool {args.pool} must divide the {side}x{side} images of {args.dataset}")
+    try:
+        return tr.ConvImplicitNetwork((1, side, side), args.channels, args.kernel, n_out, args.pool,
+                                      padding=args.padding, **common)
+    except ValueError as exc:
+        raise CLIError(f"--model conv: {exc}") from None
 
 
 def _same_file(a, b) -> bool:
@@ -755,7 +778,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train an implicit network (default: mnist5k, n=100, gamma=0.9)")
     _add_data_args(p, DATASETS, train=True)
-    p.add_argument("--hidden", type=positive_int, default=100, help="hidden units n")
+    p.add_argument("--model", choices=("dense", "conv"), default="dense",
+                   help="dense: x = relu(Ax + Bu + b); conv: A and B convolutions over the image, then an average pool")
+    p.add_argument("--hidden", type=positive_int, default=100, help="hidden units n (dense)")
+    p.add_argument("--channels", type=positive_int, default=16, help="hidden channels (conv)")
+    p.add_argument("--kernel", type=positive_int, default=3, help="odd kernel size k of both convolutions (conv)")
+    p.add_argument("--pool", type=positive_int, default=4, help="average pool before the readout (conv)")
+    p.add_argument("--padding", choices=("circular", "zeros"), default="circular", help="convolution padding (conv)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own; may change on resume)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per step")

@@ -3,10 +3,11 @@ fused step, the PyTorch layer): the block solver and its argument types, the ope
 scalar kernels and the stopping rule, the thread blocks and the BLAS policy.
 
 :func:`solvers.solve` is the front door for everything else. A compiled client calls
-:func:`solve_block` on its own block of rows with an operator (:func:`dense`), a problem
-(:class:`Forward` or :class:`Adjoint`), an activation (:func:`activation`), a step (e.g. :class:`Averaged`), a
-:class:`Stopping` rule and an :class:`Output`; :func:`block_bounds` splits a batch into thread
-blocks and :func:`blas_policy` holds BLAS while they run.
+:func:`solve_block` on its own block of rows with an operator (:func:`dense`, or :func:`conv`
+for a convolution), a problem (:class:`Forward` or :class:`Adjoint`), an activation
+(:func:`activation`), a step (e.g. :class:`Averaged`), a :class:`Stopping` rule and an
+:class:`Output`; :func:`block_bounds` splits a batch into thread blocks and :func:`blas_policy`
+holds BLAS while they run.
 """
 
 from ._engines import compilation
@@ -50,14 +51,14 @@ from ._engines.numba_engine import (
     solve_block,
     solve_blocks,
 )
-from ._engines.operators import Dense, dense
+from ._engines.operators import Conv, Dense, conv, dense
 from ._engines.threads import SMALL_GEMM_WORK, blas_threads, blas_threads_for
 
 __all__ = [
-    "Adjoint", "Anderson", "Averaged", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
+    "Adjoint", "Anderson", "Averaged", "Conv", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
     "IDENTITY", "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "Output", "PRANGE_ONLY", "PeacemanRachford", "RUNNING",
     "SMALL_GEMM_WORK", "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy",
-    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "dense", "dsigma",
-    "output_of", "prox", "rows_of", "serial_work", "sigma", "solve_block", "solve_blocks", "thread_count",
+    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "conv", "dense",
+    "dsigma", "output_of", "prox", "rows_of", "serial_work", "sigma", "solve_block", "solve_blocks", "thread_count",
     "use_blocks",
 ]

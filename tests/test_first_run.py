@@ -86,9 +86,22 @@ def test_the_numba_cache_lives_in_the_user_cache_folder(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     folder = Path(out.stdout.strip())
-    assert folder == tmp_path / "nemon" / "numba" and folder.is_dir()
+    assert folder.parent == tmp_path / "nemon" / "numba" and folder.is_dir()
     for package in (contraction, solvers):
         assert Path(package.__file__).parent not in folder.parents
+
+
+def test_the_cache_folder_changes_with_the_engine_sources(tmp_path):
+    """numba notices a change to a kernel's own file only: an edit of a file it inlines (the
+    operators) must lead to another cache folder, not to stale machine code."""
+    from contraction._numba_cache import sources_fingerprint
+
+    for name in ("numba_engine.py", "operators.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    before = sources_fingerprint(tmp_path)
+    assert sources_fingerprint(tmp_path) == before
+    (tmp_path / "operators.py").write_text("x = 2  # an edit\n")
+    assert sources_fingerprint(tmp_path) != before
 
 
 def test_a_given_numba_cache_dir_is_respected(tmp_path):

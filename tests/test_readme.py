@@ -27,6 +27,9 @@ SMALL = {
         ["--epochs", "3", "--hidden", "16", "--train-samples", "3000", "--no-progress"],
     "nemon train --dataset fashion-mnist --forward-method anderson --out out/anderson.npz":
         ["--epochs", "1", "--hidden", "16", "--train-samples", "3000", "--no-progress"],
+    "nemon train --model conv --dataset fashion-mnist --channels 16 --out out/conv.npz":
+        ["--channels", "4", "--epochs", "1", "--train-samples", "1000", "--no-progress"],
+    "nemon check kernel.npy --image 28x28": [],
     "nemon train --resume out/model.npz": ["--no-progress"],
     "nemon train --resume out/model.npz --epochs 25": ["--epochs", "3", "--no-progress"],
     "nemon evaluate out/model.npz": [],
@@ -71,11 +74,12 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     np.save("A.npy", 0.05 * rng.standard_normal((6, 6)))  # the files `nemon check A.npy --B B.csv` reads
     np.savetxt("B.csv", rng.standard_normal((6, 3)), delimiter=",")
+    np.save("kernel.npy", 0.02 * rng.standard_normal((4, 4, 3, 3)))  # `nemon check kernel.npy --image 28x28`
     for command in readme_commands():
         argv = command.split()[1:] + SMALL[command]
         code, out, err = run(argv)
         assert code == 0, f"{command} (+ {SMALL[command]}) exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
         assert "Traceback" not in err, command
-    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/compare.png",
+    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/compare.png",
                  "out/certify.png", "out/attack.png", "out/reproduce/results.json"):
         assert Path(path).is_file(), path

@@ -248,11 +248,14 @@ def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF,
 def run(task: Task):
     """Same contract as :func:`.numpy_engine.run`."""
     require_gpu()
+    if not task.dense:
+        raise ValueError(f"engine='cuda' does not solve on a convolution ({task.op!r}) yet; use engine='numba' "
+                         "(or 'numpy'), or pass the dense matrix op.to_dense() for small images")
     W = task.rhs
     batch, n = W.shape
     dt = W.dtype
     forward = task.kind == "forward"
-    Mat = np.ascontiguousarray(task.A.T if forward else task.A)
+    Mat = np.ascontiguousarray(task.op.T if forward else task.op)
     code, slope = (task.activation.code, task.activation.slope) if forward else (IDENTITY, 0.0)
     mcode = METHOD_CODES[task.method]
     splitting = mcode in (PEACEMAN_RACHFORD, DOUGLAS_RACHFORD)
@@ -261,7 +264,7 @@ def run(task: Task):
     nb = batch if splitting else 1
     na = batch if anderson else 1
     D = np.zeros((0, n), dt) if forward else task.D
-    MinvT = task.MinvT if task.MinvT is not None else np.zeros((1, 1), dt)
+    MinvT = task.resolvent if task.resolvent is not None else np.zeros((1, 1), dt)
     d = cuda.to_device
     dX = d(np.zeros_like(W) if task.x0 is None else np.ascontiguousarray(task.x0))
     dZ = cuda.device_array((batch, n), dt)

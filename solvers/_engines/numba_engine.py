@@ -8,7 +8,7 @@ the method's step. Finished samples are written out and the active rows compacte
 batch does not pay for its converged members.
 
 Everything that varies is a namedtuple whose *type* numba specialises on: the operator
-(:class:`.operators.Dense`), the problem (:class:`Forward` with its activation, or
+(:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` with its activation, or
 :class:`Adjoint`), the step (:class:`Averaged`, :class:`ForwardBackward`,
 :class:`PeacemanRachford`, :class:`DouglasRachford`, :class:`Anderson`) and the dtype. A
 call compiles only its own combination (seconds, once, then cached on disk), and each method
@@ -48,7 +48,7 @@ from .kernels import (
     compiled_only,
     solve_small,
 )
-from .operators import apply, apply_T, dense, resolvent
+from .operators import apply, apply_T, conv, dense, resolvent
 from .task import Task
 
 __all__ = [
@@ -649,7 +649,12 @@ def run(task: Task):
     batch, n = W.shape
     dtype = W.dtype
     forward = task.kind == "forward"
-    op = dense(task.A, forward=forward, adjoint=not forward, MinvT=task.MinvT)
+    if task.dense:
+        op = dense(task.op, forward=forward, adjoint=not forward, MinvT=task.resolvent)
+        work = batch * n * n
+    else:
+        op = conv(task.op, dtype, resolvent=task.resolvent)
+        work = 0  # no BLAS: the convolution's loops are the engine's own
     problem = Forward(W) if forward else Adjoint(W, task.D)
     act = activation(task.activation.code, task.activation.slope) if forward else Identity(0.0)
     stop = Stopping(float(task.atol), float(task.rtol), int(task.max_iter), bool(task.record))
@@ -662,11 +667,12 @@ def run(task: Task):
     X0 = np.empty((0, n), dtype) if task.x0 is None else task.x0
     out = Output(X, iters, res, codes, hist, Z)
     bounds = block_bounds(batch)
-    variant = ("solve", task.kind, task.method, task.activation.code, dtype.char, task.x0 is None)
+    variant = ("solve", type(op).__name__, task.kind, task.method, task.activation.code, dtype.char,
+               task.x0 is None)
     step = step_of(task)
     args = (op, problem, act, step, stop, X0, out, bounds)
     parallel = use_blocks(variant, len(bounds), solve_blocks, args)
-    with blas_policy(len(bounds) if parallel else 1, batch * n * n):
+    with blas_policy(len(bounds) if parallel else 1, work):
         if parallel:
             last = solve_blocks(*args).max()
         else:  # the same blocks one after the other: the same products, the same results

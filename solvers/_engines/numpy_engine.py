@@ -6,7 +6,8 @@ and non-finite checks and the per-sample freezing; each method supplies only its
 
 The problem is ``x = σ((x ⊙ d) M + w)`` row-wise: the forward equation has ``M = Aᵀ`` and
 no ``d``; the adjoint equation ``λ = g + (λ ⊙ σ'(z)) A`` has ``M = A``, ``d = σ'(z)`` and
-the identity activation.
+the identity activation. The operator is met only through its product and its resolvent
+(:class:`_Dense`, :class:`_Conv`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _activations as act
+from .._convolution import apply_inverse_symbol
 from .kernels import ANDERSON_REG, DIVERGENCE_RATIO, DIVERGED, MAX_ITER, NONFINITE, RUNNING, SUCCESS
 from .task import Task
 from .threads import blas_threads_for
@@ -21,14 +23,45 @@ from .threads import blas_threads_for
 __all__ = ["run"]
 
 
+class _Dense:
+    """A dense ``A``: the product ``S M`` (``M = Aᵀ`` forward, ``A`` adjoint) and the splittings'
+    resolvent ``V M⁻ᵀ`` (``task.resolvent``)."""
+
+    def __init__(self, task: Task):
+        self.Mat = task.op.T if task.kind == "forward" else task.op
+        self.MinvT = task.resolvent
+
+    def product(self, S):
+        return S @ self.Mat
+
+    def resolvent(self, V):
+        return V @ self.MinvT
+
+
+class _Conv:
+    """A :class:`contraction.Conv2d`: the product by its ``apply`` (forward) or ``apply_T``
+    (adjoint), and the resolvent per frequency (circular padding: ``task.resolvent`` holds
+    ``M̂(f)⁻¹``). Results in the solve's dtype."""
+
+    def __init__(self, task: Task):
+        self.op, self.forward, self.R, self.dtype = task.op, task.kind == "forward", task.resolvent, task.rhs.dtype
+
+    def product(self, S):
+        Z = self.op.apply(S) if self.forward else self.op.apply_T(S)
+        return Z.astype(self.dtype, copy=False)
+
+    def resolvent(self, V):
+        return apply_inverse_symbol(self.R, V, self.op.image_shape).astype(self.dtype, copy=False)
+
+
 class _Problem:
-    def __init__(self, Mat, W, D, code, slope, norm):
-        self.Mat, self.W, self.D, self.code, self.slope, self.norm_ord = Mat, W, D, code, slope, norm
+    def __init__(self, op, W, D, code, slope, norm):
+        self.op, self.W, self.D, self.code, self.slope, self.norm_ord = op, W, D, code, slope, norm
 
     def map(self, X, idx):
         """``(T(X), Z)`` with ``Z = (X ⊙ d) M + w`` and ``T = σ(Z)``."""
         S = X if self.D is None else X * self.D[idx]
-        Z = S @ self.Mat + self.W[idx]
+        Z = self.op.product(S) + self.W[idx]
         return act.value(self.code, self.slope, Z), Z
 
     def prox(self, V, alpha):
@@ -69,8 +102,8 @@ class _Splitting:
     so that ``x0 = x*`` gives ``u0 = u*``.
     """
 
-    def __init__(self, problem, alpha, MinvT, average, **_):
-        self.p, self.alpha, self.MinvT, self.average = problem, alpha, MinvT, average
+    def __init__(self, problem, alpha, average, **_):
+        self.p, self.alpha, self.average = problem, alpha, average
 
     def init(self, X0, idx):
         _, Z0 = self.p.map(X0, idx)
@@ -82,7 +115,7 @@ class _Splitting:
     def advance(self, state, X, T, Z, r, idx):
         U = state["u"]
         V = 2 * X - U  # reflected resolvent of f: C_G(u)
-        Y = (V + self.alpha * self.p.W[idx]) @ self.MinvT  # resolvent of the affine part
+        Y = self.p.op.resolvent(V + self.alpha * self.p.W[idx])  # resolvent of the affine part
         return {"u": U + Y - X if self.average else 2 * Y - V}
 
 
@@ -168,12 +201,11 @@ def run(task: Task):
     """
     W = task.rhs
     forward = task.kind == "forward"
-    Mat = task.A.T if forward else task.A
+    op = _Dense(task) if task.dense else _Conv(task)
     code, slope = (task.activation.code, task.activation.slope) if forward else (act.IDENTITY, 0.0)
     X0 = np.zeros_like(W) if task.x0 is None else task.x0
-    problem = _Problem(Mat, W, None if forward else task.D, code, slope, 0 if forward else 1)
-    step = _STEPS[task.method](problem, alpha=task.alpha, MinvT=task.MinvT, memory=task.memory,
-                               accept=task.accept)
+    problem = _Problem(op, W, None if forward else task.D, code, slope, 0 if forward else 1)
+    step = _STEPS[task.method](problem, alpha=task.alpha, memory=task.memory, accept=task.accept)
     batch = W.shape[0]
     active = np.arange(batch)
     state = step.init(X0, active)

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from contraction import Conv2d
+
 from .._activations import Activation
 
 __all__ = ["Task"]
@@ -22,7 +24,10 @@ class Task:
     Attributes
     ----------
     kind : {"forward", "adjoint"}
-    A : ndarray, shape (n, n), in the solve's dtype
+    op : ndarray or contraction.Conv2d
+        The operator ``A``: a dense (n, n) array in the solve's dtype (C-contiguous), or a
+        square :class:`contraction.Conv2d` (its float64 kernel; an engine casts it to the
+        solve's dtype).
     rhs : ndarray, shape (batch, n), C-contiguous, in the solve's dtype
     D : ndarray or None
         The adjoint's ``σ'(z)`` (batch, n).
@@ -39,12 +44,15 @@ class Task:
         Anderson's memory.
     accept : float
         Anderson's safeguard ratio.
-    MinvT : ndarray or None
-        ``((1 + α) I − α A)⁻ᵀ`` for the splittings.
+    resolvent : ndarray or None
+        What the splittings need of ``M = (1 + α) I − α A``: ``M⁻ᵀ`` (n, n, the solve's dtype) for
+        a dense ``op``; for a circular :class:`~contraction.Conv2d` its inverse symbol
+        ``M̂(f)⁻¹`` on the half spectrum (H, W//2 + 1, C, C), complex128
+        (:func:`solvers._convolution.inverse_symbol`). ``None`` for the other methods.
     """
 
     kind: str
-    A: np.ndarray
+    op: np.ndarray | Conv2d
     rhs: np.ndarray
     D: np.ndarray | None
     x0: np.ndarray | None
@@ -57,7 +65,12 @@ class Task:
     record: bool = False
     memory: int = 5
     accept: float = 1.0
-    MinvT: np.ndarray | None = None
+    resolvent: np.ndarray | None = None
+
+    @property
+    def dense(self) -> bool:
+        """Whether ``op`` is a dense matrix."""
+        return type(self.op) is np.ndarray
 
     @property
     def norm(self) -> str:

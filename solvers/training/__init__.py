@@ -9,6 +9,7 @@ checkpoints (:func:`save`, :func:`load`).
 from ._checkpoint import CheckpointError, load, load_training, save
 from ._constraints import CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx
+from ._conv_network import ConvImplicitNetwork
 from ._network import LOSSES, Gradients, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule
 from ._report import evaluate, format_epoch_table, format_report, history_figure, plot_history
@@ -30,6 +31,7 @@ __all__ = [
     "CONSTRAINTS",
     "CheckpointError",
     "Constraint",
+    "ConvImplicitNetwork",
     "DATASETS",
     "Gradients",
     "History",

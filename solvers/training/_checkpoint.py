@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_write
+from ._conv_network import ConvImplicitNetwork
 from ._network import ImplicitNetwork, SolverConfig
 from ._optim import OptimizerState
 from ._trainer import History, TrainConfig, TrainerState
@@ -51,7 +52,7 @@ def save(net: ImplicitNetwork, path, *, history: History | None = None, metrics:
         "format_version": FORMAT_VERSION,
         "package_version": _package_version(),
         "network": {
-            "n_in": net.n_in, "n_hidden": net.n_hidden, "n_out": net.n_out,
+            **net.architecture(),
             "activation": [net.activation.name, net.activation.slope],
             "dtype": net.dtype.name, "seed": net.seed,
             "solver": dataclasses.asdict(net.solver),
@@ -168,12 +169,19 @@ def _network_from(path, header, arrays) -> ImplicitNetwork:
         if not isinstance(cfg, dict):
             raise TypeError(f"'network' must be an object, got {type(cfg).__name__}")
         solver = SolverConfig(**cfg["solver"])
-        net = ImplicitNetwork(cfg["n_in"], cfg["n_hidden"], cfg["n_out"], activation=tuple(cfg["activation"]),
-                              seed=cfg.get("seed", 0), dtype=cfg["dtype"], solver=solver)
+        common = dict(activation=tuple(cfg["activation"]), seed=cfg.get("seed", 0), dtype=cfg["dtype"], solver=solver)
+        kind = cfg.get("kind", "dense")
+        if kind == "conv":
+            net = ConvImplicitNetwork(tuple(cfg["in_shape"]), cfg["channels"], cfg["kernel_size"], cfg["n_out"],
+                                      cfg["pool"], padding=cfg["padding"], **common)
+        elif kind == "dense":
+            net = ImplicitNetwork(cfg["n_in"], cfg["n_hidden"], cfg["n_out"], **common)
+        else:
+            raise ValueError(f"unknown network kind {kind!r} (written by a newer nemon?)")
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid network header: {_field_problem(exc)}") from None
-    n, m, q, dtype = net.n_hidden, net.n_in, net.n_out, net.dtype
-    expected = {"A": (n, n), "B": (n, m), "b": (n,), "C": (q, n), "c": (q,)}
+    dtype = net.dtype
+    expected = {k: getattr(net, k).shape for k in net.PARAMS}  # the shapes the header's architecture gives
     for k, shape in expected.items():
         a = arrays.get(f"net.{k}")
         if a is None:
@@ -190,7 +198,7 @@ def _network_from(path, header, arrays) -> ImplicitNetwork:
 
 def _check_training_arrays(path, net, con, raw, m, v):
     """Raw parameters match the constraint's layout; moments match the parameters; all finite."""
-    template = con.init(np.zeros((net.n_hidden, net.n_hidden), net.dtype), np.random.default_rng(0))
+    template = con.init(np.zeros_like(net.A), np.random.default_rng(0))
     if sorted(raw) != sorted(template):
         raise CheckpointError(f"{path}: constraint {con.name} expects parameters {sorted(template)}, got {sorted(raw)}")
     shapes = {k: a.shape for k, a in template.items()}
@@ -238,7 +246,7 @@ def load_training(path):
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid training state: {_field_problem(exc)}") from None
         _check_training_arrays(path, net, con, raw, m, v)
-        problem = con.violation(net.A, raw)
+        problem = con.violation(net.state_operator(), raw)
         if problem:
             raise CheckpointError(f"{path}: {problem}")
         if not np.allclose(con.matrix(raw), net.A, rtol=1e-5, atol=1e-6):

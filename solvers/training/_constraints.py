@@ -107,7 +107,11 @@ class Constraint:
         return {"P": -P @ (gA + gA.T), "S": gA - gA.T}
 
     def project(self, raw: dict) -> dict:
-        if self.name == "mu_inf":
+        if self.name == "mu_inf" and raw["A"].ndim == 4:  # a convolution kernel: μ∞ is a kernel quantity
+            K = raw["A"]
+            op = contraction.Conv2d(K, K.shape[2:], "circular")  # the projection does not depend on the image
+            raw["A"] = contraction.project_mu_inf(op, self.gamma, diag_min=self.diag_min).kernel.astype(K.dtype)
+        elif self.name == "mu_inf":
             raw["A"] = contraction.project_mu_inf(raw["A"], self.gamma, diag_min=self.diag_min).astype(raw["A"].dtype)
         elif self.name == "norm_inf":
             raw["A"] = contraction.project_norm_inf(raw["A"], self.gamma).astype(raw["A"].dtype)
@@ -126,13 +130,18 @@ class Constraint:
         The default tolerance covers rounding in ``A``'s dtype (a float32 matrix built in
         float64 and rounded can exceed γ by ~1e-6): ``max(1e-6, 1000 · eps)``.
         """
+        conv = isinstance(A, contraction.Conv2d)  # a convolution: its kernel's quantities
+        dtype = raw["A"].dtype if conv and raw is not None and "A" in raw else getattr(A, "dtype", np.float64)
         if tol is None:
-            tol = max(1e-6, 1e3 * float(np.finfo(A.dtype).eps)) if np.issubdtype(A.dtype, np.floating) else 1e-6
-        A = A.astype(np.float64)
+            tol = max(1e-6, 1e3 * float(np.finfo(dtype).eps)) if np.issubdtype(dtype, np.floating) else 1e-6
+        if conv and self.name not in ("mu_inf", "none"):
+            raise ValueError(f"constraint {self.name!r} is not available for convolutional layers (use mu_inf or none)")
+        if not conv:
+            A = A.astype(np.float64)
         if self.name == "mu_inf":
             v = contraction.mu_inf(A)
             ok, what = v <= self.gamma + tol, f"mu_inf(A) = {v:.6g}"
-            low = float(np.diagonal(A).min())
+            low = float(A.diagonal().min() if conv else np.diagonal(A).min())
             if ok and self.diag_min is not None and low < self.diag_min - tol:
                 ok, what = False, f"min_i a_ii = {low:.6g} < diag_min = {self.diag_min:g}"
         elif self.name == "norm_inf":

@@ -141,6 +141,24 @@ class ImplicitNetwork:
         return self.C.shape[0]
 
     PARAMS = ("A", "B", "b", "C", "c")
+    #: Whether :mod:`._fused`'s compiled step applies (dense layers only).
+    FUSABLE = True
+
+    def architecture(self) -> dict:
+        """What rebuilds this network's shapes (a checkpoint's header holds it)."""
+        return {"kind": "dense", "n_in": self.n_in, "n_hidden": self.n_hidden, "n_out": self.n_out}
+
+    def input_operator(self):
+        """``B`` as :mod:`contraction` takes it (here the matrix)."""
+        return self.B
+
+    def readout_matrix(self) -> np.ndarray:
+        """The readout on the hidden state as a float64 matrix (here ``C``)."""
+        return self.C.astype(np.float64)
+
+    def state_operator(self):
+        """``A`` as :mod:`contraction` and :func:`solvers.solve` take it (here the matrix)."""
+        return self.A
 
     def parameters(self) -> dict:
         return {k: getattr(self, k) for k in self.PARAMS}
@@ -241,17 +259,29 @@ class ImplicitNetwork:
             dY = 2.0 * diff / self.n_out
         return float(value), dY * scale
 
+    def _state_gradient(self, dY) -> np.ndarray:
+        """``G = ∂L/∂X`` from ``dY = ∂L/∂Y`` (float64 products, the network's dtype)."""
+        return (dY @ self.C.astype(np.float64)).astype(self.dtype)
+
+    def _parameter_gradients(self, fp: ForwardPass, V, dYt) -> dict:
+        """``{"A", "B", "b", "C", "c"}`` from ``V = λ ⊙ σ'(Z)`` and ``dY`` (network's dtype)."""
+        return {"A": V.T @ fp.X, "B": V.T @ fp.U, "b": V.sum(axis=0), "C": dYt.T @ fp.X, "c": dYt.sum(axis=0)}
+
+    def _input_product_T(self, V) -> np.ndarray:
+        """``V B``: a state gradient taken back to the inputs (float64)."""
+        return V @ self.B.astype(np.float64)
+
     def _backward(self, fp: ForwardPass, dY, solver=None):
-        G = (dY @ self.C.astype(np.float64)).astype(self.dtype)
+        G = self._state_gradient(dY)
         s = self.solver if solver is None else solver
-        lam, res = solve_adjoint(self.A, fp.Z, G, method=s.adjoint_method, atol=s.adjoint_atol,
+        lam, res = solve_adjoint(self.state_operator(), fp.Z, G, method=s.adjoint_method, atol=s.adjoint_atol,
                                  max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
         if not res.success and s.adjoint_method != "direct":
             # Outside the averaged adjoint's guarantee: finish the failed samples exactly.
             bad = ~res.converged
             lam = lam.copy()
-            lam[bad], _ = solve_adjoint(self.A, fp.Z[bad], G[bad], method="direct", activation=self.activation,
-                                        check=False)
+            lam[bad], _ = solve_adjoint(self.state_operator(), fp.Z[bad], G[bad], method="direct",
+                                        activation=self.activation, check=False)
         V = lam * self.activation.derivative(fp.Z)
         return V.astype(np.float64), res
 
@@ -283,8 +313,9 @@ class ImplicitNetwork:
             :func:`solvers.solve` and :func:`solvers.solve_adjoint` (same results).
         """
         s = self.solver if solver is None else solver
-        use_fused = fusable(s, loss) if fused is None else bool(fused)
-        if use_fused and not fusable(s, loss):
+        can_fuse = self.FUSABLE and fusable(s, loss)
+        use_fused = can_fuse if fused is None else bool(fused)
+        if use_fused and not can_fuse:
             raise ValueError("fused=True needs loss='cross_entropy' and averaged forward and adjoint "
                              f"solves on the numba engine, got {s} and loss={loss!r}")
         if rows is None:
@@ -307,13 +338,7 @@ class ImplicitNetwork:
         V, ares = self._backward(fp, dY, solver)
         # Products in the network's dtype: float32 networks stay float32 end to end.
         V, dYt = V.astype(self.dtype), dY.astype(self.dtype)
-        grads = {
-            "A": V.T @ fp.X,
-            "B": V.T @ fp.U,
-            "b": V.sum(axis=0),
-            "C": dYt.T @ fp.X,
-            "c": dYt.sum(axis=0),
-        }
+        grads = self._parameter_gradients(fp, V, dYt)
         stats = {
             "forward_iterations": float(fp.iterations.mean()),
             "adjoint_iterations": float(ares.iterations.mean()),
@@ -328,7 +353,7 @@ class ImplicitNetwork:
         fp = self.forward_pass(U)
         _, dY = self._output_grad(fp.Y, targets, loss, "sum")
         V, _ = self._backward(fp, dY)
-        return (V @ self.B.astype(np.float64)).astype(self.dtype)
+        return self._input_product_T(V).astype(self.dtype)
 
     # -- certificates ---------------------------------------------------------------------
     def lipschitz(self, form: str = "tight", eta=None) -> float:

@@ -8,7 +8,6 @@ import numpy as np
 
 import contraction
 
-from solvers import solve
 from solvers.engine import blas_threads_for
 
 from ._network import ImplicitNetwork, check_count
@@ -25,21 +24,19 @@ def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> di
     s = net.solver
     with blas_threads_for(batch_size, net.n_hidden):
         for i in range(0, len(X), batch_size):
-            U = np.ascontiguousarray(X[i : i + batch_size], dtype=net.dtype)
-            W = U @ net.B.T + net.b
-            res = solve(net.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=net.activation,
-                        engine=s.engine, check=False)
-            Y = res.x @ net.C.T + net.c
-            correct += int((Y.argmax(axis=1) == y[i : i + batch_size]).sum())
-            iters.append(res.iterations)
-            unconverged += int((~res.converged).sum())
-    A64 = net.A.astype(np.float64)
+            fp = net.forward_pass(X[i : i + batch_size], s)
+            correct += int((fp.Y.argmax(axis=1) == y[i : i + batch_size]).sum())
+            iters.append(fp.iterations)
+            unconverged += int((~fp.converged).sum())
+    A = net.state_operator()
+    conv = isinstance(A, contraction.Conv2d)
+    A64 = A if conv else A.astype(np.float64)
     iters = np.concatenate(iters)
     return {
         "samples": int(len(X)),
         "accuracy": correct / len(X),
         "mu_inf": contraction.mu_inf(A64),
-        "mu_inf_weighted": contraction.optimal_weights(A64)[1],
+        "mu_inf_weighted": contraction.optimal_weights(A64)[1],  # per channel for a convolution
         "alpha_star": contraction.optimal_alpha(A64),
         "lipschitz_tight": net.lipschitz("tight", eta=eta),
         "lipschitz_paper": net.lipschitz("paper", eta=eta),

@@ -293,6 +293,11 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     con = cfg.make_constraint()
     solver = cfg.solver(net.solver)
     opt_cfg = OptimizerConfig(cfg.optimizer, cfg.lr)
+    if not net.FUSABLE and (cfg.interval_eps > 0 or cfg.lipschitz_weight > 0 or con.name not in ("mu_inf", "none")):
+        raise ValueError(f"{type(net).__name__} trains with constraint 'mu_inf' or 'none', without interval training "
+                         "or the Lipschitz regulariser (not yet available for convolutional layers), got "
+                         f"constraint={con.name!r}, interval_eps={cfg.interval_eps}, "
+                         f"lipschitz_weight={cfg.lipschitz_weight}")
     X, y = _check_data(X, y, net.n_in, "X")
     if X_val is not None:
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
@@ -442,7 +447,9 @@ CERTIFIED_SAMPLES = 500
 
 
 def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> dict:
-    A64 = net.A.astype(np.float64)
+    A64 = net.state_operator()
+    if not isinstance(A64, contraction.Conv2d):
+        A64 = A64.astype(np.float64)
     record = {
         "epoch": state.epoch + 1,
         "loss": p["loss"] / max(p["count"], 1),
@@ -466,7 +473,7 @@ def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> 
         eps = _ramped_eps(cfg, state.epoch + 1, 0, 1)
         record["eps"] = eps
         record["val_certified"] = certified_accuracy(net, X_val[:CERTIFIED_SAMPLES], y_val[:CERTIFIED_SAMPLES], eps)
-    problem = con.violation(net.A, state.raw)
+    problem = con.violation(net.state_operator(), state.raw)
     if problem:
         logger.warning("after epoch %d: %s", record["epoch"], problem)
     if record["unconverged"] > 0:

@@ -1,0 +1,187 @@
+"""A convolutional implicit layer: ``x = σ(A ⋆ x + B ⋆ u + b)``, an average pool, a linear readout.
+
+The state is ``channels`` images of the input's size, flattened row-major (channel, row,
+column); ``A`` (channels, channels, k, k) and ``B`` (channels, C_in, k, k) are stride-1 "same"
+convolutions with the layer's padding (:class:`contraction.Conv2d`), ``b`` one bias per channel.
+The equilibrium is averaged into ``pool × pool`` blocks and read out by ``C x_pooled + c``.
+Well-posedness, step sizes and the Lipschitz bound come from the kernel exactly
+(``contraction.mu_inf(Conv2d(A, …))``), as for a dense layer from its matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import contraction
+from contraction import Conv2d
+
+from solvers import solve
+
+from ._network import ForwardPass, ImplicitNetwork, check_count
+
+__all__ = ["ConvImplicitNetwork"]
+
+
+class ConvImplicitNetwork(ImplicitNetwork):
+    """Implicit network with one convolutional implicit layer.
+
+    Parameters
+    ----------
+    in_shape : (C_in, H, W)
+        Input images, given to every method flattened row-major as (batch, C_in·H·W).
+    channels : int
+        Channels of the hidden state (its size is ``channels·H·W``).
+    kernel_size : int
+        Odd ``k`` of both convolutions; ``H, W ≥ k``.
+    n_out : int
+    pool : int
+        Average pool of ``pool × pool`` blocks before the readout; divides ``H`` and ``W``.
+    padding : {"circular", "zeros"}
+    activation, seed, dtype, solver
+        As for :class:`ImplicitNetwork` (``dtype`` float32 by default).
+
+    Notes
+    -----
+    Forward: ``W = B ⋆ U + b``, ``X = solve(Conv2d(A), W)``, ``Y = pool(X) Cᵀ + c``. Backward:
+    ``G = pool*(dY C)`` (each pooled gradient spread over its block, divided by ``pool²``),
+    ``λ = G + (λ ⊙ σ'(Z)) A`` (the adjoint solve on the same operator), ``V = λ ⊙ σ'(Z)``;
+    ``∂L/∂A[c, c', di, dj] = Σ V[c, i, j] x[c', i + di − p, j + dj − p]`` (summed over the batch and
+    the pixels, with the layer's padding), ``∂L/∂B`` likewise with ``u``, ``∂L/∂b[c] = Σ V[c]``.
+    """
+
+    FUSABLE = False
+
+    def __init__(self, in_shape, channels, kernel_size, n_out, pool, padding="circular", activation="relu", seed=0,
+                 dtype=np.float32, solver=None):
+        try:
+            C_in, H, W = (check_count(v, name) for name, v in zip(("C_in", "H", "W"), in_shape))
+            assert len(in_shape) == 3
+        except (TypeError, AssertionError, ValueError):
+            raise ValueError(f"in_shape must be three positive integers (C_in, H, W), got {in_shape!r}") from None
+        channels = check_count(channels, "channels")
+        k = check_count(kernel_size, "kernel_size")
+        if k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {k}")
+        pool = check_count(pool, "pool")
+        if H % pool or W % pool:
+            raise ValueError(f"pool must divide the image size {H}x{W}, got {pool}")
+        if padding not in contraction.PADDINGS:
+            raise ValueError(f"padding must be one of {contraction.PADDINGS}, got {padding!r}")
+        features = channels * (H // pool) * (W // pool)
+        super().__init__(C_in * H * W, channels, n_out, activation=activation, seed=seed, dtype=dtype, solver=solver)
+        self.in_shape, self.channels, self.kernel_size, self.pool, self.padding = (C_in, H, W), channels, k, pool, padding
+        Conv2d(np.zeros((1, 1, k, k)), (H, W), padding)  # refuses images smaller than the kernel
+        rng = np.random.default_rng(self.seed)
+        f = self.dtype
+        self.A = (0.1 * rng.standard_normal((channels, channels, k, k)) / np.sqrt(channels * k * k)).astype(f)
+        self.B = (rng.standard_normal((channels, C_in, k, k)) / np.sqrt(C_in * k * k)).astype(f)
+        self.b = np.zeros(channels, f)
+        self.C = (rng.standard_normal((self.n_out, features)) / np.sqrt(features)).astype(f)
+        self.c = np.zeros(self.n_out, f)
+
+    # -- shapes and operators -------------------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        C_in, H, W = self.in_shape
+        return C_in * H * W
+
+    @property
+    def n_hidden(self) -> int:
+        return self.channels * self.in_shape[1] * self.in_shape[2]
+
+    @property
+    def n_out(self) -> int:
+        return self.C.shape[0]
+
+    def architecture(self) -> dict:
+        return {"kind": "conv", "in_shape": list(self.in_shape), "channels": self.channels,
+                "kernel_size": self.kernel_size, "n_out": self.n_out, "pool": self.pool, "padding": self.padding}
+
+    def state_operator(self) -> Conv2d:
+        """``A`` as the :class:`contraction.Conv2d` it defines on the hidden state."""
+        return Conv2d(self.A, self.in_shape[1:], self.padding)
+
+    def input_operator(self) -> Conv2d:
+        """``B`` as a :class:`contraction.Conv2d` from the input channels to the hidden ones."""
+        return Conv2d(self.B, self.in_shape[1:], self.padding)
+
+    def _pixels(self) -> int:
+        return self.in_shape[1] * self.in_shape[2]
+
+    def _pool(self, X) -> np.ndarray:
+        """The ``pool × pool`` block means of each channel, flattened (batch, features)."""
+        _, H, W = self.in_shape
+        p = self.pool
+        return X.reshape(X.shape[0], self.channels, H // p, p, W // p, p).mean(axis=(3, 5)).reshape(X.shape[0], -1)
+
+    def _unpool(self, G) -> np.ndarray:
+        """The adjoint of :meth:`_pool`: each feature's value over its block, divided by ``pool²``."""
+        _, H, W = self.in_shape
+        p = self.pool
+        g = G.reshape(G.shape[0], self.channels, H // p, 1, W // p, 1) / (p * p)
+        return np.broadcast_to(g, (G.shape[0], self.channels, H // p, p, W // p, p)).reshape(G.shape[0], -1)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward_pass(self, U, solver=None) -> ForwardPass:
+        U = self.as_inputs(U)
+        Wb = (self.input_operator().apply(U) + np.repeat(self.b.astype(np.float64), self._pixels())).astype(self.dtype)
+        s = self.solver if solver is None else solver
+        op = self.state_operator()
+        res = solve(op, Wb, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=self.activation,
+                    engine=s.engine, check=False)
+        X = res.x
+        Z = (op.apply(X) + Wb).astype(self.dtype)
+        Y = (self._pool(X.astype(np.float64)) @ self.C.T.astype(np.float64) + self.c).astype(self.dtype)
+        return ForwardPass(U, X, Z, Y, res.iterations, res.converged)
+
+    # -- backward -------------------------------------------------------------------------------
+    def _state_gradient(self, dY) -> np.ndarray:
+        return self._unpool(dY @ self.C.astype(np.float64)).astype(self.dtype)
+
+    def _kernel_gradient(self, V, X, channels_in: int) -> np.ndarray:
+        """``Σ_{batch, i, j} V[c, i, j] · x[c', i + di − p, j + dj − p]`` (the layer's padding)."""
+        _, H, W = self.in_shape
+        k, p = self.kernel_size, self.kernel_size // 2
+        v = V.astype(np.float64).reshape(V.shape[0], self.channels, H, W)
+        x = X.astype(np.float64).reshape(X.shape[0], channels_in, H, W)
+        mode = "wrap" if self.padding == "circular" else "constant"
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode=mode)
+        g = np.empty((self.channels, channels_in, k, k))
+        for di in range(k):
+            for dj in range(k):
+                g[:, :, di, dj] = np.einsum("bchw,bdhw->cd", v, xp[:, :, di : di + H, dj : dj + W])
+        return g
+
+    def _parameter_gradients(self, fp: ForwardPass, V, dYt) -> dict:
+        f = self.dtype
+        pooled = self._pool(fp.X.astype(np.float64))
+        return {
+            "A": self._kernel_gradient(V, fp.X, self.channels).astype(f),
+            "B": self._kernel_gradient(V, fp.U, self.in_shape[0]).astype(f),
+            "b": V.astype(np.float64).reshape(V.shape[0], self.channels, -1).sum(axis=(0, 2)).astype(f),
+            "C": (dYt.astype(np.float64).T @ pooled).astype(f),
+            "c": dYt.astype(np.float64).sum(axis=0).astype(f),
+        }
+
+    def _input_product_T(self, V) -> np.ndarray:
+        return self.input_operator().apply_T(V.astype(np.float64))
+
+    # -- certificates -----------------------------------------------------------------------------
+    def readout_matrix(self) -> np.ndarray:
+        """``C`` composed with the average pool, (n_out, n_hidden) in float64: the readout as a
+        matrix on the hidden state (its ℓ∞ norm is ``C``'s: every feature is spread over its
+        block with weight ``1/pool²``)."""
+        return self._unpool(self.C.astype(np.float64))
+
+    def lipschitz(self, form: str = "tight", eta=None) -> float:
+        """ℓ∞ input-to-output Lipschitz bound from the kernels (``inf`` without a μ∞ certificate);
+        ``eta`` one weight per channel."""
+        return contraction.lipschitz_bound(self.state_operator(), self.input_operator(), self.readout_matrix(),
+                                           eta=eta, form=form)
+
+    def __repr__(self) -> str:
+        C_in, H, W = self.in_shape
+        return (f"ConvImplicitNetwork(in_shape=({C_in}, {H}, {W}), channels={self.channels}, "
+                f"kernel_size={self.kernel_size}, n_out={self.n_out}, pool={self.pool}, padding={self.padding!r}, "
+                f"activation={self.activation.name!r}, dtype={self.dtype.name})")
+

@@ -1,0 +1,53 @@
+"""``nemon train --model conv`` and the commands that read its checkpoint (issue 14, item 3)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+import contraction
+from solvers.cli import main
+from solvers.training import ConvImplicitNetwork, load_training
+
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_conv_model_trains_certifies_and_resumes(tmp_path):
+    ckpt = tmp_path / "conv.npz"
+    code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 1,
+                         "--out", ckpt, "--no-progress")
+    assert code == 0, err
+    assert "ConvImplicitNetwork(in_shape=(1, 8, 8), channels=3, kernel_size=3" in out
+    net, history, _ = load_training(ckpt)
+    assert isinstance(net, ConvImplicitNetwork) and net.pool == 2 and net.padding == "circular"
+    assert contraction.mu_inf(net.state_operator()) <= 0.9 + 1e-6
+    code, out, err = run("attack", ckpt, "--samples", 40, "--steps", 3, "--eps", "0.01,0.1", "--out", tmp_path / "a.png")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("0.01", "0.1")]
+    assert len(rows) == 2
+    for eps, clean, interval, lip, lip_paper, fgsm, pgd in rows:
+        assert interval == "nan"  # interval bounds through a convolution: not yet
+        assert float(lip) <= float(pgd) <= float(clean)  # a certificate never exceeds an attack
+    code, _, err = run("train", "--resume", ckpt, "--channels", 5, "--epochs", 2)
+    assert code == 2 and "--channels 5 (the checkpoint's: 3)" in err
+    code, _, err = run("train", "--resume", ckpt, "--epochs", 2, "--no-progress")
+    assert code == 0, err
+    assert [r["epoch"] for r in load_training(ckpt)[1].epochs] == [1, 2]
+
+
+def test_conv_model_needs_square_images_and_a_dividing_pool(tmp_path):
+    code, _, err = run("train", "--model", "conv", "--dataset", "function", "--out", tmp_path / "f.npz")
+    assert code == 2 and "square one-channel images" in err
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--pool", 3, "--out", tmp_path / "p.npz")
+    assert code == 2 and "--pool 3 must divide the 8x8 images" in err
+    assert not np.any([p.exists() for p in (tmp_path / "f.npz", tmp_path / "p.npz")])

@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from .kernels import compiled_only
 
-__all__ = ["Dense", "dense", "Conv", "conv", "apply", "apply_T", "resolvent"]
+__all__ = ["Dense", "dense", "Conv", "conv", "correlate", "apply", "apply_T", "resolvent"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
 #: adjoint) and ``MinvT = ((1 + α) I − α A)⁻ᵀ`` (the splittings). A field a solve does not
@@ -245,6 +245,12 @@ def _inverse_symbol_apply(R, H, W, X, out):
                 base = (c * H + h) * W
                 for w in range(W):
                     o[base + w] = row[w]
+
+
+#: ``correlate(K, H, W, circular, X, out)``: ``out[s] = K ⋆ X[s]`` for every row of ``X`` (compiled;
+#: ``K`` (C_out, C_in, k, k) C-contiguous in ``X``'s dtype), for clients that need a convolution's
+#: products outside a solve (the convolutional network's ``B ⋆ u`` and ``A ⋆ x``).
+correlate = _correlate
 
 
 @overload(apply)

@@ -16,6 +16,7 @@ import contraction
 from contraction import Conv2d
 
 from solvers import solve
+from solvers.engine import correlate
 
 from ._network import ForwardPass, ImplicitNetwork, check_count
 
@@ -105,6 +106,14 @@ class ConvImplicitNetwork(ImplicitNetwork):
         """``B`` as a :class:`contraction.Conv2d` from the input channels to the hidden ones."""
         return Conv2d(self.B, self.in_shape[1:], self.padding)
 
+    def _correlate(self, K, X, channels_out: int, dtype) -> np.ndarray:
+        """``K ⋆ x`` for every row of ``X`` with the layer's padding (compiled), in ``dtype``."""
+        _, H, W = self.in_shape
+        X = np.ascontiguousarray(X, dtype=dtype)
+        out = np.empty((X.shape[0], channels_out * H * W), dtype)
+        correlate(np.ascontiguousarray(K, dtype=dtype), H, W, self.padding == "circular", X, out)
+        return out
+
     def _pixels(self) -> int:
         return self.in_shape[1] * self.in_shape[2]
 
@@ -124,13 +133,13 @@ class ConvImplicitNetwork(ImplicitNetwork):
     # -- forward ------------------------------------------------------------------------------
     def forward_pass(self, U, solver=None) -> ForwardPass:
         U = self.as_inputs(U)
-        Wb = (self.input_operator().apply(U) + np.repeat(self.b.astype(np.float64), self._pixels())).astype(self.dtype)
+        Wb = self._correlate(self.B, U, self.channels, self.dtype) + np.repeat(self.b, self._pixels())
         s = self.solver if solver is None else solver
         op = self.state_operator()
         res = solve(op, Wb, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=self.activation,
                     engine=s.engine, check=False)
         X = res.x
-        Z = (op.apply(X) + Wb).astype(self.dtype)
+        Z = self._correlate(self.A, X, self.channels, self.dtype) + Wb
         Y = (self._pool(X.astype(np.float64)) @ self.C.T.astype(np.float64) + self.c).astype(self.dtype)
         return ForwardPass(U, X, Z, Y, res.iterations, res.converged)
 
@@ -164,7 +173,8 @@ class ConvImplicitNetwork(ImplicitNetwork):
         }
 
     def _input_product_T(self, V) -> np.ndarray:
-        return self.input_operator().apply_T(V.astype(np.float64))
+        flipped = self.B.astype(np.float64)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # the transpose's kernel
+        return self._correlate(flipped, V, self.in_shape[0], np.float64)
 
     # -- certificates -----------------------------------------------------------------------------
     def readout_matrix(self) -> np.ndarray:

@@ -51,14 +51,14 @@ from ._engines.numba_engine import (
     solve_block,
     solve_blocks,
 )
-from ._engines.operators import Conv, Dense, conv, correlate, dense
+from ._engines.operators import Conv, Dense, conv, correlate, correlate_grad, dense
 from ._engines.threads import SMALL_GEMM_WORK, blas_threads, blas_threads_for
 
 __all__ = [
     "Adjoint", "Anderson", "Averaged", "Conv", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
     "IDENTITY", "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "Output", "PRANGE_ONLY", "PeacemanRachford", "RUNNING",
     "SMALL_GEMM_WORK", "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy",
-    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "conv", "correlate", "dense",
+    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "conv", "correlate", "correlate_grad", "dense",
     "dsigma", "output_of", "prox", "rows_of", "serial_work", "sigma", "solve_block", "solve_blocks", "thread_count",
     "use_blocks",
 ]

@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from .kernels import compiled_only
 
-__all__ = ["Dense", "dense", "Conv", "conv", "correlate", "apply", "apply_T", "resolvent"]
+__all__ = ["Dense", "dense", "Conv", "conv", "correlate", "correlate_grad", "apply", "apply_T", "resolvent"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
 #: adjoint) and ``MinvT = ((1 + α) I − α A)⁻ᵀ`` (the splittings). A field a solve does not
@@ -85,6 +85,56 @@ def conv(op, dtype, *, resolvent=None) -> Conv:
     )
 
 
+@njit(cache=True, inline="always")
+def _pad_into(x, H, W, p, circular, xp):
+    """Copy the image ``x`` (C·H·W, row-major) into the padded planes ``xp`` (C, (H + 2p)(W + 2p)):
+    the border wraps around (circular) or is left as it is (zeros: never written)."""
+    Wp = W + 2 * p
+    for c in range(xp.shape[0]):
+        xc = xp[c]
+        for i in range(H):
+            src = (c * H + i) * W
+            dst = (i + p) * Wp + p
+            for j in range(W):
+                xc[dst + j] = x[src + j]
+            if circular:  # the columns wrap around
+                for j in range(p):
+                    xc[dst - p + j] = x[src + W - p + j]
+                    xc[dst + W + j] = x[src + j]
+        if circular:  # the rows wrap around: padded row i holds image row (i − p) mod H
+            for i in range(p):
+                for j in range(Wp):
+                    xc[i * Wp + j] = xc[(i + H) * Wp + j]
+                    xc[(H + p + i) * Wp + j] = xc[(p + i) * Wp + j]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _correlate_grad(V, X, k, H, W, circular, out):
+    """``out[c, c', di, dj] = Σ_s Σ_{i, j} V[s, c, i, j] · x_s[c', i + di − p, j + dj − p]``: the
+    gradient of ``Σ_s ⟨V_s, K ⋆ X_s⟩`` with respect to the kernel (same padding as
+    :func:`_correlate`), ``out`` (C_out, C_in, k, k) overwritten."""
+    C_out, C_in = out.shape[0], out.shape[1]
+    p = k // 2
+    Wp = W + 2 * p
+    xp = np.zeros((C_in, (H + 2 * p) * Wp), X.dtype)
+    out[:] = 0.0
+    for s in range(X.shape[0]):
+        _pad_into(X[s], H, W, p, circular, xp)
+        v = V[s]
+        for c in range(C_out):
+            for c2 in range(C_in):
+                xc = xp[c2]
+                for di in range(k):
+                    for dj in range(k):
+                        total = 0.0
+                        for i in range(H):
+                            vrow = (c * H + i) * W
+                            xrow = (i + di) * Wp + dj
+                            for j in range(W):
+                                total += v[vrow + j] * xc[xrow + j]
+                        out[c, c2, di, dj] += total
+
+
 @njit(cache=True, fastmath={"contract"})
 def _correlate(K, H, W, circular, X, out):
     """``out[s] = K ⋆ X[s]`` per row: the "same" cross-correlation of each image
@@ -102,23 +152,7 @@ def _correlate(K, H, W, circular, X, out):
     xp = np.zeros((C_in, Hp * Wp), X.dtype)  # zero padding: the border is never written
     acc = np.empty(L, X.dtype)
     for s in range(X.shape[0]):
-        x = X[s]
-        for c in range(C_in):
-            xc = xp[c]
-            for i in range(H):
-                src = (c * H + i) * W
-                dst = (i + p) * Wp + p
-                for j in range(W):
-                    xc[dst + j] = x[src + j]
-                if circular:  # the columns wrap around
-                    for j in range(p):
-                        xc[dst - p + j] = x[src + W - p + j]
-                        xc[dst + W + j] = x[src + j]
-            if circular:  # the rows wrap around: padded row i holds image row (i − p) mod H
-                for i in range(p):
-                    for j in range(Wp):
-                        xc[i * Wp + j] = xc[(i + H) * Wp + j]
-                        xc[(H + p + i) * Wp + j] = xc[(p + i) * Wp + j]
+        _pad_into(X[s], H, W, p, circular, xp)
         o = out[s]
         for c in range(C_out):
             acc[:] = 0.0
@@ -251,6 +285,8 @@ def _inverse_symbol_apply(R, H, W, X, out):
 #: ``K`` (C_out, C_in, k, k) C-contiguous in ``X``'s dtype), for clients that need a convolution's
 #: products outside a solve (the convolutional network's ``B ⋆ u`` and ``A ⋆ x``).
 correlate = _correlate
+#: ``correlate_grad(V, X, k, H, W, circular, out)``: the kernel gradient of ``Σ ⟨V_s, K ⋆ X_s⟩``.
+correlate_grad = _correlate_grad
 
 
 @overload(apply)

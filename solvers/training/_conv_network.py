@@ -16,7 +16,7 @@ import contraction
 from contraction import Conv2d
 
 from solvers import solve
-from solvers.engine import correlate
+from solvers.engine import correlate, correlate_grad
 
 from ._network import ForwardPass, ImplicitNetwork, check_count
 
@@ -148,17 +148,12 @@ class ConvImplicitNetwork(ImplicitNetwork):
         return self._unpool(dY @ self.C.astype(np.float64)).astype(self.dtype)
 
     def _kernel_gradient(self, V, X, channels_in: int) -> np.ndarray:
-        """``Σ_{batch, i, j} V[c, i, j] · x[c', i + di − p, j + dj − p]`` (the layer's padding)."""
+        """``Σ_{batch, i, j} V[c, i, j] · x[c', i + di − p, j + dj − p]`` (the layer's padding),
+        compiled (:func:`solvers.engine.correlate_grad`), in float64."""
         _, H, W = self.in_shape
-        k, p = self.kernel_size, self.kernel_size // 2
-        v = V.astype(np.float64).reshape(V.shape[0], self.channels, H, W)
-        x = X.astype(np.float64).reshape(X.shape[0], channels_in, H, W)
-        mode = "wrap" if self.padding == "circular" else "constant"
-        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode=mode)
-        g = np.empty((self.channels, channels_in, k, k))
-        for di in range(k):
-            for dj in range(k):
-                g[:, :, di, dj] = np.einsum("bchw,bdhw->cd", v, xp[:, :, di : di + H, dj : dj + W])
+        g = np.empty((self.channels, channels_in, self.kernel_size, self.kernel_size))
+        correlate_grad(np.ascontiguousarray(V, dtype=np.float64), np.ascontiguousarray(X, dtype=np.float64),
+                       self.kernel_size, H, W, self.padding == "circular", g)
         return g
 
     def _parameter_gradients(self, fp: ForwardPass, V, dYt) -> dict:

@@ -172,6 +172,28 @@ class ConvImplicitNetwork(ImplicitNetwork):
         return self._correlate(flipped, V, self.in_shape[0], np.float64)
 
     # -- certificates -----------------------------------------------------------------------------
+    def embedded_system(self, U_lo, U_hi):
+        """:meth:`ImplicitNetwork.embedded_system` of the convolution, split per tap: the
+        embedded state is ``2·channels`` images ``[x_hi, x_lo]``, and ``𝒜`` the convolution of
+        the kernel ``[[K_M, K_N], [K_N, K_M]]`` (``K_N`` the negative taps other than each
+        channel's own centre tap), which has the same μ∞ as ``A``."""
+        K = self.A
+        k, p, C = self.kernel_size, self.kernel_size // 2, self.channels
+        centre = np.zeros(K.shape, dtype=bool)
+        centre[np.arange(C), np.arange(C), p, p] = True
+        K_N = np.where(~centre & (K < 0), K, 0)
+        K_M = K - K_N
+        KK = np.zeros((2 * C, 2 * C, k, k))
+        KK[:C, :C] = KK[C:, C:] = K_M
+        KK[:C, C:] = KK[C:, :C] = K_N
+        U_c = ((U_hi + U_lo) * 0.5).astype(self.dtype)
+        U_r = ((U_hi - U_lo) * 0.5).astype(self.dtype)
+        bias = np.repeat(self.b, self._pixels())
+        center = self._correlate(self.B, U_c, C, self.dtype) + bias
+        spread = self._correlate(np.abs(self.B), U_r, C, self.dtype)
+        op = Conv2d(KK, self.in_shape[1:], self.padding)
+        return op, np.hstack([center + spread, center - spread]), U_c, U_r
+
     def readout_matrix(self) -> np.ndarray:
         """``C`` composed with the average pool, (n_out, n_hidden) in float64: the readout as a
         matrix on the hidden state (its ℓ∞ norm is ``C``'s: every feature is spread over its

@@ -156,6 +156,24 @@ class ImplicitNetwork:
         """The readout on the hidden state as a float64 matrix (here ``C``)."""
         return self.C.astype(np.float64)
 
+    def embedded_system(self, U_lo, U_hi):
+        """The embedded network over the box ``[U_lo, U_hi]``: ``(𝒜, W2, U_c, U_r)`` with
+        ``𝒜 = [[A_M, A_N], [A_N, A_M]]`` (``A_N`` the negative off-diagonal part of ``A``), its
+        injected inputs ``W2 = [B u_c + |B| u_r + b, B u_c − |B| u_r + b]`` (``B⁺ u_hi + B⁻ u_lo =
+        B u_c + |B| u_r``: two ``n × m`` products rather than one ``2n × 2m``), and the box's
+        centre ``U_c`` and radius ``U_r``, in the network's dtype."""
+        n = self.n_hidden
+        off = ~np.eye(n, dtype=bool)
+        A = self.A
+        A_N = np.where(off & (A < 0), A, 0).astype(self.dtype)
+        A_M = (A - A_N).astype(self.dtype)
+        AA = np.block([[A_M, A_N], [A_N, A_M]])
+        U_c = ((U_hi + U_lo) * 0.5).astype(self.dtype)
+        U_r = ((U_hi - U_lo) * 0.5).astype(self.dtype)
+        center = U_c @ self.B.T + self.b
+        spread = U_r @ np.abs(self.B).T
+        return AA, np.hstack([center + spread, center - spread]), U_c, U_r
+
     def state_operator(self):
         """``A`` as :mod:`contraction` and :func:`solvers.solve` take it (here the matrix)."""
         return self.A

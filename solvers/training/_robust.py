@@ -90,21 +90,7 @@ def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None, solver=None):
     ``B⁺ u_hi + B⁻ u_lo = B u_c + |B| u_r`` with centre ``u_c`` and radius ``u_r``, so the
     injected inputs cost two ``n × m`` products rather than one ``2n × 2m``.
     """
-    if not net.FUSABLE:
-        raise ValueError(f"interval bounds for {type(net).__name__} are not available yet (the Lipschitz certificate "
-                         "and the attacks are)")
-    n = net.n_hidden
-    off = ~np.eye(n, dtype=bool)
-    A = net.A
-    A_N = np.where(off & (A < 0), A, 0).astype(net.dtype)
-    A_M = (A - A_N).astype(net.dtype)
-    AA = np.block([[A_M, A_N], [A_N, A_M]])
-    dt = net.dtype
-    U_c = ((U_hi + U_lo) * 0.5).astype(dt)
-    U_r = ((U_hi - U_lo) * 0.5).astype(dt)
-    center = U_c @ net.B.T + net.b
-    spread = U_r @ np.abs(net.B).T
-    W2 = np.hstack([center + spread, center - spread])
+    AA, W2, U_c, U_r = net.embedded_system(U_lo, U_hi)
     s = net.solver if solver is None else solver
     # The embedded network contracts with the original's factor and alpha*: averaging, or
     # Anderson on top of it when the network is solved with Anderson.
@@ -138,7 +124,7 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     # valid because μ∞(𝒜) = μ∞(A); without a contraction certificate the bound is infinite.
     err = res.error_bound[:, None]
     X_hi, X_lo = X[:, :n] + err, X[:, n:] - err
-    C = net.C.astype(np.float64)
+    C = net.readout_matrix()
     Cp, Cm = np.maximum(C, 0), np.minimum(C, 0)
     with np.errstate(invalid="ignore"):  # inf · 0 where no certificate: the bound is infinite
         Y_hi = np.nan_to_num(X_hi @ Cp.T + X_lo @ Cm.T + net.c, nan=np.inf)
@@ -148,7 +134,7 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
 
 def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
     """Lower bound of ``(C_k − C_j) x + c_k − c_j`` over the box, ``(batch, q)`` (0 at ``j = k``)."""
-    C = net.C.astype(np.float64)
+    C = net.readout_matrix()
     c = net.c.astype(np.float64)
     D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, n)
     with np.errstate(invalid="ignore"):
@@ -342,6 +328,8 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
     ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``.
     """
+    if not net.FUSABLE:
+        raise ValueError(f"interval training of {type(net).__name__} is not available yet (its interval bounds are)")
     y = np.asarray(y)
     lo, hi = _box(U, _radius(eps))
     n, batch = net.n_hidden, len(y)
@@ -409,8 +397,7 @@ def _robustness_rows(net, U, y, eps_list, attacks, eta, pgd_steps, pgd_restarts,
         row = {
             "eps": float(eps),
             "clean": clean,
-            "certified_interval": (certified_accuracy(net, U, y, eps, "interval") if net.FUSABLE
-                                   else float("nan")),  # interval bounds through a convolution: not yet
+            "certified_interval": certified_accuracy(net, U, y, eps, "interval"),
             "certified_lipschitz": certified_accuracy(net, U, y, eps, "lipschitz", eta=eta),
             "certified_lipschitz_paper": certified_accuracy(net, U, y, eps, "lipschitz", form="paper", eta=eta),
         }

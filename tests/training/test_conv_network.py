@@ -97,7 +97,7 @@ def test_training_keeps_the_kernel_certified_and_learns():
 def test_training_refuses_what_convolutional_layers_do_not_have_yet():
     net = ConvImplicitNetwork((1, 4, 4), 2, 3, 2, 2, solver=SolverConfig(engine="numpy"))
     X, y = np.zeros((4, 16)), np.array([0, 1, 0, 1])
-    for fields in ({"interval_eps": 0.1}, {"lipschitz_weight": 0.1}, {"constraint": "norm_inf"}):
+    for fields in ({"interval_eps": 0.1}, {"lipschitz_weight": 0.1}, {"constraint": "norm_inf"}):  # not yet
         with pytest.raises(ValueError, match="ConvImplicitNetwork"):
             train(net, X, y, epochs=1, progress=False, **fields)
 
@@ -132,3 +132,24 @@ def test_checkpoints_round_trip_with_the_training_state(tmp_path):
     np.testing.assert_array_equal(back.forward(X[:5]), net.forward(X[:5]))
     more = train(back, X, y, epochs=2, batch_size=20, resume=hist, progress=False)
     assert [r["epoch"] for r in more.epochs] == [1, 2]
+
+
+@pytest.mark.parametrize("padding", contraction.PADDINGS)
+def test_interval_bounds_equal_the_dense_twins_and_are_sound(padding):
+    from solvers.training import certified_accuracy, interval_bounds
+
+    net = small(padding, "relu")
+    net.solver = SolverConfig(engine="numba", **EXACT)
+    twin = dense_twin(net)
+    rng = np.random.default_rng(6)
+    U = rng.uniform(0.1, 0.9, (4, 48))
+    lo, hi = U - 0.05, U + 0.05
+    X_lo, X_hi, Y_lo, Y_hi = interval_bounds(net, lo, hi)
+    for got, want in zip((X_lo, X_hi, Y_lo, Y_hi), interval_bounds(twin, lo, hi)):
+        np.testing.assert_allclose(got, want, atol=1e-8)
+    for _ in range(20):  # sampled inputs of the box stay inside the bounds
+        Y = net.forward(rng.uniform(lo, hi))
+        assert np.all(Y >= Y_lo - 1e-9) and np.all(Y <= Y_hi + 1e-9)
+    y = net.predict(U)
+    assert certified_accuracy(net, U, y, 0.0) == 1.0  # a zero radius certifies every prediction
+    assert certified_accuracy(net, U, y, 0.05) == certified_accuracy(twin, U, y, 0.05)

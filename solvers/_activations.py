@@ -23,6 +23,9 @@ __all__ = ["Activation", "ACTIVATIONS", "get_activation"]
 
 #: name -> integer code used by the compiled kernels.
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "hard_tanh": 2, "tanh": 3, "softplus": 4}
+#: name -> the closed interval holding σ's values.
+_RANGES = {"relu": (0.0, np.inf), "leaky_relu": (-np.inf, np.inf), "hard_tanh": (-1.0, 1.0), "tanh": (-1.0, 1.0),
+           "softplus": (0.0, np.inf)}
 #: Code of the identity map, used internally by the (linear) adjoint equation.
 IDENTITY = 5
 
@@ -51,6 +54,13 @@ class Activation:
 
     def prox(self, v, alpha: float):
         return prox(self.code, self.slope, alpha, v)
+
+    @property
+    def range(self) -> tuple:
+        """``(low, high)``: the closed interval holding every value of σ (a state ``x = σ(z)``
+        lies in it, whatever ``z``): relu and softplus ``[0, ∞)``, hard_tanh and tanh ``[−1, 1]``,
+        leaky_relu the whole line."""
+        return _RANGES[self.name]
 
 
 def get_activation(spec) -> Activation:

@@ -123,7 +123,10 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     # Sound at the solver's tolerance: widen by the a-posteriori bound ‖x − x*‖∞ ≤ r/(1 − max(0, μ)),
     # valid because μ∞(𝒜) = μ∞(A); without a contraction certificate the bound is infinite.
     err = res.error_bound[:, None]
-    X_hi, X_lo = X[:, :n] + err, X[:, n:] - err
+    # Every state is a value of σ: the widened bounds are clamped to σ's range, which keeps them
+    # sound and stops the widening from costing certificates (ReLU lower bounds sat ~1e-5 below 0).
+    low, high = net.activation.range
+    X_hi, X_lo = np.minimum(X[:, :n] + err, high), np.maximum(X[:, n:] - err, low)
     C = net.readout_matrix()
     Cp, Cm = np.maximum(C, 0), np.minimum(C, 0)
     with np.errstate(invalid="ignore"):  # inf · 0 where no certificate: the bound is infinite

@@ -303,7 +303,9 @@ def test_averaged_trajectory_within_iteration_bound(weighted, seed, n, frac):
     r = r0
     for k in range(bound + 1):
         r = residual(x)
-        assert r <= factor**k * r0 * (1 + 1e-9) + 1e-14  # r(x_k) ≤ ρ^k r(x0)
+        # r(x_k) ≤ ρ^k r(x0), tight when the worst row stays active: rounding over hundreds of
+        # steps puts r a few 1e-9 (relative) above it (seeds 2274130095 and 1554719317, n 3 and 6).
+        assert r <= factor**k * r0 * (1 + 1e-7) + 1e-14
         if r <= tol:
             break
         x = (1 - alpha) * x + alpha * relu(A @ x + w)

@@ -581,3 +581,22 @@ def test_interval_bounds_solved_with_anderson_contain_sampled_outputs(activation
         X, Y = equilibrium(net, box_points(rng, U_lo[k], U_hi[k]))
         assert_within(X_lo[k], X, X_hi[k], f"x*(u), box {k}")
         assert_within(Y_lo[k], Y, Y_hi[k], f"y(u), box {k}")
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "hard_tanh", "softplus", "leaky_relu"])
+def test_interval_bounds_lie_in_the_activations_range(activation):
+    """The widening by the solver's error bound is clamped to σ's range: ReLU lower bounds are
+    never below 0 (they used to sit about 1e-5 below), tanh bounds within [-1, 1]."""
+    from solvers import get_activation
+    from solvers.training import interval_bounds
+
+    rng = np.random.default_rng(3)
+    net = ImplicitNetwork(6, 8, 3, activation=activation, seed=2)
+    net.A = (0.5 * net.A).astype(net.dtype)
+    U = rng.uniform(0.2, 0.8, (5, 6))
+    X_lo, X_hi, _, _ = interval_bounds(net, U - 0.1, U + 0.1)
+    low, high = get_activation(activation).range
+    assert np.all(X_lo >= low) and np.all(X_hi <= high) and np.all(X_lo <= X_hi)
+    for _ in range(10):  # still sound
+        fp = net.forward_pass(rng.uniform(U - 0.1, U + 0.1))
+        assert np.all(fp.X >= X_lo - 1e-12) and np.all(fp.X <= X_hi + 1e-12)

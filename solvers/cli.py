@@ -175,22 +175,37 @@ def cmd_check(args) -> int:
     print(f"Best diagonal weights: mu_inf,eta(A) = {best:.6g} (infimum alpha(ceil(A)) = "
           f"{report['nemon_weighted'].value:.6g}); eta ranges over [{eta.min():.3g}, {eta.max():.3g}]")
     print()
+    _print_steps(A, B)
+    return 0 if report["nemon"].holds or report["nemon_weighted"].holds else 1
+
+
+def _print_steps(A, B) -> None:
+    """The iteration table (step, factor, iterations per method) of a matrix or a convolution,
+    and the Lipschitz bound when ``B`` is given; a factor ``contraction`` declines (the
+    splittings of a large convolution) is shown as "-" with its reason."""
     print("Iterations (factor = worst-case l-inf Lipschitz constant of one step; < 1 contracts):")
     print(f"{'method':<18} {'alpha':>10} {'factor':>10} {'iters to 1e-8 from r=1':>24}")
+    skipped = None
     for method in contraction.METHODS:
         if method == "anderson":
             continue
         alpha = contraction.optimal_alpha(A, method)
-        factor = contraction.contraction_factor(A, alpha, method)
+        try:
+            factor = contraction.contraction_factor(A, alpha, method)
+        except ValueError as exc:  # the splittings' factor needs the dense resolvent: small n only
+            skipped = skipped or str(exc)
+            print(f"{method:<18} {alpha:>10.4g} {'-':>10} {'-':>24}")
+            continue
         bound = contraction.iteration_bound(factor, 1.0, 1e-8)
         print(f"{method:<18} {alpha:>10.4g} {factor:>10.4g} {bound!s:>24}")
+    if skipped:
+        print(f"-: {skipped}")
     if B is not None:
         tight = contraction.lipschitz_bound(A, B, form="tight")
         paper = contraction.lipschitz_bound(A, B, form="paper")
         print()
         print(f"Input-to-state l-inf Lipschitz bound: {tight:.6g} (tight, 1/(1-mu)), "
               f"{paper:.6g} (paper, 1/(1-max(0,mu)))")
-    return 0 if report["nemon"].holds or report["nemon_weighted"].holds else 1
 
 
 #: Largest n = C*H*W whose convolution ``nemon check`` also checks through its dense matrix.
@@ -277,29 +292,7 @@ def _check_convolution(args, K: np.ndarray, source: str) -> int:
         for c in range(C):
             print(f"{c:>7} {diag[c]:>12.6g} {off[c]:>12.6g} {rows[c]:>12.6g}")
     print()
-    print("Iterations (factor = worst-case l-inf Lipschitz constant of one step; < 1 contracts):")
-    print(f"{'method':<18} {'alpha':>10} {'factor':>10} {'iters to 1e-8 from r=1':>24}")
-    skipped = None
-    for method in contraction.METHODS:
-        if method == "anderson":
-            continue
-        alpha = contraction.optimal_alpha(op, method)
-        try:
-            factor = contraction.contraction_factor(op, alpha, method)
-        except ValueError as exc:  # the splittings' factor needs the dense resolvent: small n only
-            skipped = skipped or str(exc)
-            print(f"{method:<18} {alpha:>10.4g} {'-':>10} {'-':>24}")
-            continue
-        bound = contraction.iteration_bound(factor, 1.0, 1e-8)
-        print(f"{method:<18} {alpha:>10.4g} {factor:>10.4g} {bound!s:>24}")
-    if skipped:
-        print(f"-: {skipped}")
-    if B is not None:
-        tight = contraction.lipschitz_bound(op, B, form="tight")
-        paper = contraction.lipschitz_bound(op, B, form="paper")
-        print()
-        print(f"Input-to-state l-inf Lipschitz bound: {tight:.6g} (tight, 1/(1-mu)), "
-              f"{paper:.6g} (paper, 1/(1-max(0,mu)))")
+    _print_steps(op, B)
     return 0 if mu < 1 else 1
 
 

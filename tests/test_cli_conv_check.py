@@ -4,8 +4,6 @@ dense matrix; bad kernels and options are one line naming them, exit 2."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 
 import numpy as np
@@ -13,27 +11,11 @@ import pytest
 
 import contraction
 from contraction import Conv2d
-from solvers.cli import main
+from _cli_helpers import run, one_clean_line
 
 
-def run(*argv):
-    """``main(argv)`` with stdout and stderr captured: ``(exit code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse's own errors
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
-def one_clean_line(err: str, *needles) -> str:
-    lines = [line for line in err.strip().splitlines() if not line.startswith("nemon: ")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
 
 
 def value(out: str, pattern: str) -> float:

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import numpy as np
 
 import contraction
-from solvers.cli import main
+from _cli_helpers import run
 from solvers.training import ConvImplicitNetwork, load_training
 
 
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_conv_model_trains_certifies_and_resumes(tmp_path):

@@ -4,27 +4,16 @@ files (6) and options (7)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import stat
 
 import numpy as np
 import pytest
 
-from solvers.cli import main
+from _cli_helpers import run, one_clean_line
 from solvers.training import TrainConfig, load_training
 
 
-def run(*argv):
-    """``main(argv)`` with stdout and stderr captured: ``(exit code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse's own errors: the usage and one line, exit 2
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def train(tmp, name, *extra, epochs=1):
@@ -32,15 +21,6 @@ def train(tmp, name, *extra, epochs=1):
                "--out", tmp / f"{name}.npz", *extra)
 
 
-def one_clean_line(err: str, *needles):
-    """The error is the project's own single line, with every needle in it (beside the
-    compilation messages of a first run, "nemon: compiling ...")."""
-    lines = [line for line in err.strip().splitlines() if not line.startswith("nemon: ")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
 
 
 # -- (1) dead networks ------------------------------------------------------------------------

@@ -5,12 +5,10 @@ clear line, no traceback)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import pytest
 
-from solvers.cli import main
+from _cli_helpers import run
 from solvers.training._reproduce import model_specs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -19,15 +17,6 @@ ATTACK_COLUMNS = CERT_COLUMNS + ["FGSM", "PGD"]
 EPS = (0.01, 0.05)
 
 
-def run(*argv):
-    """``main(argv)`` with stdout and stderr captured: ``(exit code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse's own errors (a count out of range): usage and one line, exit 2
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def table(out: str, columns):

@@ -51,6 +51,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
     """
 
     FUSABLE = False
+    DENSE = False
 
     def __init__(self, in_shape, channels, kernel_size, n_out, pool, padding="circular", activation="relu", seed=0,
                  dtype=np.float32, solver=None):

@@ -143,6 +143,9 @@ class ImplicitNetwork:
     PARAMS = ("A", "B", "b", "C", "c")
     #: Whether :mod:`._fused`'s compiled step applies (dense layers only).
     FUSABLE = True
+    #: Whether ``A`` is a dense matrix: interval training, the Lipschitz regulariser and the
+    #: constraints other than ``mu_inf`` and ``none`` work on matrices only (for now).
+    DENSE = True
 
     def architecture(self) -> dict:
         """What rebuilds this network's shapes (a checkpoint's header holds it)."""

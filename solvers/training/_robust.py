@@ -331,7 +331,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
     ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``.
     """
-    if not net.FUSABLE:
+    if not net.DENSE:
         raise ValueError(f"interval training of {type(net).__name__} is not available yet (its interval bounds are)")
     y = np.asarray(y)
     lo, hi = _box(U, _radius(eps))

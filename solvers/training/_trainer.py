@@ -293,7 +293,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     con = cfg.make_constraint()
     solver = cfg.solver(net.solver)
     opt_cfg = OptimizerConfig(cfg.optimizer, cfg.lr)
-    if not net.FUSABLE and (cfg.interval_eps > 0 or cfg.lipschitz_weight > 0 or con.name not in ("mu_inf", "none")):
+    if not net.DENSE and (cfg.interval_eps > 0 or cfg.lipschitz_weight > 0 or con.name not in ("mu_inf", "none")):
         raise ValueError(f"{type(net).__name__} trains with constraint 'mu_inf' or 'none', without interval training "
                          "or the Lipschitz regulariser (not yet available for convolutional layers), got "
                          f"constraint={con.name!r}, interval_eps={cfg.interval_eps}, "

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from ._conv import Conv2d
+from ._conv_spectrum import splitting_factor
 from ._norms import _scale_inf, mu_inf
 from ._validation import as_finite_scalar, as_square_matrix, as_weights
 
@@ -137,6 +138,8 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
     if conv:  # the rows of a convolution, per output channel (contraction/_conv.py)
         diag, off = A.row_data(eta)
         if method in ("peaceman_rachford", "douglas_rachford"):
+            if A.padding == "circular":  # per frequency (contraction/_conv_spectrum.py)
+                return splitting_factor(A, alpha, method, None if eta is None else np.asarray(eta, dtype=np.float64))
             A, eta = _conv_dense(A, eta, method)
     else:
         S = _scale_inf(A, eta)
@@ -162,8 +165,8 @@ def _conv_dense(op: Conv2d, eta, method: str):
     reflected resolvent is not a row quantity of the kernel)."""
     if op.n > CONV_DENSE_LIMIT:
         raise ValueError(f"contraction_factor of {method} for {op!r} needs its {op.n}x{op.n} resolvent; "
-                         f"computed for n <= {CONV_DENSE_LIMIT} only (the averaged and forward-backward factors "
-                         "have no such limit)")
+                         f"computed for n <= {CONV_DENSE_LIMIT} only with zero padding (circular padding: any "
+                         "size, per frequency; the averaged and forward-backward factors have no such limit)")
     w = None if eta is None else np.repeat(np.asarray(eta, dtype=np.float64), op.pixels)
     return op.to_dense(), w
 

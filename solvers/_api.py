@@ -18,7 +18,7 @@ import contraction
 from contraction import Conv2d
 from contraction._validation import as_finite_scalar, as_square_matrix
 
-from . import _convolution
+from contraction import _conv_spectrum
 from ._activations import get_activation
 from ._engines.task import Task
 from ._engines.threads import blas_threads
@@ -153,7 +153,7 @@ DIRECT_CONV_LIMIT = 4096
 @dataclasses.dataclass(frozen=True)
 class _ConvFacts:
     """What a solve knows about a square :class:`contraction.Conv2d`, from its kernel: every
-    quantity per output channel or per frequency (:mod:`._convolution`), never the dense
+    quantity per output channel or per frequency (:mod:`contraction._conv_spectrum`), never the dense
     matrix (but for the direct adjoint solve of a small image)."""
 
     A: Conv2d
@@ -175,16 +175,16 @@ class _ConvFacts:
     def resolvent(self, alpha: float, dtype) -> np.ndarray:
         """``Task.resolvent`` of a splitting: ``M̂(f)⁻¹`` per frequency (circular padding:
         :func:`_check_splitting` refused zeros)."""
-        return _convolution.inverse_symbol(self.A, alpha)
+        return _conv_spectrum.inverse_symbol(self.A, alpha)
 
     def factor(self, alpha: float, method: str, eta=None) -> float:
         if method in _SPLITTINGS:
-            return _convolution.splitting_factor(self.A, alpha, method, eta)
+            return _conv_spectrum.splitting_factor(self.A, alpha, method, eta)
         return contraction.contraction_factor(self.A, alpha, method, eta=eta)
 
     def mu_2(self) -> float:
         # Only the splittings ask, and they run on circular padding only.
-        return _convolution.mu_2(self.A) if self.A.padding == "circular" else float("inf")
+        return _conv_spectrum.conv_mu_2(self.A) if self.A.padding == "circular" else float("inf")
 
     def weights(self) -> tuple[np.ndarray, float]:
         """The best weights constant on each channel (exactly optimal for circular padding)."""

@@ -494,6 +494,9 @@ def _new_network(args, n_in: int, n_out: int):
                   solver=tr.SolverConfig(engine=args.engine))
     if args.model == "dense":
         return tr.ImplicitNetwork(n_in, args.hidden, n_out, **common)
+    if args.constraint not in tr.CONV_CONSTRAINTS:
+        raise CLIError(f"--constraint {args.constraint} is defined on matrices: --model conv trains with "
+                       f"{', '.join(tr.CONV_CONSTRAINTS)}")
     side = math.isqrt(n_in)
     if side * side != n_in or side < args.kernel:
         raise CLIError(f"--model conv needs square one-channel images of at least {args.kernel}x{args.kernel} pixels; "

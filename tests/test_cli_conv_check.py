@@ -123,7 +123,12 @@ def test_large_images_skip_the_dense_check_and_the_splittings(tmp_path, rng):
         alpha, factor, iters = method_row(out, method)
         assert factor == pytest.approx(contraction.contraction_factor(Conv2d(K, (28, 28)), None, method), rel=1e-3)
         assert np.isfinite(iters)
-    for method in ("peaceman_rachford", "douglas_rachford"):
+    for method in ("peaceman_rachford", "douglas_rachford"):  # circular: per frequency, any size
+        alpha, factor, iters = method_row(out, method)
+        assert factor == pytest.approx(contraction.contraction_factor(Conv2d(K, (28, 28)), alpha, method), rel=1e-3)
+    code, out, err = run("check", save(tmp_path, K), "--image", "28x28", "--padding", "zeros")
+    assert code == 0, err
+    for method in ("peaceman_rachford", "douglas_rachford"):  # zeros: the dense resolvent, too large here
         alpha, factor, iters = method_row(out, method)
         assert alpha is not None and factor is None and iters is None
     assert re.search(r"^-: .*resolvent", out, flags=re.MULTILINE)

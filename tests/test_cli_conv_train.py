@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 import contraction
-from _cli_helpers import run
+from _cli_helpers import one_clean_line, run
 from solvers.training import ConvImplicitNetwork, load_training
 
 
@@ -40,3 +40,21 @@ def test_conv_model_needs_square_images_and_a_dividing_pool(tmp_path):
     code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--pool", 3, "--out", tmp_path / "p.npz")
     assert code == 2 and "--pool 3 must divide the 8x8 images" in err
     assert not np.any([p.exists() for p in (tmp_path / "f.npz", tmp_path / "p.npz")])
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--constraint", "mon", "--out", tmp_path / "m.npz")
+    assert code == 2 and "--constraint mon is defined on matrices" in one_clean_line(err)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_conv_model_trains_with_intervals_then_certifies(tmp_path):
+    """Interval training of a conv layer from the command line; ``certify`` reads it back."""
+    ckpt = tmp_path / "robust.npz"
+    code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 2,
+                         "--interval-eps", 0.05, "--lipschitz-weight", 1e-4, "--no-progress", "--out", ckpt)
+    assert code == 0, err
+    _, history, _ = load_training(ckpt)
+    assert history.config.interval_eps == 0.05 and history.config.lipschitz_weight == 1e-4
+    assert all(r["mu_inf"] <= 0.9 + 1e-6 for r in history.epochs)
+    assert 0.0 <= history.epochs[-1]["val_certified"] <= 1.0
+    code, out, err = run("certify", ckpt, "--eps", "0.01,0.05", "--samples", 50, "--out", tmp_path / "c.png")
+    assert code == 0, err
+    assert (tmp_path / "c.png").exists()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _activations as act
-from .._convolution import apply_inverse_symbol
+from contraction._conv_spectrum import apply_inverse_symbol
 from .kernels import ANDERSON_REG, DIVERGENCE_RATIO, DIVERGED, MAX_ITER, NONFINITE, RUNNING, SUCCESS
 from .task import Task
 from .threads import blas_threads_for

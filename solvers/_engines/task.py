@@ -48,7 +48,7 @@ class Task:
         What the splittings need of ``M = (1 + α) I − α A``: ``M⁻ᵀ`` (n, n, the solve's dtype) for
         a dense ``op``; for a circular :class:`~contraction.Conv2d` its inverse symbol
         ``M̂(f)⁻¹`` on the half spectrum (H, W//2 + 1, C, C), complex128
-        (:func:`solvers._convolution.inverse_symbol`). ``None`` for the other methods.
+        (:func:`contraction._conv_spectrum.inverse_symbol`). ``None`` for the other methods.
     """
 
     kind: str

@@ -7,7 +7,7 @@ checkpoints (:func:`save`, :func:`load`).
 """
 
 from ._checkpoint import CheckpointError, load, load_training, save
-from ._constraints import CONSTRAINTS, Constraint, make_constraint
+from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx
 from ._conv_network import ConvImplicitNetwork
 from ._network import LOSSES, Gradients, ImplicitNetwork, SolverConfig
@@ -29,6 +29,7 @@ from ._trainer import History, TrainConfig, TrainerState, TrainingCollapsed, lip
 
 __all__ = [
     "CONSTRAINTS",
+    "CONV_CONSTRAINTS",
     "CheckpointError",
     "Constraint",
     "ConvImplicitNetwork",

@@ -19,17 +19,23 @@ import numpy as np
 
 import contraction
 
-__all__ = ["Constraint", "CONSTRAINTS", "make_constraint"]
+__all__ = ["Constraint", "CONSTRAINTS", "CONV_CONSTRAINTS", "make_constraint"]
 
 #: name -> one-line description.
 CONSTRAINTS = {
     "mu_inf": "project A onto {mu_inf(A) <= gamma} after every step (projected gradient, seed paper)",
     "norm_inf": "project A onto {||A||_inf <= gamma} after every step (implicit deep learning)",
-    "nemon_param": "A = gamma I + D^-1 T D - diag(|T| 1), D = diag(e^d) (seed authors' parametrisation)",
+    "nemon_param": "A = gamma I + D^-1 T D - diag(|T| 1), D = diag(e^d) (seed authors' parametrisation); "
+                   "for a convolution their conv layer's: K = g V/||V||_F, centre taps shifted by "
+                   "gamma - C max|K| (certifies nothing: its true mu_inf is reported)",
     "mon": "A = (1 - m) I - P^T P + S - S^T with m = 1 - gamma (monotone operator networks)",
     "none": "unconstrained A (the solver's statuses tell when it breaks)",
     "zero": "A = 0: a one-hidden-layer feed-forward network (the explicit baseline)",
 }
+
+
+#: The constraints a convolution kernel trains under (the others are defined on matrices).
+CONV_CONSTRAINTS = ("mu_inf", "none", "nemon_param")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Constraint:
             return self.project({"A": A0.copy()})
         if self.name == "zero":
             return {"Z": np.zeros((n, n), A0.dtype)}
+        if self.name == "nemon_param" and A0.ndim == 4:  # the seed authors' conv layer, at g = 1
+            return {"V": A0.copy(), "g": np.ones(1, A0.dtype)}
         if self.name == "nemon_param":
             return {"T": A0.copy(), "d": np.zeros(n, A0.dtype)}
         scale = np.sqrt(np.abs(A0).mean() + 1e-12)
@@ -81,6 +89,8 @@ class Constraint:
             return raw["A"]
         if self.name == "zero":
             return raw["Z"]
+        if "V" in raw:
+            return _seed_conv_kernel(raw["V"], raw["g"], self.gamma)
         if self.name == "nemon_param":
             T, d = raw["T"], raw["d"]
             A = T * np.exp(d[None, :] - d[:, None])
@@ -96,6 +106,8 @@ class Constraint:
             return {"A": gA}
         if self.name == "zero":
             return {"Z": np.zeros_like(gA)}
+        if "V" in raw:
+            return _seed_conv_pullback(raw["V"], raw["g"], gA)
         if self.name == "nemon_param":
             T, d = raw["T"], raw["d"]
             E = np.exp(d[None, :] - d[:, None])
@@ -120,7 +132,7 @@ class Constraint:
     # -- certificates ---------------------------------------------------------------
     def weights(self, raw: dict) -> np.ndarray | None:
         """Diagonal weights in which the constraint certifies ``μ_{∞,η}(A) ≤ γ`` (if any)."""
-        if self.name == "nemon_param":
+        if self.name == "nemon_param" and "d" in raw:
             return np.exp(-raw["d"].astype(np.float64))
         return None
 
@@ -134,8 +146,11 @@ class Constraint:
         dtype = raw["A"].dtype if conv and raw is not None and "A" in raw else getattr(A, "dtype", np.float64)
         if tol is None:
             tol = max(1e-6, 1e3 * float(np.finfo(dtype).eps)) if np.issubdtype(dtype, np.floating) else 1e-6
-        if conv and self.name not in ("mu_inf", "none"):
-            raise ValueError(f"constraint {self.name!r} is not available for convolutional layers (use mu_inf or none)")
+        if conv and self.name not in CONV_CONSTRAINTS:
+            raise ValueError(f"constraint {self.name!r} is not available for convolutional layers "
+                             f"(use one of {CONV_CONSTRAINTS})")
+        if conv and self.name == "nemon_param":
+            return None  # the seed authors' conv layer claims mu_inf <= gamma without enforcing it: nothing to hold
         if not conv:
             A = A.astype(np.float64)
         if self.name == "mu_inf":
@@ -160,6 +175,36 @@ class Constraint:
         else:
             return None
         return None if ok else f"constraint {self.name} (gamma = {self.gamma}) violated: {what}"
+
+
+def _seed_conv_kernel(V, g, m):
+    """The seed authors' convolutional layer: ``K = g V / ‖V‖_F`` with every centre tap
+    ``K[c, c, p, p]`` moved by ``m − C · max|K|`` (C output channels), meant to make ``μ∞ ≤ m``
+    (it does not: a row holds ``C k²`` taps; see examples/conv_certificate.py)."""
+    C, k = V.shape[0], V.shape[2]
+    K = (g[0] / np.linalg.norm(V.astype(np.float64))) * V.astype(np.float64)
+    K[np.arange(C), np.arange(C), k // 2, k // 2] += m - C * np.abs(K).max()
+    return K.astype(V.dtype)
+
+
+def _seed_conv_pullback(V, g, gA) -> dict:
+    """Gradients with respect to ``V`` and ``g`` of :func:`_seed_conv_kernel` from ``gA``.
+
+    With ``N = ‖V‖_F``, ``M = max|V|`` (at ``V_*``) and ``s = Σ_c gA[c, c, p, p]``, the kernel is
+    ``(g/N)(V − C M E) + m E`` (``E`` the centre taps), so ``∂/∂g = (⟨gA, V⟩ − C M s)/N`` and
+    ``∂/∂V = (g/N) gA − (g⟨gA, V⟩/N³) V − C g s (sign(V_*) e_* / N − M V / N³)`` (a.e.: one
+    maximiser)."""
+    V64, gA = V.astype(np.float64), gA.astype(np.float64)
+    C, k = V.shape[0], V.shape[2]
+    N = np.linalg.norm(V64)
+    star = np.unravel_index(int(np.argmax(np.abs(V64))), V.shape)
+    M = abs(V64[star])
+    s = float(gA[np.arange(C), np.arange(C), k // 2, k // 2].sum())
+    inner = float(np.sum(gA * V64))
+    g0 = float(g[0])
+    gV = (g0 / N) * gA - (g0 * inner / N**3) * V64 + (C * g0 * s * M / N**3) * V64
+    gV[star] -= C * g0 * s * np.sign(V64[star]) / N
+    return {"V": gV.astype(V.dtype), "g": np.array([(inner - C * M * s) / N], V.dtype)}
 
 
 def make_constraint(name: str, gamma: float = 0.9, diag_min: float | None = None) -> Constraint:

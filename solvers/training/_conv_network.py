@@ -132,9 +132,13 @@ class ConvImplicitNetwork(ImplicitNetwork):
         return np.broadcast_to(g, (G.shape[0], self.channels, H // p, p, W // p, p)).reshape(G.shape[0], -1)
 
     # -- forward ------------------------------------------------------------------------------
+    def injected(self, U) -> np.ndarray:
+        """``W = B ⋆ u + b`` for every row of ``U``, in the network's dtype."""
+        return self._correlate(self.B, U, self.channels, self.dtype) + np.repeat(self.b, self._pixels())
+
     def forward_pass(self, U, solver=None) -> ForwardPass:
         U = self.as_inputs(U)
-        Wb = self._correlate(self.B, U, self.channels, self.dtype) + np.repeat(self.b, self._pixels())
+        Wb = self.injected(U)
         s = self.solver if solver is None else solver
         op = self.state_operator()
         res = solve(op, Wb, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=self.activation,
@@ -148,11 +152,13 @@ class ConvImplicitNetwork(ImplicitNetwork):
     def _state_gradient(self, dY) -> np.ndarray:
         return self._unpool(dY @ self.C.astype(np.float64)).astype(self.dtype)
 
-    def _kernel_gradient(self, V, X, channels_in: int) -> np.ndarray:
+    def _kernel_gradient(self, V, X, channels_in: int, channels_out: int | None = None) -> np.ndarray:
         """``Σ_{batch, i, j} V[c, i, j] · x[c', i + di − p, j + dj − p]`` (the layer's padding),
-        compiled (:func:`solvers.engine.correlate_grad`), in float64."""
+        compiled (:func:`solvers.engine.correlate_grad`), in float64; ``channels_out`` those of
+        ``V`` (default: the layer's)."""
         _, H, W = self.in_shape
-        g = np.empty((self.channels, channels_in, self.kernel_size, self.kernel_size))
+        c_out = self.channels if channels_out is None else channels_out
+        g = np.empty((c_out, channels_in, self.kernel_size, self.kernel_size))
         correlate_grad(np.ascontiguousarray(V, dtype=np.float64), np.ascontiguousarray(X, dtype=np.float64),
                        self.kernel_size, H, W, self.padding == "circular", g)
         return g
@@ -173,16 +179,48 @@ class ConvImplicitNetwork(ImplicitNetwork):
         return self._correlate(flipped, V, self.in_shape[0], np.float64)
 
     # -- certificates -----------------------------------------------------------------------------
+    def features(self, X) -> np.ndarray:
+        """The pooled features (:meth:`_pool`), the readout's input."""
+        return self._pool(X)
+
+    def features_T(self, G) -> np.ndarray:
+        return self._unpool(G)
+
+    def state_product(self, op, X) -> np.ndarray:
+        """``op ⋆ x`` for every row of ``X`` (``op`` a :class:`contraction.Conv2d` on this
+        layer's images), in ``X``'s dtype."""
+        return self._correlate(op.kernel, X, op.kernel.shape[0], X.dtype)
+
+    def _negative_taps(self) -> np.ndarray:
+        """Where ``A`` has a negative tap other than a channel's own centre tap (``K_N``)."""
+        C, p = self.channels, self.kernel_size // 2
+        centre = np.zeros(self.A.shape, dtype=bool)
+        centre[np.arange(C), np.arange(C), p, p] = True
+        return ~centre & (self.A < 0)
+
+    def embedded_gradients(self, V, X2, U_c, U_r) -> dict:
+        """:meth:`ImplicitNetwork.embedded_gradients` per tap: the embedded kernel's gradient
+        (``2·channels`` channels) folded into ``K_M`` and ``K_N``, and the input kernel's
+        through ``B ⋆ u_c + |B| ⋆ u_r``."""
+        C, c_in = self.channels, self.in_shape[0]
+        g = self._kernel_gradient(V, X2, 2 * C, 2 * C)
+        gM = g[:C, :C] + g[C:, C:]
+        gN = g[:C, C:] + g[C:, :C]
+        n = self.n_hidden
+        gW_hi, gW_lo = V[:, :n], V[:, n:]
+        gB = (self._kernel_gradient(gW_hi + gW_lo, U_c, c_in)
+              + np.sign(self.B) * self._kernel_gradient(gW_hi - gW_lo, U_r, c_in))
+        gb = (gW_hi.astype(np.float64) + gW_lo).reshape(V.shape[0], C, -1).sum(axis=(0, 2))
+        return {"A": np.where(self._negative_taps(), gN, gM), "B": gB, "b": gb}
+
     def embedded_system(self, U_lo, U_hi):
         """:meth:`ImplicitNetwork.embedded_system` of the convolution, split per tap: the
         embedded state is ``2·channels`` images ``[x_hi, x_lo]``, and ``𝒜`` the convolution of
         the kernel ``[[K_M, K_N], [K_N, K_M]]`` (``K_N`` the negative taps other than each
         channel's own centre tap), which has the same μ∞ as ``A``."""
         K = self.A
-        k, p, C = self.kernel_size, self.kernel_size // 2, self.channels
-        centre = np.zeros(K.shape, dtype=bool)
-        centre[np.arange(C), np.arange(C), p, p] = True
-        K_N = np.where(~centre & (K < 0), K, 0)
+        k, C = self.kernel_size, self.channels
+        K_N = np.where(self._negative_taps(), K, 0)
         K_M = K - K_N
         KK = np.zeros((2 * C, 2 * C, k, k))
         KK[:C, :C] = KK[C:, C:] = K_M

@@ -211,11 +211,15 @@ class ImplicitNetwork:
         return np.ascontiguousarray(self.check_inputs(U, name), dtype=self.dtype)
 
     # -- forward ------------------------------------------------------------------------
+    def injected(self, U) -> np.ndarray:
+        """The injected inputs ``W = U Bᵀ + b`` of checked inputs ``U``, in the network's dtype."""
+        return U @ self.B.T + self.b
+
     def forward_pass(self, U, solver=None) -> ForwardPass:
         """Inputs, equilibria ``X``, pre-activations ``Z = X Aᵀ + W``, outputs ``Y`` and the
         forward solve's iterations and convergence flags (what a backward pass needs)."""
         U = self.as_inputs(U)
-        W = U @ self.B.T + self.b
+        W = self.injected(U)
         s = self.solver if solver is None else solver
         res = solve(self.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter,
                     activation=self.activation, engine=s.engine, check=False)
@@ -291,6 +295,37 @@ class ImplicitNetwork:
     def _input_product_T(self, V) -> np.ndarray:
         """``V B``: a state gradient taken back to the inputs (float64)."""
         return V @ self.B.astype(np.float64)
+
+    # -- what interval training needs beyond the plain network ------------------------------
+    def features(self, X) -> np.ndarray:
+        """The readout's features of states ``X`` (here ``X``): ``Y = features(X) Cᵀ + c``. A
+        linear map with non-negative weights, so it takes state bounds to feature bounds."""
+        return X
+
+    def features_T(self, G) -> np.ndarray:
+        """The adjoint of :meth:`features`: feature gradients taken back to the states."""
+        return G
+
+    def state_product(self, op, X) -> np.ndarray:
+        """``op x`` for every row of ``X``, ``op`` a matrix as :meth:`embedded_system` returns
+        (here ``X opᵀ``)."""
+        return X @ op.T
+
+    def embedded_gradients(self, V, X2, U_c, U_r) -> dict:
+        """Gradients ``{"A", "B", "b"}`` of the embedded equilibrium's loss, from ``V = λ ⊙ σ'(Z)``
+        of the embedded adjoint and its states ``X2 = [x_hi, x_lo]`` (both (batch, 2n), the
+        network's dtype), pulled back through the sign splits of ``A`` and ``B`` (a.e. exact):
+        ``𝒜``'s gradient ``Vᵀ X2`` is folded into ``A_M`` and ``A_N`` blocks, and
+        ``W_hi = B u_c + |B| u_r + b``, ``W_lo = B u_c − |B| u_r + b``."""
+        n = self.n_hidden
+        gAA = V.T @ X2
+        gW_hi, gW_lo = V[:, :n], V[:, n:]
+        gAM = gAA[:n, :n] + gAA[n:, n:]
+        gAN = gAA[:n, n:] + gAA[n:, :n]
+        neg = (~np.eye(n, dtype=bool)) & (self.A < 0)
+        return {"A": np.where(neg, gAN, gAM),
+                "B": (gW_hi + gW_lo).T @ U_c + np.sign(self.B) * ((gW_hi - gW_lo).T @ U_r),
+                "b": (gW_hi + gW_lo).sum(axis=0)}
 
     def _backward(self, fp: ForwardPass, dY, solver=None):
         G = self._state_gradient(dY)

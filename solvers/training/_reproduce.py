@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contraction import Conv2d
 from solvers.compare import compare_methods
 
 from ._checkpoint import save
 from ._files import atomic_write
 from ._data import load_dataset
+from ._conv_network import ConvImplicitNetwork
 from ._network import ImplicitNetwork, SolverConfig
 from ._report import evaluate
 from ._robust import plot_robustness, robustness_table
@@ -43,6 +45,16 @@ class ModelSpec:
     hidden: int = 100
     dtype: str = "float32"
     full_epochs: int | None = None  # epochs of the full run when it differs from the others
+    conv: bool = False  # a ConvImplicitNetwork of CONV_ARCH (QUICK_CHANNELS channels with --quick)
+
+
+#: The convolutional rows' layer: 16 channels of the input's size, 3x3 kernels, a 4x4 average
+#: pool before the readout (28x28 images: 784 pooled features, as many as the dense rows' inputs).
+CONV_ARCH = {"channels": 16, "kernel_size": 3, "pool": 4, "padding": "circular"}
+#: Channels of the convolutional rows in a quick run.
+QUICK_CHANNELS = 8
+#: The seed authors' conv layer's margin m (the default of their code): it claims mu_inf <= m.
+SEED_CONV_MARGIN = 0.05
 
 
 def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
@@ -70,6 +82,11 @@ def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
         ModelSpec("implicit none", run(constraint="none"), hidden),
         ModelSpec("feed-forward ReLU", run(constraint="zero", gamma=0.0), ff_hidden),
         ModelSpec("feed-forward ReLU + interval", run(constraint="zero", gamma=0.0, interval_eps=0.11), ff_hidden),
+        ModelSpec("conv mu_inf", run(constraint="mu_inf"), conv=True),
+        ModelSpec("conv mu_inf + interval", run(constraint="mu_inf", interval_eps=0.11, interval_weight=0.65,
+                                                diag_min=-1.0, lr=2e-3), conv=True),
+        # The seed authors' convolutional layer; the table's mu_inf column shows its true value.
+        ModelSpec("conv nemon_param", run(constraint="nemon_param", gamma=SEED_CONV_MARGIN), conv=True),
     ]
 
 
@@ -176,8 +193,8 @@ def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples
     specs = [s for s in model_specs(n_in=X.shape[1], n_out=int(y.max()) + 1) if s.name in run.planned]
     for spec in specs:
         run.start(spec.name)
-        net = ImplicitNetwork(X.shape[1], spec.hidden, int(y.max()) + 1, seed=seed, dtype=np.dtype(spec.dtype),
-                              solver=SolverConfig(engine=engine))
+        net = _network(spec, X.shape[1], int(y.max()) + 1, quick, seed=seed, dtype=np.dtype(spec.dtype),
+                       solver=SolverConfig(engine=engine))
         n_epochs = spec.full_epochs if (spec.full_epochs and not quick and not fixed_epochs) else epochs
         config = dataclasses.replace(spec.config, epochs=n_epochs, interval_ramp=max(1, n_epochs // 3), seed=seed)
         run.phase = "training"
@@ -211,6 +228,18 @@ def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples
         run.figures.append(_plot_iterations(trained, Xe[:100], out / "iterations.png", engine))
     run.write("finished")
     return run.rows, list(run.figures)
+
+
+def _network(spec: ModelSpec, n_in: int, n_out: int, quick: bool, **common):
+    """The untrained network of a model: dense, or a conv layer on square one-channel images."""
+    if not spec.conv:
+        return ImplicitNetwork(n_in, spec.hidden, n_out, **common)
+    side = int(round(np.sqrt(n_in)))
+    if side * side != n_in or side % CONV_ARCH["pool"]:
+        raise ValueError(f"model '{spec.name}' needs square one-channel images whose side the pool "
+                         f"{CONV_ARCH['pool']} divides; the data set has {n_in} features per sample")
+    arch = {**CONV_ARCH, "channels": QUICK_CHANNELS} if quick else CONV_ARCH
+    return ConvImplicitNetwork((1, side, side), n_out=n_out, **arch, **common)
 
 
 def _slug(name: str) -> str:
@@ -400,9 +429,10 @@ def _plot_iterations(trained: dict, U, path, engine):
     for name, net in trained.items():
         if name.startswith("feed-forward"):
             continue
-        W = (U @ net.B.T + net.b).astype(np.float64)
-        res = compare_methods(net.A.astype(np.float64), W, methods=methods, activation=net.activation.name,
-                              atol=1e-6, max_iter=3000, engine=engine, repeats=1)
+        W = net.injected(U).astype(np.float64)
+        A = net.state_operator()  # a convolution's kernel is float64 already
+        res = compare_methods(A if isinstance(A, Conv2d) else A.astype(np.float64), W, methods=methods,
+                              activation=net.activation.name, atol=1e-6, max_iter=3000, engine=engine, repeats=1)
         names.append(name.replace("implicit ", ""))
         table.append([r.iterations_mean if r.status == "SUCCESS" else np.nan for r in res])
     table = np.array(table)

@@ -136,12 +136,17 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
 
 
 def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
-    """Lower bound of ``(C_k − C_j) x + c_k − c_j`` over the box, ``(batch, q)`` (0 at ``j = k``)."""
-    C = net.readout_matrix()
+    """Lower bound of ``(C_k − C_j) x + c_k − c_j`` over the box, ``(batch, q)`` (0 at ``j = k``).
+
+    Taken over the readout's feature bounds (:meth:`ImplicitNetwork.features`, exact: each
+    state enters one feature with a non-negative weight), which for a convolutional layer are
+    ``pool²`` times fewer than its states."""
+    C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
-    D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, n)
+    F_lo, F_hi = net.features(X_lo), net.features(X_hi)
+    D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, features)
     with np.errstate(invalid="ignore"):
-        low = (np.maximum(D, 0) * X_lo[:, None, :] + np.minimum(D, 0) * X_hi[:, None, :]).sum(axis=2)
+        low = (np.maximum(D, 0) * F_lo[:, None, :] + np.minimum(D, 0) * F_hi[:, None, :]).sum(axis=2)
     low = np.nan_to_num(low, nan=-np.inf) + (c[labels][:, None] - c[None, :])
     low[np.arange(len(labels)), labels] = 0.0
     return low
@@ -331,18 +336,18 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
     ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``.
     """
-    if not net.DENSE:
-        raise ValueError(f"interval training of {type(net).__name__} is not available yet (its interval bounds are)")
     y = np.asarray(y)
     lo, hi = _box(U, _radius(eps))
     n, batch = net.n_hidden, len(y)
     AA, W2, U_c, U_r, res = _solve_embedded(net, lo, hi, solver=solver)
     X = res.x.astype(np.float64)
-    X_hi, X_lo = X[:, :n], X[:, n:]
+    # Margins over the readout's feature bounds: exact, since the features are a non-negative
+    # combination of the states (each state in one feature).
+    F_hi, F_lo = net.features(X[:, :n]), net.features(X[:, n:])
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
     rows = np.arange(batch)
-    z = -_margin_low(X_lo, X_hi, C, c, y)
+    z = -_margin_low(F_lo, F_hi, C, c, y)
     zs = z - z.max(axis=1, keepdims=True)
     logp = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
     value = float(-logp[rows, y].mean())
@@ -350,27 +355,18 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     dz[rows, y] -= 1.0
     dz /= batch
     dz[rows, y] = 0.0  # z_y is the constant 0
-    gX_lo, gX_hi, gC, gc = _margin_low_grad(X_lo, X_hi, C, y, -dz)
+    gF_lo, gF_hi, gC, gc = _margin_low_grad(F_lo, F_hi, C, y, -dz)
     # Adjoint of the embedded equilibrium.
-    G2 = np.hstack([gX_hi, gX_lo])
-    Z2 = X @ AA.T + W2
-    s = net.solver if solver is None else solver
-    lam, _ = solve_adjoint(AA.astype(net.dtype), Z2, G2.astype(net.dtype), method="average", atol=s.adjoint_atol,
-                           max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
-    # The parameter-gradient products run in the network's dtype (float32 training stays float32).
     dt = net.dtype
+    G2 = np.hstack([net.features_T(gF_hi), net.features_T(gF_lo)]).astype(dt)
+    Z2 = net.state_product(AA, X) + W2
+    s = net.solver if solver is None else solver
+    lam, _ = solve_adjoint(AA, Z2, G2, method="average", atol=s.adjoint_atol, max_iter=s.max_iter,
+                           activation=net.activation, engine=s.engine, check=False)
+    # The parameter-gradient products run in the network's dtype (float32 training stays float32).
     V = (lam.astype(np.float64) * net.activation.derivative(Z2)).astype(dt)
-    gAA = V.T @ X.astype(dt)
-    gW_hi, gW_lo = V[:, :n], V[:, n:]
-    gAM = gAA[:n, :n] + gAA[n:, n:]
-    gAN = gAA[:n, n:] + gAA[n:, :n]
-    neg = (~np.eye(n, dtype=bool)) & (net.A < 0)
-    gA = np.where(neg, gAN, gAM)
-    # W_hi = B u_c + |B| u_r + b, W_lo = B u_c − |B| u_r + b
-    gB = (gW_hi + gW_lo).T @ U_c + np.sign(net.B) * ((gW_hi - gW_lo).T @ U_r)
-    gb = (gW_hi + gW_lo).sum(axis=0)
-    grads = {"A": gA, "B": gB, "b": gb, "C": gC, "c": gc}
-    return value, {k: v.astype(net.dtype) for k, v in grads.items()}
+    grads = {**net.embedded_gradients(V, X.astype(dt), U_c, U_r), "C": gC, "c": gc}
+    return value, {k: np.asarray(v).astype(net.dtype) for k, v in grads.items()}
 
 
 def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True, eta=None, pgd_steps: int = 20,

@@ -14,7 +14,7 @@ import contraction
 from solvers import METHODS
 from solvers.engine import blas_threads_for, compilation
 
-from ._constraints import CONSTRAINTS, Constraint, make_constraint
+from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
 from ._network import LOSSES, ImplicitNetwork, SolverConfig, check_count, check_real
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
 from ._robust import certified_accuracy, interval_loss_and_grad
@@ -142,6 +142,11 @@ class History:
 def lipschitz_penalty(A, B, C):
     """``‖C‖∞ ‖B‖∞ / (1 − μ∞(A))`` and its subgradient with respect to A, B, C.
 
+    ``A`` and ``B`` are matrices, or convolution kernels (C_out, C_in, k, k) of a
+    :class:`ConvImplicitNetwork` (whose readout ``C`` acts on pooled features, with the same
+    ``‖·‖∞`` as the readout on the state): a kernel's row ``c`` holds all taps of output channel
+    ``c``, its diagonal entry is the centre tap ``K[c, c, p, p]`` (DESIGN.md section 8b).
+
     Notes
     -----
     ``‖M‖∞`` is the largest row ℓ1 norm: a subgradient is ``sign(M)`` on one maximising row.
@@ -149,7 +154,16 @@ def lipschitz_penalty(A, B, C):
     diagonal and 1 on it, on one maximising row. Requires ``μ∞(A) < 1``.
     """
     A, B, C = (np.asarray(M, dtype=np.float64) for M in (A, B, C))
-    rows_A = np.diagonal(A) + np.abs(A).sum(axis=1) - np.abs(np.diagonal(A))
+    shape_A, shape_B = A.shape, B.shape
+    if A.ndim == 4:  # kernels: one row per output channel
+        n, k = A.shape[0], A.shape[2]
+        diag = np.arange(n) * k * k + (k // 2) * (k + 1)  # the centre tap of the same channel
+        A, B = A.reshape(n, -1), B.reshape(B.shape[0], -1)
+    else:
+        diag = np.arange(A.shape[0])
+    rows = np.arange(A.shape[0])
+    a_ii = A[rows, diag]
+    rows_A = a_ii + np.abs(A).sum(axis=1) - np.abs(a_ii)
     i = int(np.argmax(rows_A))
     mu = rows_A[i]
     if mu >= 1.0:
@@ -160,13 +174,13 @@ def lipschitz_penalty(A, B, C):
     value = nc * nb / (1.0 - mu)
     gA = np.zeros_like(A)
     gA[i] = np.sign(A[i])
-    gA[i, i] = 1.0
+    gA[i, diag[i]] = 1.0
     gA *= nc * nb / (1.0 - mu) ** 2
     gB = np.zeros_like(B)
     gB[ib] = np.sign(B[ib]) * nc / (1.0 - mu)
     gC = np.zeros_like(C)
     gC[ic] = np.sign(C[ic]) * nb / (1.0 - mu)
-    return float(value), {"A": gA, "B": gB, "C": gC}
+    return float(value), {"A": gA.reshape(shape_A), "B": gB.reshape(shape_B), "C": gC}
 
 
 @contextlib.contextmanager
@@ -293,11 +307,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     con = cfg.make_constraint()
     solver = cfg.solver(net.solver)
     opt_cfg = OptimizerConfig(cfg.optimizer, cfg.lr)
-    if not net.DENSE and (cfg.interval_eps > 0 or cfg.lipschitz_weight > 0 or con.name not in ("mu_inf", "none")):
-        raise ValueError(f"{type(net).__name__} trains with constraint 'mu_inf' or 'none', without interval training "
-                         "or the Lipschitz regulariser (not yet available for convolutional layers), got "
-                         f"constraint={con.name!r}, interval_eps={cfg.interval_eps}, "
-                         f"lipschitz_weight={cfg.lipschitz_weight}")
+    if not net.DENSE and con.name not in CONV_CONSTRAINTS:
+        raise ValueError(f"{type(net).__name__} trains with constraint {' or '.join(map(repr, CONV_CONSTRAINTS))} "
+                         f"(the others are defined on matrices), got constraint={con.name!r}")
     X, y = _check_data(X, y, net.n_in, "X")
     if X_val is not None:
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")

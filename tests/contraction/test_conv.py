@@ -186,3 +186,18 @@ def test_optimal_channel_weights_reach_the_majorants_spectral_abscissa(rng, padd
     assert value < contraction.mu_inf(op) - 0.1
     # the same weights on the dense matrix, pixel by pixel
     assert contraction.mu_inf(op.to_dense(), np.repeat(eta, 16)) == pytest.approx(value, abs=1e-12)
+
+
+def test_splitting_factors_of_large_circular_convolutions_come_from_the_frequencies(rng):
+    """Circular padding: the splittings' factors of any size, per frequency (no dense matrix);
+    zero padding: a clear error beyond the dense limit. On a 64x64 image a 3x3 kernel's
+    reflected resolvent has the same rows as on a 32x32 one up to its decaying tails."""
+    K = 0.4 * kernel(rng, 8) / np.abs(kernel(rng, 8)).sum(axis=(1, 2, 3), keepdims=True).max()
+    big = Conv2d(K, (64, 64), "circular")
+    assert big.n == 32768  # far beyond the dense limit (4096)
+    for method in ("peaceman_rachford", "douglas_rachford"):
+        f_big = contraction.contraction_factor(big, 0.5, method)
+        f_mid = contraction.contraction_factor(Conv2d(K, (32, 32), "circular"), 0.5, method)
+        assert 0.0 < f_big < 1.0 and f_big == pytest.approx(f_mid, rel=1e-6)
+    with pytest.raises(ValueError, match="circular padding: any size"):
+        contraction.contraction_factor(Conv2d(K, (64, 64), "zeros"), 0.5, "peaceman_rachford")

@@ -13,7 +13,7 @@ from numba import njit
 import contraction
 import solvers
 from contraction import Conv2d
-from solvers import _convolution
+from contraction import _conv_spectrum
 from solvers._engines.operators import apply, apply_T, conv, resolvent
 
 PADDINGS = ("circular", "zeros")
@@ -169,7 +169,7 @@ def test_compiled_primitives_equal_the_dense_matrix(rng, dtype, padding, C, k, s
     op = Conv2d(0.3 * rng.standard_normal((C, C, k, k)), shape, padding)
     A = op.to_dense()
     alpha = 0.7
-    R = _convolution.inverse_symbol(op, alpha) if padding == "circular" else None
+    R = _conv_spectrum.inverse_symbol(op, alpha) if padding == "circular" else None
     X = rng.standard_normal((3, op.n)).astype(dtype)
     outs = [np.full_like(X, np.nan) for _ in range(3)]
     _primitives(conv(op, dtype, resolvent=R), X, *outs)
@@ -188,7 +188,7 @@ def test_the_fft_resolvent_is_the_inverse_of_M(rng, shape):
     op = Conv2d(0.4 * rng.standard_normal((3, 3, k, k)), shape)
     alpha = 1.3
     V = rng.standard_normal((4, op.n))
-    y = _convolution.apply_inverse_symbol(_convolution.inverse_symbol(op, alpha), V, shape)
+    y = _conv_spectrum.apply_inverse_symbol(_conv_spectrum.inverse_symbol(op, alpha), V, shape)
     M = contraction.resolvent_matrix(op.to_dense(), alpha)
     np.testing.assert_allclose(y, np.linalg.solve(M, V.T).T, atol=1e-12)
 
@@ -199,13 +199,13 @@ def test_frequency_quantities_equal_the_dense_ones(seed):
     C, k = int(rng.integers(1, 4)), int(rng.choice([1, 3]))
     op = Conv2d(rng.uniform(0.1, 0.6) * rng.standard_normal((C, C, k, k)), (k + int(rng.integers(0, 3)), 4))
     A = op.to_dense()
-    assert _convolution.mu_2(op) == pytest.approx(contraction.mu_2(A), abs=1e-12)
+    assert _conv_spectrum.conv_mu_2(op) == pytest.approx(contraction.mu_2(A), abs=1e-12)
     eta = rng.uniform(0.3, 2.0, C)
     alpha = rng.uniform(0.2, 2.0)
     for method in SPLITTINGS:
-        assert _convolution.splitting_factor(op, alpha, method) == pytest.approx(
+        assert _conv_spectrum.splitting_factor(op, alpha, method) == pytest.approx(
             contraction.contraction_factor(A, alpha, method), abs=1e-12)
-        assert _convolution.splitting_factor(op, alpha, method, eta) == pytest.approx(
+        assert _conv_spectrum.splitting_factor(op, alpha, method, eta) == pytest.approx(
             contraction.contraction_factor(A, alpha, method, eta=np.repeat(eta, op.pixels)), abs=1e-12)
 
 

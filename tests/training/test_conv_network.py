@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import contraction
-from solvers.training import ConvImplicitNetwork, ImplicitNetwork, SolverConfig, TrainConfig, train
+from solvers.training import ConvImplicitNetwork, ImplicitNetwork, SolverConfig, TrainConfig, load_training, train
 
 EXACT = dict(atol=1e-12, adjoint_atol=1e-12, max_iter=20000)
 
@@ -94,12 +94,43 @@ def test_training_keeps_the_kernel_certified_and_learns():
     assert history.epochs[-1]["val_acc"] > 0.7  # chance is 0.5
 
 
-def test_training_refuses_what_convolutional_layers_do_not_have_yet():
+def test_training_refuses_constraints_that_are_matrix_only():
     net = ConvImplicitNetwork((1, 4, 4), 2, 3, 2, 2, solver=SolverConfig(engine="numpy"))
     X, y = np.zeros((4, 16)), np.array([0, 1, 0, 1])
-    for fields in ({"interval_eps": 0.1}, {"lipschitz_weight": 0.1}, {"constraint": "norm_inf"}):  # not yet
-        with pytest.raises(ValueError, match="ConvImplicitNetwork"):
-            train(net, X, y, epochs=1, progress=False, **fields)
+    for name in ("norm_inf", "mon", "zero"):
+        with pytest.raises(ValueError, match=f"ConvImplicitNetwork.*{name}"):
+            train(net, X, y, epochs=1, progress=False, constraint=name)
+
+
+@pytest.mark.parametrize("padding", contraction.PADDINGS)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(data, padding, activation):
+    """The worst-case loss over pooled-feature bounds equals the dense twin's over the readout
+    matrix (the pool is a non-negative average), and its gradients are the finite differences."""
+    from solvers.training._robust import interval_loss_and_grad
+
+    U, y = data
+    U = 0.2 + 0.6 * U  # inside the data range, so the clipped box is the full box
+    net = small(padding, activation)
+    eps = 0.05
+    value, grads = interval_loss_and_grad(net, U, y, eps)
+    assert value == pytest.approx(interval_loss_and_grad(dense_twin(net), U, y, eps)[0], rel=1e-9)
+    assert value > net.loss_and_grad(U, y)[0]  # the worst case is worse than the clean loss
+    rng = np.random.default_rng(7)
+    for name in net.PARAMS:
+        P = getattr(net, name)
+        assert grads[name].shape == P.shape and grads[name].dtype == P.dtype
+        # The sign splits are kinks at 0, where the projection leaves many taps of A: away from them.
+        smooth = np.argwhere(np.abs(P) > 1e-3) if name == "A" else np.argwhere(np.ones(P.shape, bool))
+        for row in rng.choice(len(smooth), min(4, len(smooth)), replace=False):
+            idx = tuple(int(i) for i in smooth[row])
+            old, h = P[idx], 1e-6
+            P[idx] = old + h
+            up = interval_loss_and_grad(net, U, y, eps)[0]
+            P[idx] = old - h
+            down = interval_loss_and_grad(net, U, y, eps)[0]
+            P[idx] = old
+            assert grads[name][idx] == pytest.approx((up - down) / (2 * h), abs=2e-7), (name, idx)
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -153,3 +184,131 @@ def test_interval_bounds_equal_the_dense_twins_and_are_sound(padding):
     y = net.predict(U)
     assert certified_accuracy(net, U, y, 0.0) == 1.0  # a zero radius certifies every prediction
     assert certified_accuracy(net, U, y, 0.05) == certified_accuracy(twin, U, y, 0.05)
+
+
+def _central_differences(f, raw: dict) -> dict:
+    out = {}
+    for key, P in raw.items():
+        fd = np.zeros(P.shape)
+        for idx in np.ndindex(P.shape):
+            old = P[idx]
+            P[idx] = old + 1e-6
+            up = f()
+            P[idx] = old - 1e-6
+            down = f()
+            P[idx] = old
+            fd[idx] = (up - down) / 2e-6
+        out[key] = fd
+    return out
+
+
+def test_the_seed_authors_conv_parametrisation_and_its_pullback():
+    """``K = g V/‖V‖_F`` with the centre taps moved by ``m − C max|K|`` (m = gamma); the
+    pullback is the chain rule (finite differences); its true μ∞ exceeds the claimed bound."""
+    from solvers.training import make_constraint
+
+    con = make_constraint("nemon_param", 0.05)
+    rng = np.random.default_rng(11)
+    raw = con.init(rng.standard_normal((4, 4, 3, 3)), rng)
+    assert set(raw) == {"V", "g"} and raw["g"][0] == 1.0
+    raw["g"] = np.array([1.3])
+    K = con.matrix(raw)
+    expected = 1.3 * raw["V"] / np.linalg.norm(raw["V"])
+    shift = 0.05 - 4 * np.abs(expected).max()
+    expected[np.arange(4), np.arange(4), 1, 1] += shift
+    np.testing.assert_allclose(K, expected, rtol=1e-12)
+    G = rng.standard_normal(K.shape)
+    grads = con.pullback(raw, G)
+    fd = _central_differences(lambda: float(np.sum(G * con.matrix(raw))), raw)
+    for key in raw:
+        np.testing.assert_allclose(grads[key], fd[key], atol=1e-7, err_msg=key)
+    assert contraction.mu_inf(contraction.Conv2d(K, (8, 8))) > 1.0  # the claim mu_inf <= 0.05 does not hold
+    assert con.violation(contraction.Conv2d(K, (8, 8)), raw) is None  # nothing enforced, nothing to check
+    assert con.weights(raw) is None
+
+
+@pytest.mark.parametrize("padding", contraction.PADDINGS)
+def test_lipschitz_penalty_of_kernels_is_the_paper_bound_with_its_subgradient(padding):
+    from solvers.training._trainer import lipschitz_penalty
+
+    net = small(padding, scale=1.0)
+    net.C = np.random.default_rng(12).standard_normal(net.C.shape)
+    value, grads = lipschitz_penalty(net.A, net.B, net.C)
+    assert value == pytest.approx(net.lipschitz("paper"), rel=1e-10)
+    assert value == pytest.approx(lipschitz_penalty(*(dense_twin(net).parameters()[k] for k in "ABC"))[0], rel=1e-10)
+    raw = {"A": net.A, "B": net.B, "C": net.C}
+    fd = _central_differences(lambda: lipschitz_penalty(net.A, net.B, net.C)[0], raw)
+    for key in raw:  # the maxima are unique for this instance: the subgradient is the gradient
+        smooth = np.abs(raw[key]) > 1e-3
+        np.testing.assert_allclose(grads[key][smooth], fd[key][smooth], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def _brighter_half(n=120, seed=4):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, (n, 48))
+    return X, (X[:, :24].mean(axis=1) > X[:, 24:].mean(axis=1)).astype(np.int64)
+
+
+def test_interval_training_of_a_conv_layer_certifies_more_than_plain_training():
+    """Two well separated classes (dark and bright images): plain training separates them with
+    no certified margin, interval training at ε = 0.1 certifies more at ε = 0.05 and has the lower
+    worst-case loss, and the kernel stays certified throughout."""
+    from solvers.training import certified_accuracy
+    from solvers.training._robust import interval_loss_and_grad
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 160)
+    X = np.clip(0.35 + 0.3 * y[:, None] + rng.uniform(-0.3, 0.3, (160, 48)), 0, 1)
+    nets = {}
+    for eps in (0.0, 0.1):
+        net = ConvImplicitNetwork((2, 6, 4), 3, 3, 2, 2, dtype=np.float64, solver=SolverConfig(engine="numpy"))
+        history = train(net, X, y, TrainConfig(epochs=6, batch_size=40, lr=2e-2, gamma=0.5, interval_eps=eps,
+                                               interval_ramp=2), X_val=X, y_val=y, progress=False)
+        assert all(r["mu_inf"] <= 0.5 + 1e-9 for r in history.epochs)
+        nets[eps] = net
+    assert history.epochs[-1]["val_certified"] == certified_accuracy(nets[0.1], X, y, 0.1)
+    certified = {eps: certified_accuracy(net, X, y, 0.05) for eps, net in nets.items()}
+    worst = {eps: interval_loss_and_grad(net, X, y, 0.1)[0] for eps, net in nets.items()}
+    assert certified[0.1] > certified[0.0] + 0.3, certified
+    assert worst[0.1] < 0.5 * worst[0.0], worst
+    assert nets[0.1].accuracy(X, y) > 0.8
+
+
+def test_lipschitz_regulariser_lowers_a_conv_layers_bound():
+    X, y = _brighter_half()
+    bounds = {}
+    for weight in (0.0, 0.05):
+        net = ConvImplicitNetwork((2, 6, 4), 3, 3, 2, 2, dtype=np.float64, solver=SolverConfig(engine="numpy"))
+        history = train(net, X, y, TrainConfig(epochs=4, batch_size=30, lr=2e-2, gamma=0.5, lipschitz_weight=weight),
+                        progress=False)
+        bounds[weight] = history.epochs[-1]["lipschitz_paper"]
+    assert bounds[0.05] < 0.8 * bounds[0.0], bounds
+
+
+def test_the_seed_authors_conv_layer_trains_and_reports_its_true_mu_inf():
+    X, y = _brighter_half()
+    net = ConvImplicitNetwork((2, 6, 4), 3, 3, 2, 2, dtype=np.float64, solver=SolverConfig(engine="numpy"))
+    history = train(net, X, y, TrainConfig(epochs=3, batch_size=30, lr=2e-2, gamma=0.05, constraint="nemon_param"),
+                    X_val=X, y_val=y, progress=False)
+    mu = [r["mu_inf"] for r in history.epochs]
+    assert mu[-1] == pytest.approx(contraction.mu_inf(net.state_operator()))
+    assert min(mu) > 0.05  # above the bound the layer claims
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+
+
+def test_reproduce_has_the_conv_rows_and_reports_the_seed_layers_true_mu_inf(tmp_path):
+    from solvers.training import reproduce
+    from solvers.training._reproduce import QUICK_CHANNELS, SEED_CONV_MARGIN
+
+    names = ["conv mu_inf", "conv mu_inf + interval", "conv nemon_param"]
+    rows, figures = reproduce(quick=True, dataset="digits", out_dir=tmp_path, epochs=1, eval_samples=40,
+                              pgd_steps=2, eps=(0.05,), models=names, engine="numba")
+    by_name = {r["model"]: r for r in rows}
+    assert list(by_name) == names
+    for name in names[:2]:
+        assert by_name[name]["mu_inf"] <= 0.9 + 1e-6  # projected
+    assert by_name["conv nemon_param"]["mu_inf"] > SEED_CONV_MARGIN  # its claim, not kept
+    net, history, _ = load_training(by_name["conv mu_inf"]["checkpoint"])
+    assert isinstance(net, ConvImplicitNetwork) and net.channels == QUICK_CHANNELS and net.in_shape == (1, 8, 8)
+    assert history.config.constraint == "mu_inf"
+    assert {p.name for p in figures} == {"robustness.png", "iterations.png"}

@@ -529,6 +529,22 @@ def test_interval_training_certifies_more(digits_models):
     assert contraction.mu_inf(models["interval"].A) <= 0.9 + 1e-9  # still well-posed
 
 
+@pytest.mark.parametrize("model", ("plain", "interval"))
+def test_certificates_equal_those_of_the_exactly_solved_embedded_network(digits_models, model, monkeypatch):
+    """At the certifying tolerance (CERTIFY_ATOL, widened by the error bound and clamped to the
+    activation's range) the certified samples are those of the embedded network solved to
+    rounding: the widening costs no certificate."""
+    import solvers.training._robust as robust
+
+    models, U, y = digits_models
+    net = models[model]
+    ours = {eps: certified_by_interval(net, U, y, eps) for eps in EPS_LIST}
+    monkeypatch.setattr(robust, "CERTIFY_ATOL", 1e-14)
+    for eps, certified in ours.items():
+        exact = certified_by_interval(net, U, y, eps)
+        np.testing.assert_array_equal(certified, exact, err_msg=f"eps {eps}")
+
+
 # -- 6. trainer options -----------------------------------------------------------------------
 def test_ramped_eps_grows_linearly_to_interval_eps():
     cfg = TrainConfig(interval_eps=0.1, interval_ramp=4)

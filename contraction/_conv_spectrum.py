@@ -1,7 +1,6 @@
-"""What a solve needs of a :class:`contraction.Conv2d` beyond :mod:`contraction`: its symbol
-per frequency, the splittings' resolvent in the frequency domain, and the quantities of the
-guarantee check that are not per-channel row sums (μ2 and the splittings' factor). Nothing
-here forms the dense matrix.
+"""A circular :class:`Conv2d` in the frequency domain: its symbol per frequency, the
+splittings' resolvent, and the quantities that are not per-channel row sums (μ2 and the
+splittings' contraction factor). Nothing here forms the dense matrix.
 
 Notes
 -----
@@ -22,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from contraction import Conv2d
+from ._conv import Conv2d
 
-__all__ = ["symbol", "inverse_symbol", "apply_inverse_symbol", "mu_2", "splitting_factor"]
+__all__ = ["symbol", "inverse_symbol", "apply_inverse_symbol", "conv_mu_2", "splitting_factor"]
 
 
 def symbol(op: Conv2d) -> np.ndarray:
@@ -62,7 +61,7 @@ def apply_inverse_symbol(R: np.ndarray, V: np.ndarray, image_shape) -> np.ndarra
     return np.fft.irfft2(y, s=(H, W)).reshape(V.shape[0], C * H * W)
 
 
-def mu_2(op: Conv2d) -> float:
+def conv_mu_2(op: Conv2d) -> float:
     """``μ2(A)`` of a square circular convolution: the largest eigenvalue of the Hermitian part
     of ``K̂(f)`` over every frequency."""
     S = symbol(op)
@@ -71,7 +70,7 @@ def mu_2(op: Conv2d) -> float:
 
 
 def splitting_factor(op: Conv2d, alpha: float, method: str, eta=None) -> float:
-    """:func:`contraction.contraction_factor` of ``peaceman_rachford`` / ``douglas_rachford`` for a
+    """:func:`~contraction.contraction_factor` of ``peaceman_rachford`` / ``douglas_rachford`` for a
     square circular convolution, in ``‖·‖∞,η`` with channel weights ``eta``: ``‖2 M⁻¹ − I‖∞,η``
     from the kernel of ``2 M⁻¹ − I`` (PR), its average with 1 (DR)."""
     C = op.out_channels

@@ -6,7 +6,10 @@ A :class:`Conv2d` of kernel ``K`` (``C_out × C_in × k × k``, ``k`` odd) maps 
     y[c, i, j] = Σ_{c', di, dj} K[c, c', di, dj] · x[c', i + di − p, j + dj − p],   p = k // 2,
 
 a cross-correlation with stride 1 and "same" output, as ``torch.nn.functional.conv2d``; pixels
-outside the image wrap around (``padding="circular"``) or are zero (``padding="zeros"``).
+outside the image wrap around (``padding="circular"``) or are zero (``padding="zeros"``). With
+``stride=s`` (an input convolution that downsamples) the output keeps every ``s``-th row and
+column of that, ``(H/s) × (W/s)`` images: ``y[c, i, j]`` at ``(s i, s j)``, as torch's
+``conv2d(..., stride=s, padding=p)`` for zero padding.
 
 Row ``(c, i, j)`` of the matrix holds the taps of ``K[c]`` placed around pixel ``(i, j)``; the
 diagonal entry is the centre tap of the same channel, ``K[c, c, p, p]``. With circular padding
@@ -19,7 +22,9 @@ So for both paddings
 
 and every row quantity of the dense theory (the contraction factors, α*, the projection onto
 ``{μ∞ ≤ γ}``) is a per-output-channel quantity of the kernel. Images smaller than the kernel
-would alias taps onto one column; they are refused.
+would alias taps onto one column; they are refused. A strided convolution keeps a subset of
+the rows: it is not square (no μ∞), and its ``‖·‖∞`` is at most the formula above (equal for
+circular padding).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def _image_shape(image_shape, k: int) -> tuple:
 
 
 class Conv2d:
-    """A stride-1, "same" 2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``)
+    """A "same" 2-D convolution (stride 1, or ``stride`` for an input convolution that downsamples) (cross-correlation, as ``torch.nn.functional.conv2d``)
     as a linear operator on flattened images.
 
     Parameters
@@ -56,17 +61,24 @@ class Conv2d:
     image_shape : (H, W)
         Image size, at least ``k × k``.
     padding : {"circular", "zeros"}
+    stride : int
+        Keep every ``stride``-th output row and column (it must divide ``H`` and ``W``); 1 by
+        default. Only stride-1 convolutions with ``C_out = C_in`` are square.
 
     Attributes
     ----------
     kernel : ndarray (float64, read-only)
     image_shape : (H, W)
+        The input images.
+    out_shape : (H/stride, W/stride)
     padding : str
+    stride : int
     n_in, n_out : int
-        ``C_in·H·W`` and ``C_out·H·W``; ``n`` (square operators only) is their common value.
+        ``C_in·H·W`` and ``C_out·(H/stride)·(W/stride)``; ``n`` (square operators only) is their
+        common value.
     """
 
-    def __init__(self, kernel, image_shape, padding: str = "circular"):
+    def __init__(self, kernel, image_shape, padding: str = "circular", stride: int = 1):
         try:
             K = np.array(kernel, dtype=np.float64)
         except (TypeError, ValueError):
@@ -81,6 +93,12 @@ class Conv2d:
         self.kernel = K
         self.padding = padding
         self.image_shape = _image_shape(image_shape, K.shape[2])
+        H, W = self.image_shape
+        if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1 or H % stride \
+                or W % stride:
+            raise ValueError(f"stride must be a positive integer dividing the image size {H}x{W}, got {stride!r}")
+        self.stride = int(stride)
+        self.out_shape = (H // self.stride, W // self.stride)
 
     # -- geometry ----------------------------------------------------------------------------
     @property
@@ -104,8 +122,12 @@ class Conv2d:
         return self.in_channels * self.pixels
 
     @property
+    def out_pixels(self) -> int:
+        return self.out_shape[0] * self.out_shape[1]
+
+    @property
     def n_out(self) -> int:
-        return self.out_channels * self.pixels
+        return self.out_channels * self.out_pixels
 
     @property
     def shape(self) -> tuple:
@@ -113,7 +135,7 @@ class Conv2d:
 
     @property
     def square(self) -> bool:
-        return self.out_channels == self.in_channels
+        return self.out_channels == self.in_channels and self.stride == 1
 
     @property
     def n(self) -> int:
@@ -122,16 +144,18 @@ class Conv2d:
 
     def _require_square(self, what: str) -> None:
         if not self.square:
-            raise ValueError(f"{what} needs a square operator (C_out = C_in), got a kernel of shape {self.kernel.shape}")
+            raise ValueError(f"{what} needs a square operator (C_out = C_in, stride 1), got a kernel of shape "
+                             f"{self.kernel.shape}" + (f" with stride {self.stride}" if self.stride > 1 else ""))
 
     def with_kernel(self, kernel) -> "Conv2d":
         """The same geometry with another kernel."""
-        return Conv2d(kernel, self.image_shape, self.padding)
+        return Conv2d(kernel, self.image_shape, self.padding, self.stride)
 
     def __repr__(self) -> str:
         C_out, C_in, k, _ = self.kernel.shape
         H, W = self.image_shape
-        return f"Conv2d({C_out}x{C_in}x{k}x{k} kernel, {H}x{W} images, padding={self.padding!r})"
+        stride = f", stride={self.stride}" if self.stride > 1 else ""
+        return f"Conv2d({C_out}x{C_in}x{k}x{k} kernel, {H}x{W} images, padding={self.padding!r}{stride})"
 
     # -- per-channel row data ------------------------------------------------------------------
     def centre(self) -> np.ndarray:
@@ -174,26 +198,34 @@ class Conv2d:
         return M
 
     def norm_inf(self) -> float:
-        """``‖A‖∞ = max_c Σ |K[c, …]|`` (exact for both paddings, as ``H, W ≥ k``)."""
+        """``‖A‖∞ = max_c Σ |K[c, …]|`` (exact for both paddings at stride 1, as ``H, W ≥ k``;
+        with a stride, exact for circular padding and an upper bound for zeros)."""
         return float(np.abs(self.kernel).sum(axis=(1, 2, 3)).max())
 
     # -- the operator -----------------------------------------------------------------------------
-    def _images(self, X, channels: int, name: str) -> np.ndarray:
+    def _images(self, X, channels: int, name: str, shape) -> np.ndarray:
         X = np.asarray(X)
-        n = channels * self.pixels
+        n = channels * shape[0] * shape[1]
         if X.ndim != 2 or X.shape[1] != n:
             raise ValueError(f"{name} must have shape (batch, {n}) for {self!r}, got {X.shape}")
-        return X.reshape(X.shape[0], channels, *self.image_shape)
+        return X.reshape(X.shape[0], channels, *shape)
 
     def apply(self, X) -> np.ndarray:
         """``X Aᵀ``: each row of ``X`` (batch, n_in) convolved, (batch, n_out)."""
-        x = self._images(X, self.in_channels, "X")
-        return _correlate(x, self.kernel, self.padding).reshape(x.shape[0], self.n_out)
+        x = self._images(X, self.in_channels, "X", self.image_shape)
+        s = self.stride
+        return _correlate(x, self.kernel, self.padding)[:, :, ::s, ::s].reshape(x.shape[0], self.n_out)
 
     def apply_T(self, Y) -> np.ndarray:
-        """``Y A``: the adjoint (transpose) applied to each row of ``Y`` (batch, n_out): the
-        correlation with the flipped kernel, channels swapped, and the same padding."""
-        y = self._images(Y, self.out_channels, "Y")
+        """``Y A``: the adjoint (transpose) applied to each row of ``Y`` (batch, n_out): spread
+        onto the input grid (zeros between the strided pixels), then the correlation with the
+        flipped kernel, channels swapped, and the same padding."""
+        y = self._images(Y, self.out_channels, "Y", self.out_shape)
+        s = self.stride
+        if s > 1:
+            up = np.zeros((y.shape[0], y.shape[1], *self.image_shape), dtype=y.dtype)
+            up[:, :, ::s, ::s] = y
+            y = up
         flipped = self.kernel[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         return _correlate(y, flipped, self.padding).reshape(y.shape[0], self.n_in)
 

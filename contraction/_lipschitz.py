@@ -91,7 +91,7 @@ def _conv_lipschitz(A: Conv2d, B, C, eta, form: str) -> float:
     C_ch, pixels = A.out_channels, A.pixels
     w = np.ones(C_ch) if eta is None else np.asarray(eta, dtype=np.float64)
     if isinstance(B, Conv2d):
-        if B.out_channels != C_ch or B.image_shape != A.image_shape:
+        if B.out_channels != C_ch or B.out_shape != A.image_shape:
             raise ValueError(f"B must map onto A's {C_ch} channels of {A.image_shape} images, got {B!r}")
         b_norm = float((np.abs(B.kernel).sum(axis=(1, 2, 3)) / w).max())
     else:

@@ -377,7 +377,8 @@ RESUME_FIXED = {
     "hidden": lambda net, config, saved: net.n_hidden,
     "model": lambda net, config, saved: net.architecture()["kind"],
     **{dest: (lambda net, config, saved, key=key: net.architecture().get(key))
-       for dest, key in (("channels", "channels"), ("kernel", "kernel_size"), ("pool", "pool"), ("padding", "padding"))},
+       for dest, key in (("channels", "channels"), ("kernel", "kernel_size"), ("pool", "pool"), ("padding", "padding"),
+                         ("stride", "stride"))},
     "activation": lambda net, config, saved: net.activation.name,
     "dtype": lambda net, config, saved: net.dtype.name,
     "dataset": lambda net, config, saved: saved.get("dataset"),
@@ -501,11 +502,15 @@ def _new_network(args, n_in: int, n_out: int):
     if side * side != n_in or side < args.kernel:
         raise CLIError(f"--model conv needs square one-channel images of at least {args.kernel}x{args.kernel} pixels; "
                        f"{args.dataset} has {n_in} features per sample")
-    if side % args.pool:
-        raise CLIError(f"--pool {args.pool} must divide the {side}x{side} images of {args.dataset}")
+    if side % args.stride:
+        raise CLIError(f"--stride {args.stride} must divide the {side}x{side} images of {args.dataset}")
+    state = side // args.stride
+    if state % args.pool:
+        raise CLIError(f"--pool {args.pool} must divide the {state}x{state} images of the state ({args.dataset}'s "
+                       f"{side}x{side}" + (f" at stride {args.stride})" if args.stride > 1 else ")"))
     try:
         return tr.ConvImplicitNetwork((1, side, side), args.channels, args.kernel, n_out, args.pool,
-                                      padding=args.padding, **common)
+                                      padding=args.padding, stride=args.stride, **common)
     except ValueError as exc:
         raise CLIError(f"--model conv: {exc}") from None
 
@@ -781,6 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", type=positive_int, default=3, help="odd kernel size k of both convolutions (conv)")
     p.add_argument("--pool", type=positive_int, default=4, help="average pool before the readout (conv)")
     p.add_argument("--padding", choices=("circular", "zeros"), default="circular", help="convolution padding (conv)")
+    p.add_argument("--stride", type=positive_int, default=1,
+                   help="stride of the input convolution (conv): 2 maps 28x28 images to a 14x14 state")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own; may change on resume)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per step")

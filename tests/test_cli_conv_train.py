@@ -38,7 +38,12 @@ def test_conv_model_needs_square_images_and_a_dividing_pool(tmp_path):
     code, _, err = run("train", "--model", "conv", "--dataset", "function", "--out", tmp_path / "f.npz")
     assert code == 2 and "square one-channel images" in err
     code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--pool", 3, "--out", tmp_path / "p.npz")
-    assert code == 2 and "--pool 3 must divide the 8x8 images" in err
+    assert code == 2 and "--pool 3 must divide the 8x8 images of the state" in err
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--stride", 2, "--pool", 3,
+                       "--out", tmp_path / "s.npz")
+    assert code == 2 and "--pool 3 must divide the 4x4 images of the state (digits's 8x8 at stride 2)" in err
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--stride", 3, "--out", tmp_path / "s.npz")
+    assert code == 2 and "--stride 3 must divide the 8x8 images" in err
     assert not np.any([p.exists() for p in (tmp_path / "f.npz", tmp_path / "p.npz")])
     code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--constraint", "mon", "--out", tmp_path / "m.npz")
     assert code == 2 and "--constraint mon is defined on matrices" in one_clean_line(err)
@@ -49,12 +54,14 @@ def test_conv_model_trains_with_intervals_then_certifies(tmp_path):
     """Interval training of a conv layer from the command line; ``certify`` reads it back."""
     ckpt = tmp_path / "robust.npz"
     code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 2,
-                         "--interval-eps", 0.05, "--lipschitz-weight", 1e-4, "--no-progress", "--out", ckpt)
+                         "--stride", 2, "--interval-eps", 0.05, "--lipschitz-weight", 1e-4, "--no-progress", "--out", ckpt)
     assert code == 0, err
     _, history, _ = load_training(ckpt)
     assert history.config.interval_eps == 0.05 and history.config.lipschitz_weight == 1e-4
     assert all(r["mu_inf"] <= 0.9 + 1e-6 for r in history.epochs)
     assert 0.0 <= history.epochs[-1]["val_certified"] <= 1.0
+    net = load_training(ckpt)[0]
+    assert net.stride == 2 and net.state_shape == (4, 4) and net.n_hidden == 3 * 16
     code, out, err = run("certify", ckpt, "--eps", "0.01,0.05", "--samples", 50, "--out", tmp_path / "c.png")
     assert code == 0, err
     assert (tmp_path / "c.png").exists()

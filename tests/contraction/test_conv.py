@@ -201,3 +201,34 @@ def test_splitting_factors_of_large_circular_convolutions_come_from_the_frequenc
         assert 0.0 < f_big < 1.0 and f_big == pytest.approx(f_mid, rel=1e-6)
     with pytest.raises(ValueError, match="circular padding: any size"):
         contraction.contraction_factor(Conv2d(K, (64, 64), "zeros"), 0.5, "peaceman_rachford")
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_a_strided_convolution_keeps_every_strided_row_and_its_adjoint_is_the_transpose(rng, padding):
+    K = kernel(rng, 3, 2)  # 3 output channels from 2 input channels
+    full = Conv2d(K, (6, 4), padding)
+    op = Conv2d(K, (6, 4), padding, stride=2)
+    assert op.out_shape == (3, 2) and op.shape == (3 * 6, 2 * 24) and not op.square
+    rows = np.arange(full.n_out).reshape(3, 6, 4)[:, ::2, ::2].reshape(-1)
+    np.testing.assert_array_equal(op.to_dense(), full.to_dense()[rows])
+    X, Y = rng.standard_normal((2, op.n_in)), rng.standard_normal((2, op.n_out))
+    np.testing.assert_allclose(op.apply_T(Y), Y @ op.to_dense(), atol=1e-12)
+    assert np.abs(op.to_dense()).sum(axis=1).max() <= op.norm_inf() + 1e-12
+    if padding == "circular":
+        assert op.norm_inf() == pytest.approx(np.abs(op.to_dense()).sum(axis=1).max(), abs=1e-12)
+    assert repr(op).endswith("stride=2)") and op.with_kernel(2 * K).stride == 2
+    with pytest.raises(ValueError, match="square operator.*stride 2"):
+        Conv2d(kernel(rng, 2), (6, 4), padding, stride=2).diagonal()
+    for bad in (0, 3, 1.5, True):
+        with pytest.raises(ValueError, match="stride must be a positive integer dividing the image size 6x4"):
+            Conv2d(K, (6, 4), padding, stride=bad)
+
+
+def test_lipschitz_bound_with_a_strided_input_convolution(rng):
+    A = contraction.project_mu_inf(Conv2d(kernel(rng, 3), (3, 3)), 0.7)
+    B = Conv2d(kernel(rng, 3, 1), (6, 6), "circular", stride=2)
+    C = rng.standard_normal((4, A.n))
+    want = contraction.lipschitz_bound(A.to_dense(), B.to_dense(), C)
+    assert contraction.lipschitz_bound(A, B, C) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="B must map onto A's 3 channels of \\(3, 3\\) images"):
+        contraction.lipschitz_bound(A, Conv2d(kernel(rng, 3, 1), (6, 6)), C)

@@ -13,9 +13,10 @@ from solvers.training import ConvImplicitNetwork, ImplicitNetwork, SolverConfig,
 EXACT = dict(atol=1e-12, adjoint_atol=1e-12, max_iter=20000)
 
 
-def small(padding="circular", activation="tanh", engine="numpy", scale=3.0, dtype=np.float64):
-    net = ConvImplicitNetwork((2, 6, 4), 3, 3, 4, 2, padding=padding, activation=activation, dtype=dtype,
-                              solver=SolverConfig(engine=engine, **EXACT), seed=3)
+def small(padding="circular", activation="tanh", engine="numpy", scale=3.0, dtype=np.float64, stride=1):
+    """A 3-channel layer on a 6x4 state (from 2-channel inputs of 6x4, or 12x8 with stride 2)."""
+    net = ConvImplicitNetwork((2, 6 * stride, 4 * stride), 3, 3, 4, 2, padding=padding, activation=activation,
+                              dtype=dtype, solver=SolverConfig(engine=engine, **EXACT), seed=3, stride=stride)
     net.A = (scale * net.A).astype(dtype)  # coupling strong enough to matter, mu_inf < 1
     net.A = contraction.project_mu_inf(net.state_operator(), 0.8).kernel.astype(dtype)
     net.b = np.linspace(-0.2, 0.3, 3).astype(dtype)
@@ -34,16 +35,16 @@ def dense_twin(net: ConvImplicitNetwork) -> ImplicitNetwork:
     return twin
 
 
-@pytest.fixture
-def data():
+def inputs(net):
     rng = np.random.default_rng(0)
-    return rng.uniform(0, 1, (5, 48)), rng.integers(0, 4, 5)
+    return rng.uniform(0, 1, (5, net.n_in)), rng.integers(0, 4, 5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
-def test_outputs_and_input_gradients_equal_the_dense_twins(data, padding):
-    U, y = data
-    net = small(padding)
+def test_outputs_and_input_gradients_equal_the_dense_twins(padding, stride):
+    net = small(padding, stride=stride)
+    U, y = inputs(net)
     twin = dense_twin(net)
     np.testing.assert_allclose(net.forward(U), twin.forward(U), atol=1e-10)
     np.testing.assert_allclose(net.input_gradient(U, y), twin.input_gradient(U, y), atol=1e-10)
@@ -51,11 +52,12 @@ def test_outputs_and_input_gradients_equal_the_dense_twins(data, padding):
     assert net.lipschitz("paper") == pytest.approx(twin.lipschitz("paper"), rel=1e-10)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_gradients_are_exact(data, padding, activation):
-    U, y = data
-    net = small(padding, activation)
+def test_gradients_are_exact(padding, activation, stride):
+    net = small(padding, activation, stride=stride)
+    U, y = inputs(net)
     value, grads = net.loss_and_grad(U, y)
     rng = np.random.default_rng(1)
     for name in net.PARAMS:
@@ -104,14 +106,15 @@ def test_training_refuses_constraints_that_are_matrix_only():
 
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(data, padding, activation):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(padding, activation, stride):
     """The worst-case loss over pooled-feature bounds equals the dense twin's over the readout
     matrix (the pool is a non-negative average), and its gradients are the finite differences."""
     from solvers.training._robust import interval_loss_and_grad
 
-    U, y = data
+    net = small(padding, activation, stride=stride)
+    U, y = inputs(net)
     U = 0.2 + 0.6 * U  # inside the data range, so the clipped box is the full box
-    net = small(padding, activation)
     eps = 0.05
     value, grads = interval_loss_and_grad(net, U, y, eps)
     assert value == pytest.approx(interval_loss_and_grad(dense_twin(net), U, y, eps)[0], rel=1e-9)
@@ -136,6 +139,8 @@ def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(data, 
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(in_shape=(1, 6, 6), channels=2, kernel_size=2, n_out=3, pool=2), "odd"),
     (dict(in_shape=(1, 6, 6), channels=2, kernel_size=3, n_out=3, pool=4), "pool must divide"),
+    (dict(in_shape=(1, 6, 6), channels=2, kernel_size=3, n_out=3, pool=1, stride=4), "stride must divide"),
+    (dict(in_shape=(1, 12, 12), channels=2, kernel_size=3, n_out=3, pool=4, stride=2), "state's image size 6x6"),
     (dict(in_shape=(1, 2, 2), channels=2, kernel_size=3, n_out=3, pool=1), "smaller than"),
     (dict(in_shape=(6, 6), channels=2, kernel_size=3, n_out=3, pool=1), "in_shape"),
     (dict(in_shape=(1, 6, 6), channels=0, kernel_size=3, n_out=3, pool=1), "channels"),
@@ -151,9 +156,9 @@ def test_checkpoints_round_trip_with_the_training_state(tmp_path):
     from solvers.training import load_training, save
 
     rng = np.random.default_rng(5)
-    X, y = rng.uniform(0, 1, (40, 48)), rng.integers(0, 2, 40)
-    net = ConvImplicitNetwork((2, 6, 4), 3, 3, 2, 2, padding="zeros", dtype=np.float32,
-                              solver=SolverConfig(engine="numpy"))
+    X, y = rng.uniform(0, 1, (40, 192)), rng.integers(0, 2, 40)
+    net = ConvImplicitNetwork((2, 12, 8), 3, 3, 2, 2, padding="zeros", dtype=np.float32,
+                              solver=SolverConfig(engine="numpy"), stride=2)
     history = train(net, X, y, epochs=1, batch_size=20, progress=False)
     path = save(net, tmp_path / "conv.npz", history=history)
     back, hist, _ = load_training(path)
@@ -165,15 +170,16 @@ def test_checkpoints_round_trip_with_the_training_state(tmp_path):
     assert [r["epoch"] for r in more.epochs] == [1, 2]
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
-def test_interval_bounds_equal_the_dense_twins_and_are_sound(padding):
+def test_interval_bounds_equal_the_dense_twins_and_are_sound(padding, stride):
     from solvers.training import certified_accuracy, interval_bounds
 
-    net = small(padding, "relu")
+    net = small(padding, "relu", stride=stride)
     net.solver = SolverConfig(engine="numba", **EXACT)
     twin = dense_twin(net)
     rng = np.random.default_rng(6)
-    U = rng.uniform(0.1, 0.9, (4, 48))
+    U = rng.uniform(0.1, 0.9, (4, net.n_in))
     lo, hi = U - 0.05, U + 0.05
     X_lo, X_hi, Y_lo, Y_hi = interval_bounds(net, lo, hi)
     for got, want in zip((X_lo, X_hi, Y_lo, Y_hi), interval_bounds(twin, lo, hi)):
@@ -309,6 +315,6 @@ def test_reproduce_has_the_conv_rows_and_reports_the_seed_layers_true_mu_inf(tmp
         assert by_name[name]["mu_inf"] <= 0.9 + 1e-6  # projected
     assert by_name["conv nemon_param"]["mu_inf"] > SEED_CONV_MARGIN  # its claim, not kept
     net, history, _ = load_training(by_name["conv mu_inf"]["checkpoint"])
-    assert isinstance(net, ConvImplicitNetwork) and net.channels == QUICK_CHANNELS and net.in_shape == (1, 8, 8)
+    assert isinstance(net, ConvImplicitNetwork) and net.channels == QUICK_CHANNELS and net.state_shape == (4, 4)
     assert history.config.constraint == "mu_inf"
     assert {p.name for p in figures} == {"robustness.png", "iterations.png"}

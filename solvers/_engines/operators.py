@@ -85,54 +85,261 @@ def conv(op, dtype, *, resolvent=None) -> Conv:
     )
 
 
+#: Output channels and taps per pass of the convolution kernels (:func:`_taps4`, :func:`_dots4`):
+#: each input value loaded feeds four output channels, each output value is loaded and stored
+#: once per four taps, and the sixteen weights (or sums) stay in vector registers.
+_BLOCK = 4
+#: The span of output positions a pass runs over is rounded up to a multiple of this, so that
+#: the vector loops (up to sixteen float32 lanes) end without a scalar remainder.
+_VECTOR = 16
+
+
 @njit(cache=True, inline="always")
-def _pad_into(x, H, W, p, circular, xp):
-    """Copy the image ``x`` (C·H·W, row-major) into the padded planes ``xp`` (C, (H + 2p)(W + 2p)):
-    the border wraps around (circular) or is left as it is (zeros: never written)."""
-    Wp = W + 2 * p
+def _layout(H, W, p, circular):
+    """``(Wp, P, L)`` of the padded layout of an H × W image with a border of ``p``: the row
+    stride ``Wp``, the plane size ``P`` and the span ``L`` of the output positions (from pixel
+    (0, 0) at 0 to (H − 1, W − 1) at ``(H − 1) Wp + W − 1``, rounded up to :data:`_VECTOR`).
+
+    Output pixel (i, j) sits at ``i Wp + j`` and tap (di, dj) reads ``di Wp + dj`` further, so a
+    tap's contribution to a whole plane is one contiguous multiply-add; the positions ``j ≥ W``
+    of each row are computed and never read. Circular padding needs ``Wp = W + 2p`` (the wrapped
+    columns differ on the two sides); zero padding needs only ``Wp = W + p``, each row's ``p``
+    leading zeros padding the previous row's right edge."""
+    Wp = W + 2 * p if circular else W + p
+    P = (H + 2 * p) * Wp
+    L = -(-((H - 1) * Wp + W) // _VECTOR) * _VECTOR
+    return Wp, P, L
+
+
+@njit(cache=True, inline="always")
+def _pad_into(x, H, W, p, Wp, circular, xp):
+    """Copy the image ``x`` (C·H·W, row-major) into the padded planes ``xp`` (C, P) of
+    :func:`_layout`, image row i at ``(i + p) Wp + p``: the border wraps around (circular) or is
+    left as it is (zeros: never written). Rows are copied through slices, whose indices numba
+    knows are non-negative (an index it cannot prove non-negative is wrapped around per element
+    and the copy is not vectorised)."""
     for c in range(xp.shape[0]):
         xc = xp[c]
         for i in range(H):
             src = (c * H + i) * W
-            dst = (i + p) * Wp + p
+            dst = (i + p) * Wp
+            row = x[src:src + W]
+            image = xc[dst + p:dst + p + W]
             for j in range(W):
-                xc[dst + j] = x[src + j]
+                image[j] = row[j]
             if circular:  # the columns wrap around
                 for j in range(p):
-                    xc[dst - p + j] = x[src + W - p + j]
-                    xc[dst + W + j] = x[src + j]
+                    xc[dst + j] = x[src + W - p + j]
+                    xc[dst + p + W + j] = x[src + j]
         if circular:  # the rows wrap around: padded row i holds image row (i − p) mod H
             for i in range(p):
+                top = xc[i * Wp:(i + 1) * Wp]
+                top_src = xc[(i + H) * Wp:(i + H + 1) * Wp]
+                bottom = xc[(H + p + i) * Wp:(H + p + i + 1) * Wp]
+                bottom_src = xc[(p + i) * Wp:(p + i + 1) * Wp]
                 for j in range(Wp):
-                    xc[i * Wp + j] = xc[(i + H) * Wp + j]
-                    xc[(H + p + i) * Wp + j] = xc[(p + i) * Wp + j]
+                    top[j] = top_src[j]
+                    bottom[j] = bottom_src[j]
+
+
+@njit(cache=True, inline="always")
+def _plane_into(v, H, W, Wp, vp):
+    """Copy the planes of ``v`` (C·H·W, row-major) into ``vp`` (C, ≥ H Wp) at the output
+    positions of :func:`_layout` (row i at ``i Wp``); the other entries are left as they are."""
+    for c in range(vp.shape[0]):
+        for i in range(H):
+            row = v[(c * H + i) * W:(c * H + i + 1) * W]
+            dst = vp[c, i * Wp:i * Wp + W]
+            for j in range(W):
+                dst[j] = row[j]
+
+
+@njit(cache=True, inline="always")
+def _plane_from(a, H, W, Wp, o, c):
+    """Channel ``c`` of the image ``o`` (C·H·W, row-major) from the output positions of ``a``."""
+    for i in range(H):
+        row = o[(c * H + i) * W:(c * H + i + 1) * W]
+        src = a[i * Wp:i * Wp + W]
+        for j in range(W):
+            row[j] = src[j]
+
+
+@njit(cache=True, inline="always")
+def _tap_offsets(C_in, k, Wp, P, groups):
+    """The offset of each tap (c', di, dj), in row-major order, in the flat padded planes:
+    ``c' P + di Wp + dj``; the ``_BLOCK · groups − C_in k²`` taps that fill the last group read
+    the zeros past the planes (offset ``C_in P``)."""
+    offs = np.full(_BLOCK * groups, C_in * P, np.int64)
+    tap = 0
+    for c2 in range(C_in):
+        for di in range(k):
+            for dj in range(k):
+                offs[tap] = c2 * P + di * Wp + dj
+                tap += 1
+    return offs
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def _taps4(acc, xp, offs, w, L):
+    """``acc[b, t] += Σ_e w[b, e] · xp[offs[e] + t]`` for four output channels ``b`` and four
+    taps ``e``, ``t < L``: four loads of ``xp`` and one load and store of each ``acc[b]`` per
+    sixteen multiply-adds."""
+    x0 = xp[offs[0]:]
+    x1 = xp[offs[1]:]
+    x2 = xp[offs[2]:]
+    x3 = xp[offs[3]:]
+    a0 = acc[0]
+    a1 = acc[1]
+    a2 = acc[2]
+    a3 = acc[3]
+    w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
+    w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
+    w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
+    w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
+    for t in range(L):
+        y0 = x0[t]
+        y1 = x1[t]
+        y2 = x2[t]
+        y3 = x3[t]
+        a0[t] = a0[t] + w00 * y0 + w01 * y1 + w02 * y2 + w03 * y3
+        a1[t] = a1[t] + w10 * y0 + w11 * y1 + w12 * y2 + w13 * y3
+        a2[t] = a2[t] + w20 * y0 + w21 * y1 + w22 * y2 + w23 * y3
+        a3[t] = a3[t] + w30 * y0 + w31 * y1 + w32 * y2 + w33 * y3
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def _taps1(a, xp, offs, w, L):
+    """:func:`_taps4` for one output channel."""
+    x0 = xp[offs[0]:]
+    x1 = xp[offs[1]:]
+    x2 = xp[offs[2]:]
+    x3 = xp[offs[3]:]
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
+    for t in range(L):
+        a[t] = a[t] + w0 * x0[t] + w1 * x1[t] + w2 * x2[t] + w3 * x3[t]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, inline="always")
+def _dots4(v, xp, offs, L, out):
+    """``out[b, e] += Σ_{t < L} v[b, t] · xp[offs[e] + t]`` for four rows ``b`` of ``v`` and
+    four taps ``e``: sixteen sums, each a vector of partial sums in a register (``reassoc``),
+    over four loads of ``v`` and four of ``xp``."""
+    x0 = xp[offs[0]:]
+    x1 = xp[offs[1]:]
+    x2 = xp[offs[2]:]
+    x3 = xp[offs[3]:]
+    v0 = v[0]
+    v1 = v[1]
+    v2 = v[2]
+    v3 = v[3]
+    zero = xp.dtype.type(0)  # sums in the dtype of the data (a float64 literal would promote them)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+    for t in range(L):
+        y0 = x0[t]
+        y1 = x1[t]
+        y2 = x2[t]
+        y3 = x3[t]
+        u = v0[t]
+        s00 += u * y0
+        s01 += u * y1
+        s02 += u * y2
+        s03 += u * y3
+        u = v1[t]
+        s10 += u * y0
+        s11 += u * y1
+        s12 += u * y2
+        s13 += u * y3
+        u = v2[t]
+        s20 += u * y0
+        s21 += u * y1
+        s22 += u * y2
+        s23 += u * y3
+        u = v3[t]
+        s30 += u * y0
+        s31 += u * y1
+        s32 += u * y2
+        s33 += u * y3
+    out[0, 0] += s00
+    out[0, 1] += s01
+    out[0, 2] += s02
+    out[0, 3] += s03
+    out[1, 0] += s10
+    out[1, 1] += s11
+    out[1, 2] += s12
+    out[1, 3] += s13
+    out[2, 0] += s20
+    out[2, 1] += s21
+    out[2, 2] += s22
+    out[2, 3] += s23
+    out[3, 0] += s30
+    out[3, 1] += s31
+    out[3, 2] += s32
+    out[3, 3] += s33
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, inline="always")
+def _dots1(v, xp, offs, L, out):
+    """:func:`_dots4` for one row ``v``."""
+    x0 = xp[offs[0]:]
+    x1 = xp[offs[1]:]
+    x2 = xp[offs[2]:]
+    x3 = xp[offs[3]:]
+    zero = xp.dtype.type(0)
+    s0 = s1 = s2 = s3 = zero
+    for t in range(L):
+        u = v[t]
+        s0 += u * x0[t]
+        s1 += u * x1[t]
+        s2 += u * x2[t]
+        s3 += u * x3[t]
+    out[0] += s0
+    out[1] += s1
+    out[2] += s2
+    out[3] += s3
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def _correlate_grad(V, X, k, H, W, circular, out):
     """``out[c, c', di, dj] = Σ_s Σ_{i, j} V[s, c, i, j] · x_s[c', i + di − p, j + dj − p]``: the
     gradient of ``Σ_s ⟨V_s, K ⋆ X_s⟩`` with respect to the kernel (same padding as
-    :func:`_correlate`), ``out`` (C_out, C_in, k, k) overwritten."""
+    :func:`_correlate`), ``out`` (C_out, C_in, k, k) overwritten.
+
+    Each ``X[s]`` is copied into the padded layout of :func:`_layout` and each ``V[s]`` into
+    its output positions (zeros elsewhere), so that an entry is one dot product over ``L``
+    contiguous positions; they are taken four output channels by four taps at a time
+    (:func:`_dots4`) and summed over the batch in float64."""
     C_out, C_in = out.shape[0], out.shape[1]
     p = k // 2
-    Wp = W + 2 * p
-    xp = np.zeros((C_in, (H + 2 * p) * Wp), X.dtype)
-    out[:] = 0.0
+    Wp, P, L = _layout(H, W, p, circular)
+    groups = -(-C_in * k * k // _BLOCK)
+    offs = _tap_offsets(C_in, k, Wp, P, groups)
+    blocks = C_out // _BLOCK
+    # The planes, then L zeros: read by the taps that fill the last group, and by the last plane's
+    # taps past its end (the span is rounded up).
+    xp = np.zeros(C_in * P + L, X.dtype)
+    planes = xp[: C_in * P].reshape(C_in, P)
+    vp = np.zeros((C_out, L), X.dtype)  # zero but at the output positions
+    g = np.zeros((C_out, _BLOCK * groups))  # g[c, tap]
     for s in range(X.shape[0]):
-        _pad_into(X[s], H, W, p, circular, xp)
-        v = V[s]
-        for c in range(C_out):
-            for c2 in range(C_in):
-                xc = xp[c2]
-                for di in range(k):
-                    for dj in range(k):
-                        total = 0.0
-                        for i in range(H):
-                            vrow = (c * H + i) * W
-                            xrow = (i + di) * Wp + dj
-                            for j in range(W):
-                                total += v[vrow + j] * xc[xrow + j]
-                        out[c, c2, di, dj] += total
+        _pad_into(X[s], H, W, p, Wp, circular, planes)
+        _plane_into(V[s], H, W, Wp, vp)
+        for b in range(blocks):
+            c = _BLOCK * b
+            for q in range(groups):
+                e = _BLOCK * q
+                _dots4(vp[c:c + _BLOCK], xp, offs[e:e + _BLOCK], L, g[c:c + _BLOCK, e:e + _BLOCK])
+        for c in range(_BLOCK * blocks, C_out):
+            for q in range(groups):
+                e = _BLOCK * q
+                _dots1(vp[c], xp, offs[e:e + _BLOCK], L, g[c, e:e + _BLOCK])
+    for c in range(C_out):
+        tap = 0
+        for c2 in range(C_in):
+            for di in range(k):
+                for dj in range(k):
+                    out[c, c2, di, dj] = g[c, tap]
+                    tap += 1
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -140,43 +347,50 @@ def _correlate(K, H, W, circular, X, out):
     """``out[s] = K ⋆ X[s]`` per row: the "same" cross-correlation of each image
     ``X[s]`` (C_in·H·W, row-major) with ``K`` (C_out, C_in, k, k), circular or zero padding.
 
-    Each image is copied once into a padded buffer of width ``W + 2p``; in it, a tap's
-    contribution to the whole output plane is one contiguous multiply-add (the pad columns of
-    the output plane take values that are never read), so the inner loop runs over ``H (W + 2p)``
-    entries rather than over one row."""
+    Each image is copied once into the padded layout of :func:`_layout`, where a tap's
+    contribution to a whole output plane is one contiguous multiply-add over ``L`` positions.
+    The output channels are taken four at a time into an accumulator of four planes, and the
+    taps (c', di, dj), in row-major order, four at a time (:func:`_taps4`); the channels left
+    over (``C_out mod 4``) one at a time (:func:`_taps1`). Each accumulator plane is copied out
+    without its padding columns."""
     C_out, C_in, k, _ = K.shape
     p = k // 2
-    Hp = H + 2 * p
-    Wp = W + 2 * p
-    L = (H - 1) * Wp + W  # from output pixel (0, 0) to (H − 1, W − 1) in the padded layout
-    xp = np.zeros((C_in, Hp * Wp), X.dtype)  # zero padding: the border is never written
-    acc = np.empty(L, X.dtype)
+    Wp, P, L = _layout(H, W, p, circular)
+    groups = -(-C_in * k * k // _BLOCK)
+    offs = _tap_offsets(C_in, k, Wp, P, groups)
+    blocks = C_out // _BLOCK
+    K4 = np.zeros((blocks, groups, _BLOCK, _BLOCK), X.dtype)  # K4[b, q, i, e]: channel 4b + i, tap 4q + e
+    K1 = np.zeros((C_out, groups, _BLOCK), X.dtype)  # K1[c, q, e]: a left-over channel c, tap 4q + e
+    for c in range(C_out):
+        tap = 0
+        for c2 in range(C_in):
+            for di in range(k):
+                for dj in range(k):
+                    if c < _BLOCK * blocks:
+                        K4[c // _BLOCK, tap // _BLOCK, c % _BLOCK, tap % _BLOCK] = K[c, c2, di, dj]
+                    else:
+                        K1[c, tap // _BLOCK, tap % _BLOCK] = K[c, c2, di, dj]
+                    tap += 1
+    # The planes, then L zeros: read by the taps that fill the last group, and by the last plane's
+    # taps past its end (the span is rounded up).
+    xp = np.zeros(C_in * P + L, X.dtype)
+    planes = xp[: C_in * P].reshape(C_in, P)
+    acc = np.empty((_BLOCK, L), X.dtype)
     for s in range(X.shape[0]):
-        _pad_into(X[s], H, W, p, circular, xp)
+        _pad_into(X[s], H, W, p, Wp, circular, planes)
         o = out[s]
-        for c in range(C_out):
+        for b in range(blocks):
             acc[:] = 0.0
-            for c2 in range(C_in):
-                xc = xp[c2]
-                for di in range(k):
-                    # Three taps of a kernel row per pass: one load and store of ``acc`` per
-                    # three multiply-adds.
-                    for dj in range(0, k - 2, 3):
-                        w0 = K[c, c2, di, dj]
-                        w1 = K[c, c2, di, dj + 1]
-                        w2 = K[c, c2, di, dj + 2]
-                        src = xc[di * Wp + dj: di * Wp + dj + L + 2]
-                        for t in range(L):
-                            acc[t] += w0 * src[t] + w1 * src[t + 1] + w2 * src[t + 2]
-                    for dj in range(k - k % 3, k):
-                        w = K[c, c2, di, dj]
-                        src = xc[di * Wp + dj: di * Wp + dj + L]
-                        for t in range(L):
-                            acc[t] += w * src[t]
-            for i in range(H):
-                base = (c * H + i) * W
-                for j in range(W):
-                    o[base + j] = acc[i * Wp + j]
+            for q in range(groups):
+                _taps4(acc, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], K4[b, q], L)
+            for i in range(_BLOCK):
+                _plane_from(acc[i], H, W, Wp, o, _BLOCK * b + i)
+        for c in range(_BLOCK * blocks, C_out):
+            a = acc[0]
+            a[:] = 0.0
+            for q in range(groups):
+                _taps1(a, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], K1[c, q], L)
+            _plane_from(a, H, W, Wp, o, c)
 
 
 @njit(cache=True)
@@ -211,6 +425,18 @@ def _dft_rows(cos, sin, sign, scale, Sr, Si, Dr, Di):
                     Di[c, u, v] += er * Si[c, h, v] + ei * Sr[c, h, v]
 
 
+@njit(cache=True)
+def _half_spectrum_weights(W):
+    """The real inverse DFT's weight of each column frequency ``v = 0 … W//2`` of a half
+    spectrum: ``2/W``, as every ``v`` but 0 (and ``W/2`` for even ``W``) stands for ``±v``."""
+    Wh = W // 2 + 1
+    weight = np.full(Wh, 2.0 / W)
+    weight[0] = 1.0 / W
+    if W % 2 == 0:
+        weight[Wh - 1] = 1.0 / W
+    return weight
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def _inverse_symbol_apply(R, H, W, X, out):
     """``out[s] = M⁻¹ X[s]`` per row for a circular convolution whose inverse symbol on the half
@@ -222,11 +448,7 @@ def _inverse_symbol_apply(R, H, W, X, out):
     Wh = R.shape[1]
     cw, sw = _twiddles(Wh, W)
     ch, sh = _twiddles(H, H)
-    # The real inverse along the columns: every v but 0 (and W/2 for even W) stands for ±v.
-    weight = np.full(Wh, 2.0 / W)
-    weight[0] = 1.0 / W
-    if W % 2 == 0:
-        weight[Wh - 1] = 1.0 / W
+    weight = _half_spectrum_weights(W)
     Ar = np.empty((C, H, Wh))
     Ai = np.empty((C, H, Wh))
     Br = np.empty((C, H, Wh))

@@ -1,25 +1,35 @@
 """The CUDA engine (``numba.cuda``): one thread block per sample, the whole solve in one launch.
 
 Each block keeps its sample's iterate in device memory and runs the iteration loop itself:
-its threads split the matrix-vector product (coalesced over the output index), reduce the
-residual in shared memory, apply the stopping rule and take the step. Convergence is
-therefore checked on the device at every iteration with no host round-trip, and a finished
-sample's block simply exits. The scalar activation, prox and small-solve helpers are the
-numba engine's ``@njit`` functions, which numba compiles for the device when a kernel calls
-them. Mirrors :mod:`.numpy_engine` (the specification); the stopping rule is
-:func:`.kernels.classify`, shared with the numba engine.
+its threads split the operator's product (over the output index), reduce the residual in
+shared memory, apply the stopping rule and take the step. Convergence is therefore checked on
+the device at every iteration with no host round-trip, and a finished sample's block simply
+exits. The scalar activation, prox and small-solve helpers are the numba engine's ``@njit``
+functions, which numba compiles for the device when a kernel calls them. Mirrors
+:mod:`.numpy_engine` (the specification); the stopping rule is :func:`.kernels.classify`,
+shared with the numba engine.
+
+The loop meets the operator only through two device functions, as the numba engine meets it
+through :mod:`.operators`: ``product`` (``z = (x ⊙ d) M + w``) and ``resolvent``
+(``y = v M⁻ᵀ``, the splittings). :func:`_solver` builds one kernel per operator from the same
+loop source: :data:`_SOLVE_DENSE` over a :class:`DenseOp` (a matrix) and :data:`_SOLVE_CONV`
+over a :class:`ConvOp` (a :class:`contraction.Conv2d`: a direct correlation per output pixel,
+and for circular padding the resolvent per frequency by DFTs written as sums, as
+:func:`.operators._inverse_symbol_apply` does on the CPU).
 
 Tested in CI under ``NUMBA_ENABLE_CUDASIM=1`` (numba's simulator).
 """
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
 from numba import cuda, float64
 
 from .kernels import ANDERSON_REG, IDENTITY, RUNNING, act_prox, act_value, classify, solve_small_py
+from .operators import _half_spectrum_weights, _twiddles, conv
 from .task import Task
 
 __all__ = ["run", "require_gpu", "threads_per_block"]
@@ -89,9 +99,25 @@ def _block_reduce(red, val, t, nt, use_max):
     return out
 
 
+#: A dense ``A`` on the device: ``Mat`` the product's matrix (``Aᵀ`` forward, ``A`` adjoint)
+#: and ``MinvT = ((1 + α) I − α A)⁻ᵀ`` for the splittings ((1, 1) when unused); the solve's dtype.
+DenseOp = collections.namedtuple("DenseOp", ["Mat", "MinvT"])
+#: A square :class:`contraction.Conv2d` on the device. ``K`` (C, C, k, k), float64: its kernel
+#: (forward) or the adjoint's (flipped, channels swapped); ``H``, ``W`` the image size;
+#: ``circular`` the padding (else zeros). For the splittings (circular padding), the inverse
+#: symbol ``M̂(f)⁻¹`` on the half spectrum, real and imaginary parts ``Rr``, ``Ri`` (H, W//2 + 1,
+#: C, C); the twiddles ``cw``, ``sw`` (cos and sin of ``2π v w / W``, (W//2 + 1, W)) and ``ch``,
+#: ``sh`` (of ``2π u h / H``, (H, H)); ``weight`` (W//2 + 1) the real inverse transform's
+#: weight of each column frequency; ``spec`` (batch, 4, C·H·(W//2 + 1)) each sample's
+#: frequency-domain work space. Unused arrays have no entries.
+ConvOp = collections.namedtuple("ConvOp", ["K", "H", "W", "circular", "Rr", "Ri", "cw", "sw", "ch", "sh",
+                                           "weight", "spec"])
+
+
 @cuda.jit(device=True)
-def _matvec(src, scale, scaled, Mat, add, out, s, t, nt):
+def _dense_product(op, src, scale, scaled, add, out, s, t, nt):
     """``out[s] = (src[s] ⊙ scale[s]) · Mat + add[s]``, threads over the output index."""
+    Mat = op.Mat
     n = out.shape[1]
     for i in range(t, n, nt):
         acc = 0.0
@@ -102,81 +128,228 @@ def _matvec(src, scale, scaled, Mat, add, out, s, t, nt):
     cuda.syncthreads()
 
 
-@cuda.jit
-def _kernel(method, Mat, W, D, X, U, Z, Y, MinvT, alpha, code, slope, atol, rtol, max_iter, norm,
-            accept, record, iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, m):
-    s = cuda.blockIdx.x
-    t = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    n = X.shape[1]
-    scaled = D.shape[0] > 0
-    splitting = method == PEACEMAN_RACHFORD or method == DOUGLAS_RACHFORD
-    red = cuda.shared.array(TPB_MAX, float64)
-    ctl = cuda.shared.array(3, float64)  # flag, first residual, anderson acceptance
-    if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
-        _matvec(X, D, scaled, Mat, W, Z, s, t, nt)
-        for i in range(t, n, nt):
-            U[s, i] = (1.0 - alpha) * X[s, i] + alpha * Z[s, i]
-        cuda.syncthreads()
-    for k in range(max_iter + 1):
-        if splitting:
+@cuda.jit(device=True)
+def _dense_resolvent(op, V, out, s, t, nt):
+    """``out[s] = V[s] · M⁻ᵀ``, threads over the output index."""
+    MinvT = op.MinvT
+    n = out.shape[1]
+    for i in range(t, n, nt):
+        acc = 0.0
+        for j in range(n):
+            acc += V[s, j] * MinvT[j, i]
+        out[s, i] = acc
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def _conv_product(op, src, scale, scaled, add, out, s, t, nt):
+    """``out[s] = K ⋆ (src[s] ⊙ scale[s]) + add[s]``: the "same" cross-correlation of
+    :class:`contraction.Conv2d`, one output pixel ``(c, i, j)`` per thread and pass, its
+    ``C k²`` taps summed in float64 (as the numpy specification's float64 kernel does) and
+    rounded to the solve's dtype before ``add`` is added (as the specification does)."""
+    K = op.K
+    C = K.shape[0]
+    k = K.shape[2]
+    p = k // 2
+    H = op.H
+    W = op.W
+    HW = H * W
+    n = out.shape[1]
+    for o in range(t, n, nt):
+        c = o // HW
+        i = (o - c * HW) // W
+        j = o - c * HW - i * W
+        acc = 0.0
+        for di in range(k):
+            y = i + di - p
+            if y < 0 or y >= H:
+                if not op.circular:
+                    continue
+                y = y + H if y < 0 else y - H  # p < H: one wrap suffices
+            for dj in range(k):
+                x = j + dj - p
+                if x < 0 or x >= W:
+                    if not op.circular:
+                        continue
+                    x = x + W if x < 0 else x - W
+                for c2 in range(C):
+                    q = (c2 * H + y) * W + x
+                    v = src[s, q] * scale[s, q] if scaled else src[s, q]
+                    acc += K[c, c2, di, dj] * v
+        out[s, o] = acc
+        out[s, o] += add[s, o]
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def _conv_resolvent(op, V, out, s, t, nt):
+    """``out[s] = M⁻¹ V[s]`` for a circular convolution with inverse symbol ``Rr + i Ri``: a real
+    DFT along the columns, a DFT along the rows, one ``C × C`` product per frequency, and the
+    inverse transforms (:func:`.operators._inverse_symbol_apply`, the CPU version), each a direct
+    sum in float64 with the threads over its outputs. ``spec[s]`` holds the transforms: slots
+    0, 1 and 2, 3 take turns as the real and imaginary parts of the input and the output of
+    each stage."""
+    Rr = op.Rr
+    Ri = op.Ri
+    cw = op.cw
+    sw = op.sw
+    ch = op.ch
+    sh = op.sh
+    weight = op.weight
+    F = op.spec
+    H = op.H
+    W = op.W
+    Wh = weight.shape[0]
+    C = Rr.shape[2]
+    m = C * H * Wh
+    n = out.shape[1]
+    for e in range(t, m, nt):  # along the columns: Σ_w x[c, h, w] e^{−2πi v w / W}
+        row = e // Wh  # the image row (c, h)
+        v = e - row * Wh
+        base = row * W
+        re = 0.0
+        im = 0.0
+        for w in range(W):
+            x = V[s, base + w]
+            re += x * cw[v, w]
+            im -= x * sw[v, w]
+        F[s, 0, e] = re
+        F[s, 1, e] = im
+    cuda.syncthreads()
+    for e in range(t, m, nt):  # along the rows: Σ_h e^{−2πi u h / H} (slots 0, 1 → 2, 3)
+        c = e // (H * Wh)
+        u = (e - c * H * Wh) // Wh
+        v = e - c * H * Wh - u * Wh
+        re = 0.0
+        im = 0.0
+        for h in range(H):
+            q = (c * H + h) * Wh + v
+            a = F[s, 0, q]
+            b = F[s, 1, q]
+            re += ch[u, h] * a + sh[u, h] * b
+            im += ch[u, h] * b - sh[u, h] * a
+        F[s, 2, e] = re
+        F[s, 3, e] = im
+    cuda.syncthreads()
+    for e in range(t, m, nt):  # M̂(f)⁻¹ per frequency (slots 2, 3 → 0, 1)
+        c = e // (H * Wh)
+        f = e - c * H * Wh  # the frequency (u, v), row-major
+        u = f // Wh
+        v = f - u * Wh
+        re = 0.0
+        im = 0.0
+        for d in range(C):
+            q = d * H * Wh + f
+            a = F[s, 2, q]
+            b = F[s, 3, q]
+            re += Rr[u, v, c, d] * a - Ri[u, v, c, d] * b
+            im += Rr[u, v, c, d] * b + Ri[u, v, c, d] * a
+        F[s, 0, e] = re
+        F[s, 1, e] = im
+    cuda.syncthreads()
+    for e in range(t, m, nt):  # the inverse along the rows, 1/H Σ_u e^{+2πi u h / H} (0, 1 → 2, 3)
+        c = e // (H * Wh)
+        h = (e - c * H * Wh) // Wh
+        v = e - c * H * Wh - h * Wh
+        re = 0.0
+        im = 0.0
+        for u in range(H):
+            q = (c * H + u) * Wh + v
+            a = F[s, 0, q]
+            b = F[s, 1, q]
+            re += ch[h, u] * a - sh[h, u] * b
+            im += ch[h, u] * b + sh[h, u] * a
+        F[s, 2, e] = re / H
+        F[s, 3, e] = im / H
+    cuda.syncthreads()
+    for o in range(t, n, nt):  # the real inverse along the columns (slots 2, 3)
+        row = o // W  # the image row (c, h)
+        w = o - row * W
+        base = row * Wh
+        acc = 0.0
+        for v in range(Wh):
+            acc += weight[v] * (F[s, 2, base + v] * cw[v, w] - F[s, 3, base + v] * sw[v, w])
+        out[s, o] = acc
+    cuda.syncthreads()
+
+
+def _solver(product, resolvent):
+    """The solve kernel over an operator given by its ``product`` and ``resolvent`` device
+    functions (one compiled kernel per operator; the loop is the same source)."""
+
+    @cuda.jit
+    def solve(method, op, W, D, X, U, Z, Y, alpha, code, slope, atol, rtol, max_iter, norm,
+              accept, record, iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, m):
+        s = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        n = X.shape[1]
+        scaled = D.shape[0] > 0
+        splitting = method == PEACEMAN_RACHFORD or method == DOUGLAS_RACHFORD
+        red = cuda.shared.array(TPB_MAX, float64)
+        ctl = cuda.shared.array(3, float64)  # flag, first residual, anderson acceptance
+        if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
+            product(op, X, D, scaled, W, Z, s, t, nt)
             for i in range(t, n, nt):
-                X[s, i] = act_prox(code, slope, alpha, U[s, i])
+                U[s, i] = (1.0 - alpha) * X[s, i] + alpha * Z[s, i]
             cuda.syncthreads()
-        _matvec(X, D, scaled, Mat, W, Z, s, t, nt)
-        r = 0.0
-        xn = 0.0
-        for i in range(t, n, nt):
-            d = abs(act_value(code, slope, Z[s, i]) - X[s, i])
-            if not math.isfinite(d):
-                d = math.inf  # reported as NONFINITE, like the numpy specification
-            ax = abs(X[s, i])
-            if norm == 0:
-                r = d if (d != d or d > r) else r
-                xn = max(xn, ax)
-            else:
-                r += d
-                xn += ax
-        r = _block_reduce(red, r, t, nt, norm == 0)
-        xn = _block_reduce(red, xn, t, nt, norm == 0)
-        if t == 0:
-            if k == 0:
-                ctl[1] = r
-            flag = classify(k, r, atol + rtol * xn, ctl[1], max_iter)
-            ctl[0] = flag
-            if record:
-                hist[k, s] = r
-            if flag != RUNNING:
-                res[s] = r
-                iters[s] = k
-                codes[s] = flag
-        cuda.syncthreads()
-        if ctl[0] != RUNNING:
-            return
-        if method < FORWARD_BACKWARD:
+        for k in range(max_iter + 1):
+            if splitting:
+                for i in range(t, n, nt):
+                    X[s, i] = act_prox(code, slope, alpha, U[s, i])
+                cuda.syncthreads()
+            product(op, X, D, scaled, W, Z, s, t, nt)
+            r = 0.0
+            xn = 0.0
             for i in range(t, n, nt):
-                X[s, i] += alpha * (act_value(code, slope, Z[s, i]) - X[s, i])
-        elif method == FORWARD_BACKWARD:
-            for i in range(t, n, nt):
-                X[s, i] = act_prox(code, slope, alpha, (1.0 - alpha) * X[s, i] + alpha * Z[s, i])
-        elif splitting:  # v = 2x − u; y = M⁻¹(v + α w); PR: u = 2y − v; DR: u = u + y − x
-            for i in range(t, n, nt):
-                Y[s, i] = 2.0 * X[s, i] - U[s, i] + alpha * W[s, i]
-            cuda.syncthreads()
-            for i in range(t, n, nt):
-                acc = 0.0
-                for j in range(n):
-                    acc += Y[s, j] * MinvT[j, i]
-                Z[s, i] = acc
-            cuda.syncthreads()
-            for i in range(t, n, nt):
-                if method == PEACEMAN_RACHFORD:
-                    U[s, i] = 2.0 * Z[s, i] - (2.0 * X[s, i] - U[s, i])
+                d = abs(act_value(code, slope, Z[s, i]) - X[s, i])
+                if not math.isfinite(d):
+                    d = math.inf  # reported as NONFINITE, like the numpy specification
+                ax = abs(X[s, i])
+                if norm == 0:
+                    r = d if (d != d or d > r) else r
+                    xn = ax if ax > xn else xn  # not max(): see _anderson_block
                 else:
-                    U[s, i] = U[s, i] + Z[s, i] - X[s, i]
-        else:
-            _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, red, ctl, code, slope)
-        cuda.syncthreads()
+                    r += d
+                    xn += ax
+            r = _block_reduce(red, r, t, nt, norm == 0)
+            xn = _block_reduce(red, xn, t, nt, norm == 0)
+            if t == 0:
+                if k == 0:
+                    ctl[1] = r
+                flag = classify(k, r, atol + rtol * xn, ctl[1], max_iter)
+                ctl[0] = flag
+                if record:
+                    hist[k, s] = r
+                if flag != RUNNING:
+                    res[s] = r
+                    iters[s] = k
+                    codes[s] = flag
+            cuda.syncthreads()
+            if ctl[0] != RUNNING:
+                return
+            if method < FORWARD_BACKWARD:
+                for i in range(t, n, nt):
+                    X[s, i] += alpha * (act_value(code, slope, Z[s, i]) - X[s, i])
+            elif method == FORWARD_BACKWARD:
+                for i in range(t, n, nt):
+                    X[s, i] = act_prox(code, slope, alpha, (1.0 - alpha) * X[s, i] + alpha * Z[s, i])
+            elif splitting:  # v = 2x − u; y = M⁻¹(v + α w); PR: u = 2y − v; DR: u = u + y − x
+                for i in range(t, n, nt):
+                    Y[s, i] = 2.0 * X[s, i] - U[s, i] + alpha * W[s, i]
+                cuda.syncthreads()
+                resolvent(op, Y, Z, s, t, nt)
+                for i in range(t, n, nt):
+                    if method == PEACEMAN_RACHFORD:
+                        U[s, i] = 2.0 * Z[s, i] - (2.0 * X[s, i] - U[s, i])
+                    else:
+                        U[s, i] = U[s, i] + Z[s, i] - X[s, i]
+            else:
+                _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb,
+                                red, ctl, code, slope)
+            cuda.syncthreads()
+
+    return solve
 
 
 @cuda.jit(device=True)
@@ -208,7 +381,8 @@ def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF,
     cuda.syncthreads()
     if t == 0 and has_prev:
         pos[s] = (p + 1) % m
-        cnt[s] = min(cnt[s] + 1, m)
+        # Not min(): numba's built-in CUDA target fails to compile the builtin's varargs overload.
+        cnt[s] = cnt[s] + 1 if cnt[s] < m else m
     cuda.syncthreads()
     k = cnt[s]
     tr = 0.0
@@ -245,17 +419,48 @@ def _anderson_block(s, t, nt, X, Z, r, alpha, accept, m, gp, fp, rp, forced, dF,
         forced[s] = False
 
 
+#: The solve kernel of each kind of operator.
+_SOLVE_DENSE = _solver(_dense_product, _dense_resolvent)
+_SOLVE_CONV = _solver(_conv_product, _conv_resolvent)
+
+
+def _dense_op(task: Task, dt) -> DenseOp:
+    """The device :class:`DenseOp` of ``task``."""
+    Mat = np.ascontiguousarray(task.op.T if task.kind == "forward" else task.op)
+    MinvT = task.resolvent if task.resolvent is not None else np.zeros((1, 1), dt)
+    return DenseOp(cuda.to_device(Mat), cuda.to_device(MinvT))
+
+
+def _conv_op(task: Task, batch: int) -> ConvOp:
+    """The device :class:`ConvOp` of ``task``: the kernel of its product (the adjoint's for an
+    adjoint task) and, for a splitting, the inverse symbol, the twiddles and a work space per
+    sample."""
+    op = conv(task.op, np.float64)
+    K = op.K if task.kind == "forward" else op.KT
+    C = K.shape[0]
+    H, W = op.H, op.W
+    Wh = W // 2 + 1
+    d = cuda.to_device
+    if task.resolvent is None:
+        none2, none4 = np.zeros((0, 0)), np.zeros((0, 0, 0, 0))
+        return ConvOp(d(K), H, W, op.circular, d(none4), d(none4), d(none2), d(none2), d(none2), d(none2),
+                      d(np.zeros(0)), cuda.device_array((0, 4, 0), np.float64))
+    R = task.resolvent
+    cw, sw = _twiddles(Wh, W)
+    ch, sh = _twiddles(H, H)
+    weight = _half_spectrum_weights(W)
+    return ConvOp(d(K), H, W, op.circular, d(np.ascontiguousarray(R.real)), d(np.ascontiguousarray(R.imag)),
+                  d(cw), d(sw), d(ch), d(sh), d(weight), cuda.device_array((batch, 4, C * H * Wh), np.float64))
+
+
 def run(task: Task):
     """Same contract as :func:`.numpy_engine.run`."""
     require_gpu()
-    if not task.dense:
-        raise ValueError(f"engine='cuda' does not solve on a convolution ({task.op!r}) yet; use engine='numba' "
-                         "(or 'numpy'), or pass the dense matrix op.to_dense() for small images")
     W = task.rhs
     batch, n = W.shape
     dt = W.dtype
     forward = task.kind == "forward"
-    Mat = np.ascontiguousarray(task.op.T if forward else task.op)
+    solve, op = (_SOLVE_DENSE, _dense_op(task, dt)) if task.dense else (_SOLVE_CONV, _conv_op(task, batch))
     code, slope = (task.activation.code, task.activation.slope) if forward else (IDENTITY, 0.0)
     mcode = METHOD_CODES[task.method]
     splitting = mcode in (PEACEMAN_RACHFORD, DOUGLAS_RACHFORD)
@@ -264,7 +469,6 @@ def run(task: Task):
     nb = batch if splitting else 1
     na = batch if anderson else 1
     D = np.zeros((0, n), dt) if forward else task.D
-    MinvT = task.resolvent if task.resolvent is not None else np.zeros((1, 1), dt)
     d = cuda.to_device
     dX = d(np.zeros_like(W) if task.x0 is None else np.ascontiguousarray(task.x0))
     dZ = cuda.device_array((batch, n), dt)
@@ -279,8 +483,8 @@ def run(task: Task):
     dF, dG = d(np.zeros((na, m, n), dt)), d(np.zeros((na, m, n), dt))
     cnt, pos = d(np.zeros(na, np.int64)), d(np.zeros(na, np.int64))
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
-    _kernel[batch, threads_per_block(n)](
-        mcode, d(Mat), d(W), d(D), dX, dU, dZ, dY, d(MinvT), float(task.alpha), int(code), float(slope),
+    solve[batch, threads_per_block(n)](
+        mcode, op, d(W), d(D), dX, dU, dZ, dY, float(task.alpha), int(code), float(slope),
         float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
         bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
     )

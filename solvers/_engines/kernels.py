@@ -2,7 +2,9 @@
 that classifies a sample, the activations with their derivatives and proximal maps, and a
 small dense solve. ``math`` only, so that numba compiles them for the CPU and the GPU alike.
 
-The numpy engine (:mod:`.numpy_engine`) is the specification these follow.
+The numpy engine (:mod:`.numpy_engine`) is the specification these follow. They avoid the
+builtins ``min`` and ``max``: numba's built-in CUDA target cannot compile their varargs
+overloads (conditional expressions, written so that NaN passes through, instead).
 """
 
 from __future__ import annotations
@@ -64,12 +66,12 @@ def act_value(code, slope, z):
         return z if z > 0.0 else 0.0 * z
     if code == LEAKY_RELU:
         return z if z >= 0.0 else slope * z
-    if code == HARD_TANH:
-        return min(max(z, -1.0), 1.0)
+    if code == HARD_TANH:  # (no builtin min/max in kernels: see the module docstring)
+        return -1.0 if z < -1.0 else (1.0 if z > 1.0 else z)
     if code == TANH:
         return math.tanh(z)
     if code == SOFTPLUS:
-        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+        return (z if z > 0.0 else 0.0) + math.log1p(math.exp(-abs(z)))
     return z
 
 
@@ -99,7 +101,7 @@ def act_prox(code, slope, alpha, v):
     if code == LEAKY_RELU:
         s = slope / (slope + alpha * (1.0 - slope))
         return v if v >= 0.0 else s * v
-    lo = min(alpha, 1.0)
+    lo = alpha if alpha < 1.0 else 1.0
     s = float(v)
     h = alpha * s + (1.0 - alpha) * act_value(code, slope, s) - v
     a = s - abs(h) / lo

@@ -250,12 +250,6 @@ def test_the_right_hand_side_must_match_the_images(rng):
         solvers.solve(op, np.zeros((2, op.n + 1)))
 
 
-def test_the_cuda_engine_says_not_yet(rng):
-    op = conv_instance(rng, "circular")
-    with pytest.raises(ValueError, match="cuda.*convolution.*yet"):
-        solvers.solve(op, np.zeros((1, op.n)), engine="cuda")
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_large_image_is_solved_without_its_dense_matrix(rng, engine):
     # n = 30000: the dense matrix would take 7.2 GB.

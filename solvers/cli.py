@@ -384,6 +384,7 @@ RESUME_FIXED = {
     "dataset": lambda net, config, saved: saved.get("dataset"),
     "data_seed": lambda net, config, saved: saved.get("data_seed"),
     "train_samples": lambda net, config, saved: saved.get("train_samples"),
+    "val_fraction": lambda net, config, saved: saved.get("val_fraction"),
     **{name: _config_field(name) for name in (
         "batch_size", "lr", "optimizer", "schedule", "constraint", "gamma", "diag_min", "lipschitz_weight", "atol",
         "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method")},
@@ -397,7 +398,7 @@ def _resume_conflicts(args, net, config, saved) -> list[str]:
         if dest not in args.given:
             continue
         want, have = getattr(args, dest), read(net, config, saved)
-        if have is None and dest in ("dataset", "data_seed"):  # a checkpoint saved without them
+        if have is None and dest in ("dataset", "data_seed", "val_fraction"):  # a checkpoint saved without them
             continue
         if want != have:
             conflicts.append(f"--{dest.replace('_', '-')} {want} (the checkpoint's: {have})")
@@ -429,6 +430,8 @@ def cmd_train(args) -> int:
         _default_dataset(args, saved)
         if "train_samples" not in args.given:
             args.train_samples = saved.get("train_samples")
+        if "val_fraction" not in args.given and saved.get("val_fraction") is not None:
+            args.val_fraction = saved["val_fraction"]
         done = history.state.epoch
         epochs = history.config.epochs if args.epochs is None else args.epochs
         if epochs < done or (epochs == done and not history.interrupted):
@@ -439,7 +442,7 @@ def cmd_train(args) -> int:
             return 0
         config = dataclasses.replace(history.config, epochs=epochs)
         print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
-    Xtr, ytr, Xte, yte = load_data(args)
+    Xtr, ytr, Xval, yval, Xte, yte = load_data(args, validation=True)
     if not args.resume:
         net = _new_network(args, Xtr.shape[1], int(ytr.max()) + 1)
         config, history = train_config(args), None
@@ -451,7 +454,8 @@ def cmd_train(args) -> int:
     if resolved.interval_eps > 0:
         ramp = (f", eps ramped over {resolved.interval_ramp} epochs" if resolved.interval_ramp
                 else ", eps at full radius from the first step")
-    print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {len(Xte)} test), "
+    held = f"{len(Xval)} validation" if Xval is not None else "no validation"
+    print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {held} / {len(Xte)} test), "
           f"constraint {config.constraint} (gamma {config.gamma}"
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
           f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
@@ -462,14 +466,15 @@ def cmd_train(args) -> int:
         print(format_epoch_table([record], header=False), flush=True)
 
     try:
-        hist = tr.train(net, Xtr, ytr, config, X_val=Xte, y_val=yte, callback=show, resume=history,
+        hist = tr.train(net, Xtr, ytr, config, X_val=Xval, y_val=yval, callback=show, resume=history,
                         progress=not args.no_progress and sys.stderr.isatty())
     except tr.TrainingCollapsed as exc:
         print(f"nemon train: error: {exc}; nothing was saved", file=sys.stderr)
         return 1
     net.solver = hist.solver  # evaluate and save with the solver it was trained with
     con = hist.config.make_constraint()
-    metrics = {"dataset": args.dataset, "data_seed": args.data_seed, "train_samples": args.train_samples}
+    metrics = {"dataset": args.dataset, "data_seed": args.data_seed, "train_samples": args.train_samples,
+               "val_fraction": args.val_fraction}
     if hist.interrupted:  # saved at once (no evaluation: Ctrl-C means stop now)
         path = tr.save(net, checkpoint, history=hist, metrics=metrics)
         print(f"\nInterrupted: checkpoint saved to {path}; continue with: nemon train --resume {path}")
@@ -662,6 +667,14 @@ def unit_float(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def validation_fraction(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+#: Default share of the training set ``nemon train`` holds out for validation.
+VAL_FRACTION = 0.1
+
+
 def _load_checkpoint(args):
     """``(net, history, saved)`` from ``args.checkpoint``, on ``args.engine``, with the
     checkpoint's data set as the default."""
@@ -684,7 +697,11 @@ def _default_dataset(args, saved: dict) -> None:
             args.data_seed = saved.get("data_seed", 0)
 
 
-def load_data(args):
+def load_data(args, validation: bool = False):
+    """``(X_train, y_train, X_test, y_test)`` of ``args.dataset``; with ``validation``,
+    ``(X_train, y_train, X_val, y_val, X_test, y_test)``: ``--val-fraction`` of the training set
+    held out first (:func:`training.split_validation`, seeded by ``--data-seed``), then the
+    training part cut to ``--train-samples``."""
     args.dataset = args.dataset or "mnist5k"
     args.data_seed = 0 if args.data_seed is None else args.data_seed
     from .training import load_dataset
@@ -694,10 +711,18 @@ def load_data(args):
                                           seed=args.data_seed)
     except (FileNotFoundError, ImportError) as exc:
         raise CLIError(str(exc)) from None
+    Xval = yval = None
+    if validation:
+        from .training import split_validation
+
+        try:
+            Xtr, ytr, Xval, yval = split_validation(Xtr, ytr, args.val_fraction, seed=args.data_seed)
+        except ValueError as exc:
+            raise CLIError(f"--val-fraction {args.val_fraction:g}: {exc}") from None
     limit = getattr(args, "train_samples", None)
     if limit is not None:
         Xtr, ytr = Xtr[:limit], ytr[:limit]
-    return Xtr, ytr, Xte, yte
+    return (Xtr, ytr, Xval, yval, Xte, yte) if validation else (Xtr, ytr, Xte, yte)
 
 
 def _add_matrix_args(p):
@@ -880,6 +905,9 @@ def _add_data_args(p, datasets, train: bool = False):
     if train:
         p.add_argument("--train-samples", type=positive_int, default=None,
                        help="train on the first TRAIN_SAMPLES training images only (default: all)")
+        p.add_argument("--val-fraction", type=validation_fraction, default=VAL_FRACTION,
+                       help="share of the training set held out (stratified, seeded by --data-seed) for the "
+                            "per-epoch validation metrics; 0: none. The test set is scored once, at the end")
 
 
 class _Stderr(logging.Handler):
@@ -962,7 +990,11 @@ def entry() -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         signal.signal(signal.SIGINT, _interrupt)
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # the reader went away (``nemon ... | head``): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        code = 141  # 128 + SIGPIPE
     if main_thread:  # the work is done and reported: a Ctrl-C while Python shuts down changes nothing
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)

@@ -4,8 +4,6 @@ and the user-facing errors (exit status 2, one clear line, no traceback)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import signal
@@ -13,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from solvers.cli import main
+from _cli_helpers import run
 from solvers.training import ImplicitNetwork, load_training, save
 
 EPOCH_COLUMNS = ("epoch", "loss", "train_acc", "val_acc", "mu_inf", "alpha_star", "fwd_iters", "adj_iters",
@@ -22,13 +20,6 @@ REPORT_LINES = ("test accuracy", "mu_inf(A)", "Lipschitz bound (tight)", "Lipsch
                 "forward iterations")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-def run(*argv):
-    """``main(argv)`` with stdout and stderr captured: ``(exit code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def train_args(tmp, name, epochs=2, *extra):
@@ -227,3 +218,31 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
         np.testing.assert_array_equal(getattr(net_b, name), getattr(net_a, name), err_msg=name)
     assert [r["loss"] for r in hist_b.epochs] == [r["loss"] for r in hist_a.epochs]
     assert metrics_b["accuracy"] == metrics_a["accuracy"]
+
+
+def test_validation_is_held_out_of_the_training_set_and_the_test_set_scored_once(tmp_path):
+    """``--val-fraction`` (default 0.1): the per-epoch val_acc is measured on a stratified,
+    seeded part of the training set, never on the test set, which only the final report reads."""
+    from solvers.training import load_dataset, split_validation
+
+    ckpt = tmp_path / "v.npz"
+    code, out, err = run("train", "--dataset", "digits", "--epochs", 2, "--hidden", 10, "--no-progress",
+                         "--out", ckpt)
+    assert code == 0, err
+    assert "on digits (1295 train / 142 validation / 360 test)" in out
+    net, history, metrics = load_training(ckpt)
+    assert metrics["val_fraction"] == 0.1
+    X, y, Xt, yt = load_dataset("digits", seed=0)
+    _, _, Xv, yv = split_validation(X, y, 0.1, seed=0)
+    assert history.epochs[-1]["val_acc"] == pytest.approx(net.accuracy(Xv, yv))
+    assert metrics["accuracy"] == pytest.approx(net.accuracy(Xt, yt))
+    code, out, err = run("train", "--resume", ckpt, "--epochs", 3, "--val-fraction", 0.2)
+    assert code == 2 and "--val-fraction 0.2 (the checkpoint's: 0.1)" in err
+    code, out, err = run("train", "--resume", ckpt, "--epochs", 3, "--no-progress")
+    assert code == 0 and "(1295 train / 142 validation / 360 test)" in out, err
+    code, out, err = run("train", "--dataset", "digits", "--epochs", 1, "--hidden", 10, "--val-fraction", 0,
+                         "--no-progress", "--out", tmp_path / "none.npz")
+    assert code == 0 and "(1437 train / no validation / 360 test)" in out, err
+    assert np.isnan(load_training(tmp_path / "none.npz")[1].epochs[0]["val_acc"])
+    code, _, err = run("train", "--dataset", "digits", "--val-fraction", 1, "--out", tmp_path / "bad.npz")
+    assert code == 2 and "argument --val-fraction: expected a number in [0, 1), got 1" in err

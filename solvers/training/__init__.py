@@ -8,7 +8,7 @@ checkpoints (:func:`save`, :func:`load`).
 
 from ._checkpoint import CheckpointError, load, load_training, save
 from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
-from ._data import DATASETS, load_dataset, read_idx
+from ._data import DATASETS, load_dataset, read_idx, split_validation
 from ._conv_network import ConvImplicitNetwork
 from ._network import LOSSES, Gradients, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule
@@ -70,6 +70,7 @@ __all__ = [
     "load_training",
     "make_constraint",
     "read_idx",
+    "split_validation",
     "save",
     "train",
 ]

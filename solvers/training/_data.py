@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_dataset", "read_idx", "normalise", "DATASETS"]
+__all__ = ["load_dataset", "read_idx", "normalise", "split_validation", "DATASETS"]
 
 logger = logging.getLogger(__name__)
 
@@ -408,6 +408,41 @@ def _load_function(seed: int):
     u_test = np.linspace(-1.0, 1.0, _FUNCTION_N_TEST).reshape(-1, 1)
     y_test = _target_function(u_test)
     return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in (u_train, y_train, u_test, y_test))
+
+
+def split_validation(X, y, fraction: float = 0.1, seed: int = 0):
+    """Hold out a seeded part of a training set for validation: ``(X_train, y_train, X_val, y_val)``.
+
+    Integer labels (classification) are split stratified: each class gives
+    ``round(fraction · its count)`` of its samples, chosen by ``numpy.random.default_rng(seed)``;
+    other targets (regression) give ``round(fraction · N)`` samples at random. Both parts keep
+    the original order. ``fraction = 0`` holds out nothing (``X_val``, ``y_val`` are ``None``).
+    Model selection, early stopping and hyperparameter choices belong on the validation part;
+    the test set is scored once, at the end.
+    """
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"fraction must be a number in [0, 1), got {fraction!r}") from None
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction (the validation share of the training set) must be in [0, 1), got {fraction}")
+    y = np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}")
+    if fraction == 0.0:
+        return X, y, None, None
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(y), dtype=bool)
+    if y.dtype.kind in "iu":
+        for label in np.unique(y):
+            members = np.flatnonzero(y == label)
+            held[rng.choice(members, int(round(fraction * len(members))), replace=False)] = True
+    else:
+        held[rng.choice(len(y), int(round(fraction * len(y))), replace=False)] = True
+    if held.all() or not held.any():
+        raise ValueError(f"a validation fraction of {fraction:g} of {len(y)} samples leaves "
+                         f"{'no training' if held.all() else 'no validation'} samples")
+    return X[~held], y[~held], X[held], y[held]
 
 
 def load_dataset(name: str, data_dir=None, download: bool = False, seed: int = 0):

@@ -21,7 +21,7 @@ from solvers.compare import compare_methods
 
 from ._checkpoint import save
 from ._files import atomic_write
-from ._data import load_dataset
+from ._data import load_dataset, split_validation
 from ._conv_network import ConvImplicitNetwork
 from ._network import ImplicitNetwork, SolverConfig
 from ._report import evaluate
@@ -33,6 +33,8 @@ __all__ = ["ModelSpec", "model_specs", "reproduce", "ReproduceInterrupted", "for
 logger = logging.getLogger(__name__)
 
 EPS_DEFAULT = (0.01, 0.02, 0.05, 0.1)
+#: Share of the training set every model of :func:`reproduce` holds out for validation.
+VAL_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +180,7 @@ def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples
     if dataset is None:
         dataset = "mnist5k" if quick else _best_available(data_dir)
     X, y, Xt, yt = load_dataset(dataset, data_dir=data_dir, seed=seed)
+    X, y, Xv, yv = split_validation(X, y, VAL_FRACTION, seed=seed)
     fixed_epochs = epochs is not None
     epochs = epochs if fixed_epochs else (6 if quick else 30)
     eval_samples = eval_samples if eval_samples is not None else (500 if quick else len(Xt))
@@ -185,10 +188,12 @@ def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples
     Xe, ye = Xt[:eval_samples], yt[:eval_samples]
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
-    run.settings = {"dataset": dataset, "data_seed": seed, "train_samples": len(X), "eval_samples": len(Xe),
+    run.settings = {"dataset": dataset, "data_seed": seed, "train_samples": len(X), "val_samples": len(Xv),
+                    "eval_samples": len(Xe),
                     "eps": [float(e) for e in eps], "epochs": epochs, "pgd_steps": pgd_steps, "seed": seed,
                     "engine": engine, "quick": quick, "models": run.planned}
-    log(f"reproduce: {dataset} ({len(X)} train, {len(Xe)} evaluated), {epochs} epochs per model, eps {list(eps)}, "
+    log(f"reproduce: {dataset} ({len(X)} train, {len(Xv)} validation, {len(Xe)} test samples evaluated), {epochs} "
+        f"epochs per model, eps {list(eps)}, "
         f"PGD {pgd_steps} steps; results in {run.csv} and .json, models in {run.models_dir}/")
     curves, trained = {}, {}
     specs = [s for s in model_specs(n_in=X.shape[1], n_out=int(y.max()) + 1) if s.name in run.planned]
@@ -200,7 +205,7 @@ def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples
         config = dataclasses.replace(spec.config, epochs=n_epochs, interval_ramp=max(1, n_epochs // 3), seed=seed)
         run.phase = "training"
         t0 = time.perf_counter()
-        hist = train(net, X, y, config, progress=progress)
+        hist = train(net, X, y, config, X_val=Xv, y_val=yv, progress=progress)
         seconds = time.perf_counter() - t0
         net.solver = hist.solver  # evaluate and save with the solver it was trained with
         run.trained(net, hist, n_batches=-(-len(X) // config.batch_size))
@@ -214,7 +219,7 @@ def _reproduce(run, *, quick, dataset, data_dir, eps, seed, epochs, eval_samples
         robust = robustness_table(net, Xe, ye, eps, attacks=True, eta=eta, pgd_steps=pgd_steps, seed=seed)
         params = net.parameter_count() - (net.n_hidden**2 if spec.config.constraint == "zero" else 0)  # A ≡ 0
         row = {"model": spec.name, "train_s": seconds, "epochs": len(hist.epochs), **metrics, "params": params,
-               "robust": robust}
+               "val_accuracy": hist.epochs[-1]["val_acc"], "robust": robust}
         run.phase = "saving"
         run.finish(row)
         curves[spec.name] = robust
@@ -279,7 +284,7 @@ class _Run:
         info = {"model": self.model, "status": status, "epochs_trained": len(self.history.epochs),
                 "epochs_planned": self.history.config.epochs}
         metrics = {**(metrics or {}), "dataset": self.settings["dataset"], "data_seed": self.settings["data_seed"],
-                   "reproduce": info}
+                   "val_fraction": VAL_FRACTION, "reproduce": info}
         self.checkpoint = save(self.net, self.models_dir / f"{_slug(self.model)}.npz", history=self.history,
                                metrics=metrics)
         return self.checkpoint
@@ -374,7 +379,7 @@ def _json_safe(o):
 def _csv_text(rows: list, eps: list) -> str:
     """The summary table's columns, one row per finished model (``cert@ε`` the better of the
     interval and Lipschitz certified accuracies, as in :func:`format_reproduce_table`)."""
-    cols = ["model", "params", "accuracy", "mu_inf", "lipschitz_tight", "lipschitz_paper"]
+    cols = ["model", "params", "val_accuracy", "accuracy", "mu_inf", "lipschitz_tight", "lipschitz_paper"]
     cols += [f"cert@{e:g}" for e in eps] + [f"pgd@{e:g}" for e in eps]
     cols += [f"cert_interval@{e:g}" for e in eps] + [f"cert_lipschitz@{e:g}" for e in eps]
     cols += ["forward_iterations_mean", "epochs", "train_s", "checkpoint"]
@@ -383,7 +388,8 @@ def _csv_text(rows: list, eps: list) -> str:
     writer.writerow(cols)
     for r in rows:
         robust = {f"{x['eps']:g}": x for x in r["robust"]}
-        cells = [r["model"], r["params"], r["accuracy"], r["mu_inf"], r["lipschitz_tight"], r["lipschitz_paper"]]
+        cells = [r["model"], r["params"], r["val_accuracy"], r["accuracy"], r["mu_inf"], r["lipschitz_tight"],
+                 r["lipschitz_paper"]]
         cells += [max(robust[f"{e:g}"]["certified_interval"], robust[f"{e:g}"]["certified_lipschitz"]) for e in eps]
         cells += [robust[f"{e:g}"]["pgd"] for e in eps]
         cells += [robust[f"{e:g}"]["certified_interval"] for e in eps]

@@ -421,3 +421,31 @@ def test_normalise_validates():
         normalise(np.ones(3))
     with pytest.raises(ValueError, match="finite"):
         normalise(np.array([[1.0, np.nan]]))
+
+
+def test_split_validation_is_stratified_seeded_and_disjoint():
+    from solvers.training import split_validation
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), [50, 30, 20, 100])
+    X = np.arange(len(y))[:, None].astype(np.float32)  # each row names its sample
+    Xt, yt, Xv, yv = split_validation(X, y, 0.1, seed=3)
+    assert [int((yv == c).sum()) for c in range(4)] == [5, 3, 2, 10]  # round(0.1 * count) per class
+    assert len(Xt) + len(Xv) == len(X) and not set(Xt[:, 0]) & set(Xv[:, 0])
+    assert np.all(np.diff(Xt[:, 0]) > 0) and np.all(np.diff(Xv[:, 0]) > 0)  # original order kept
+    np.testing.assert_array_equal(y[Xv[:, 0].astype(int)], yv)
+    again = split_validation(X, y, 0.1, seed=3)
+    np.testing.assert_array_equal(again[2], Xv)
+    assert not np.array_equal(split_validation(X, y, 0.1, seed=4)[2], Xv)
+    assert split_validation(X, y, 0.0)[2:] == (None, None)
+    reg = split_validation(X, rng.standard_normal(len(y)), 0.25, seed=1)  # regression: no strata
+    assert len(reg[2]) == 50
+
+
+@pytest.mark.parametrize("fraction, needle", [(1.0, r"in \[0, 1\)"), (-0.1, r"in \[0, 1\)"), ("a", "a number"),
+                                              (0.001, "no validation samples")])
+def test_split_validation_refuses_bad_fractions(fraction, needle):
+    from solvers.training import split_validation
+
+    with pytest.raises(ValueError, match=needle):
+        split_validation(np.zeros((20, 2)), np.arange(20) % 2, fraction)

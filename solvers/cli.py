@@ -618,6 +618,33 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from . import sweep as sw
+
+    if args.scheduler and args.workers:
+        raise CLIError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the sweep")
+    out = _folder(args.out, "--out")
+    try:
+        result = sw.sweep(args.spec, out, scheduler=args.scheduler, workers=args.workers,
+                          progress=not args.no_progress and sys.stderr.isatty(), log=lambda line: print(line, flush=True))
+    except sw.SweepError as exc:
+        raise CLIError(str(exc)) from None
+    except KeyboardInterrupt:
+        done = len(sw.read_results(out / "results.jsonl"))
+        raise KeyboardInterrupt(f"{out / 'results.jsonl'} holds {done} finished runs; run the same command again "
+                                "to do the rest") from None
+    print()
+    print(sw.format_summary(result))
+    for f in result.files:
+        print(f"wrote {f}")
+    if result.failed:
+        print(f"{len(result.failed)} runs failed (not recorded; a rerun tries them again):", file=sys.stderr)
+        for key, reason in result.failed.items():
+            print(f"  {key}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _folder(path, what: str) -> Path:
     """An output folder checked before any work: created, and a file creatable in it."""
     p = Path(path)
@@ -885,6 +912,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated model names to run (default: all; see the table)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown unless on a terminal)")
     p.set_defaults(func=cmd_reproduce)
+
+    p = command("sweep", "every combination of a grid of nemon train options, on Dask (a local cluster or yours)")
+    p.add_argument("spec", help="TOML file: [base] options, [grid] lists (every combination is a run), optional eps")
+    p.add_argument("--out", required=True, help="folder for results.jsonl, runs/, summary.csv and summary.png; "
+                   "rerunning with the same folder skips the finished runs")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT); default: a local "
+                   "cluster of one single-threaded process per core")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes of the local cluster")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (never shown unless on a terminal)")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ SMALL = {
     "nemon certify out/robust.npz --eps 0.01,0.05,0.1": ["--samples", "100"],
     "nemon attack out/robust.npz --eps 0.01,0.05,0.1": ["--samples", "50", "--steps", "3"],
     "nemon reproduce --quick": ["--models", "implicit mu_inf", "--epochs", "1", "--samples", "50", "--no-progress"],
+    "nemon sweep examples/sweep.toml --out out/sweep": ["--workers", "2", "--no-progress"],
 }
 
 
@@ -71,6 +73,8 @@ def test_every_readme_command_has_small_settings():
 
 def test_readme_commands_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").mkdir()  # the sweep spec README's `nemon sweep` reads
+    shutil.copy(README.parent / "examples" / "sweep.toml", tmp_path / "examples")
     rng = np.random.default_rng(0)
     np.save("A.npy", 0.05 * rng.standard_normal((6, 6)))  # the files `nemon check A.npy --B B.csv` reads
     np.savetxt("B.csv", rng.standard_normal((6, 3)), delimiter=",")
@@ -81,5 +85,5 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
         assert code == 0, f"{command} (+ {SMALL[command]}) exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
         assert "Traceback" not in err, command
     for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/compare.png",
-                 "out/certify.png", "out/attack.png", "out/reproduce/results.json"):
+                 "out/certify.png", "out/attack.png", "out/reproduce/results.json", "out/sweep/summary.csv"):
         assert Path(path).is_file(), path

@@ -193,11 +193,29 @@ def versions() -> dict:
     return out
 
 
-def run_one(config: dict, checkpoint: str, eps=()) -> dict:
-    """Train one configuration and score it on its validation split (runs on a Dask worker).
+def run_one(config: dict, checkpoint: str, eps=(), threads: int = 1) -> dict:
+    """Train one configuration and score it on its validation split (runs on a Dask worker),
+    on ``threads`` threads (numba's and the BLAS's: a sweep runs one single-threaded worker
+    process per core).
 
     Returns the record :func:`sweep` appends to ``results.jsonl``; raises ``RuntimeError``
     with the reason when the run fails (bad data, a collapsed network)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    # Set here rather than through the workers' environment: a worker process imports numba
+    # and NumPy (with its main module) before a Dask nanny's environment reaches it, and
+    # numba's thread count is per calling thread anyway.
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            return _run_one(config, checkpoint, eps)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _run_one(config: dict, checkpoint: str, eps) -> dict:
     from . import cli
     from . import training as tr
 

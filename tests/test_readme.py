@@ -28,7 +28,7 @@ SMALL = {
         ["--epochs", "3", "--hidden", "16", "--train-samples", "3000", "--no-progress"],
     "nemon train --dataset fashion-mnist --forward-method anderson --out out/anderson.npz":
         ["--epochs", "1", "--hidden", "16", "--train-samples", "3000", "--no-progress"],
-    "nemon train --model conv --dataset fashion-mnist --channels 16 --out out/conv.npz":
+    "nemon train --model conv --dataset fashion-mnist --channels 32 --stride 2 --pool 2 --epochs 8 --out out/conv.npz":
         ["--channels", "4", "--epochs", "1", "--train-samples", "1000", "--no-progress"],
     "nemon check kernel.npy --image 28x28": [],
     "nemon train --resume out/model.npz": ["--no-progress"],

@@ -148,6 +148,10 @@ def load_spec(path) -> SweepSpec:
     eps = doc.get("eps", [])
     if not isinstance(eps, list) or not all(isinstance(e, (int, float)) and 0 <= e <= 1 for e in eps):
         raise SweepError(f"{path}: eps must be a list of radii in [0, 1] (pixel units), got {eps!r}")
+    datasets = grid.get("dataset", [base.get("dataset", "mnist5k")])
+    if "function" in datasets:
+        raise SweepError(f"{path}: dataset 'function' is a regression; a sweep scores classification accuracy "
+                         "on validation (use mnist5k, digits, fashion-mnist or mnist)")
     spec = SweepSpec(dict(base), {k: list(v) for k, v in grid.items()}, tuple(float(e) for e in eps))
     for run in expand(spec):  # every combination parses (types, ranges) before anything starts
         _parse(run, f"{path}: run {_describe(run, spec)}")
@@ -381,8 +385,8 @@ def _run_all(todo, spec, out, results, done, scheduler, workers, progress, log) 
 
     failed = {}
     with _client(scheduler, workers) as client:
-        log(f"sweep: on {client.scheduler.address if hasattr(client.scheduler, 'address') else scheduler} "
-            f"with {len(client.scheduler_info().get('workers', {}))} workers")
+        info = client.scheduler_info()
+        log(f"sweep: on {info.get('address', scheduler)} with {len(info.get('workers', {}))} workers")
         futures = {client.submit(run_one, c, str(out / "runs" / f"{k}.npz"), spec.eps, key=f"nemon-run-{k}",
                                  retries=1): k for k, c in todo}
         bar = None
@@ -403,7 +407,8 @@ def _run_all(todo, spec, out, results, done, scheduler, workers, progress, log) 
                         _append(results, record)
                         done[record["key"]] = record
                 if bar is not None:
-                    running = sum(1 for f in futures if f.status == "pending")
+                    # Tasks assigned to a worker, at most one running on each (one thread per worker).
+                    running = sum(min(len(keys), 1) for keys in client.processing().values())
                     bar.set_postfix(finished=len(done), failed=len(failed), running=running)
                     bar.update(1)
         except KeyboardInterrupt:

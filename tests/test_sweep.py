@@ -55,6 +55,7 @@ def write(tmp_path, text, name="spec.toml") -> Path:
     ("eps = [2]", "eps must be a list of radii in [0, 1]"),
     ("[model]\nx = 1", "unknown top-level keys ['model']"),
     ("[base\n", "not valid TOML"),
+    ("[base]\ndataset = 'function'", "dataset 'function' is a regression"),
 ])
 def test_bad_specs_are_refused_naming_the_file_and_key(tmp_path, text, needle):
     path = write(tmp_path, text)

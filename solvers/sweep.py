@@ -36,12 +36,12 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -49,6 +49,8 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+
+from .training._files import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,9 @@ class SweepSpec:
 
 
 # -- the spec ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def _train_parser() -> argparse.ArgumentParser:
+    """``nemon train``'s parser, built once (a spec is parsed run by run)."""
     from .cli import build_parser
 
     parser = build_parser()
@@ -288,26 +292,13 @@ def read_results(path: Path) -> dict:
 def _append(path: Path, record: dict) -> None:
     """One line, written with one ``write`` to a file opened for appending (never interleaved
     or half-replaced; synced so that a crash after it keeps it)."""
-    line = (json.dumps(_json_safe(record), allow_nan=False) + "\n").encode()
+    line = (json.dumps(json_safe(record), allow_nan=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 @contextlib.contextmanager

@@ -7,7 +7,9 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+import numpy as np
+
+__all__ = ["atomic_write", "json_safe"]
 
 
 @contextlib.contextmanager
@@ -36,3 +38,18 @@ def atomic_write(path, mode: str = "wb", **open_args):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def json_safe(o):
+    """Plain JSON: numpy scalars as Python numbers, non-finite floats (an absent bound) as null."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, (np.integer, np.bool_)):
+        return o.item()
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, Path):
+        return str(o)
+    return o

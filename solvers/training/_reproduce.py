@@ -20,7 +20,7 @@ from contraction import Conv2d
 from solvers.compare import compare_methods
 
 from ._checkpoint import save
-from ._files import atomic_write
+from ._files import atomic_write, json_safe
 from ._data import load_dataset, split_validation
 from ._conv_network import ConvImplicitNetwork
 from ._network import ImplicitNetwork, SolverConfig
@@ -314,7 +314,7 @@ class _Run:
 
     def write(self, status: str):
         doc = {"status": status, **self.settings, "rows": self.rows, "unfinished": self.unfinished}
-        _write_atomic(self.results, json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n")
+        _write_atomic(self.results, json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
         _write_atomic(self.csv, _csv_text(self.rows, self.settings.get("eps", [])))
         self.written = True
 
@@ -359,21 +359,6 @@ def _write_atomic(path: Path, text: str) -> None:
     interrupted write leaves the previous one."""
     with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
-
-
-def _json_safe(o):
-    """Plain JSON: numpy scalars as Python numbers, non-finite floats (an absent bound) as null."""
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.integer, np.bool_)):
-        return o.item()
-    if isinstance(o, (float, np.floating)):
-        return float(o) if np.isfinite(o) else None
-    if isinstance(o, Path):
-        return str(o)
-    return o
 
 
 def _csv_text(rows: list, eps: list) -> str:

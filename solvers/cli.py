@@ -604,25 +604,35 @@ def cmd_reproduce(args) -> int:
 
     eps = _eps_list(args.eps)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir,
-                           out_dir=_folder(args.out, "output folder"), eps=eps, seed=args.seed, epochs=args.epochs,
-                           eval_samples=args.samples, progress=not args.no_progress and sys.stderr.isatty(),
-                           engine=args.engine, log=lambda line: print(line, flush=True), models=models,
-                           force=args.force)
+    _check_cluster_options(args)
+    out = _folder(args.out, "output folder")
+    rows, figs = reproduce(quick=args.quick, dataset=args.dataset, data_dir=args.data_dir, out_dir=out, eps=eps,
+                           seed=args.seed, seeds=args.seeds, epochs=args.epochs, eval_samples=args.samples,
+                           progress=not args.no_progress and sys.stderr.isatty(), engine=args.engine,
+                           log=lambda line: print(line, flush=True), models=models, scheduler=args.scheduler,
+                           workers=args.workers)
+    if not rows:
+        raise CLIError(f"no model finished (see the lines above); {out / 'results.jsonl'} keeps what did")
     print()
-    print("Summary (cert = best of interval and Lipschitz certified accuracy; pgd = accuracy under PGD):")
+    print("Summary (mean ± std over seeds; val = validation accuracy, on which the settings were chosen; "
+          "cert = best of interval and Lipschitz certified accuracy; pgd = accuracy under PGD):")
     print(format_reproduce_table(rows))
-    print(f"table: {Path(args.out) / 'results.csv'} and results.json; models: {Path(args.out) / 'models'}")
+    print(f"table: {out / 'results.csv'} and results.json; every run: {out / 'results.jsonl'}; "
+          f"models: {out / 'models'}")
     for f in figs:
         print(f"figure: {f}")
     return 0
 
 
+def _check_cluster_options(args) -> None:
+    if args.scheduler and args.workers is not None:
+        raise CLIError("--workers sizes the local cluster; with --scheduler the cluster's own workers do the runs")
+
+
 def cmd_sweep(args) -> int:
     from . import sweep as sw
 
-    if args.scheduler and args.workers:
-        raise CLIError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the sweep")
+    _check_cluster_options(args)
     out = _folder(args.out, "--out")
     try:
         result = sw.sweep(args.spec, out, scheduler=args.scheduler, workers=args.workers,
@@ -905,24 +915,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs per model (default 6 with --quick, else 30, 45 for the interval model)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help="test samples evaluated (default 500 with --quick, else the whole test set)")
-    p.add_argument("--seed", type=int, default=0, help="split, initialisation and attack seed")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed, and the first run seed")
+    p.add_argument("--seeds", type=positive_int, default=None,
+                   help="runs per model and setting, seeds --seed, --seed + 1, ... (default 1 with --quick, else 3)")
     p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine")
-    p.add_argument("--out", default="out/reproduce", help="folder for the table, the models and the figures")
-    p.add_argument("--force", action="store_true", help="overwrite the results of an earlier run in --out")
+    p.add_argument("--out", default="out/reproduce", help="folder for every run (results.jsonl), the models, the "
+                   "table and the figures; rerunning with the same folder skips the finished runs")
     p.add_argument("--models", help="comma-separated model names to run (default: all; see the table)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (never shown unless on a terminal)")
+    _add_cluster_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (never shown unless on a terminal)")
     p.set_defaults(func=cmd_reproduce)
 
     p = command("sweep", "every combination of a grid of nemon train options, on Dask (a local cluster or yours)")
     p.add_argument("spec", help="TOML file: [base] options, [grid] lists (every combination is a run), optional eps")
     p.add_argument("--out", required=True, help="folder for results.jsonl, runs/, summary.csv and summary.png; "
                    "rerunning with the same folder skips the finished runs")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT); default: a local "
-                   "cluster of one single-threaded process per core")
-    p.add_argument("--workers", type=positive_int, default=None, help="processes of the local cluster")
+    _add_cluster_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (never shown unless on a terminal)")
     p.set_defaults(func=cmd_sweep)
     return parser
+
+
+def _add_cluster_args(p):
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT); default: a local "
+                   "cluster of one single-threaded process per core")
+    p.add_argument("--workers", type=nonnegative_int, default=None,
+                   help="processes of the local cluster (0: every run in this process, one after another)")
 
 
 def _add_solver_args(p, engines, activations, max_iter=1000):

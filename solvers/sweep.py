@@ -42,15 +42,12 @@ import io
 import itertools
 import json
 import logging
-import os
-import platform
-import time
 import tomllib
 from pathlib import Path
 
 import numpy as np
 
-from .training._files import json_safe
+from .training._runner import RunError as SweepError, read_records as read_results, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +59,6 @@ RESERVED = ("out", "figure", "force", "resume", "no_progress", "download")
 ROBUST_SAMPLES = 500
 #: PGD steps of the validation scores.
 PGD_STEPS = 10
-
-
-class SweepError(ValueError):
-    """A spec, an output folder or a cluster that cannot be used; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,49 +178,14 @@ def config_key(config: dict) -> str:
 
 
 # -- one run (on a worker) ----------------------------------------------------------------
-def versions() -> dict:
-    import numba
-    import scipy
-
-    out = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-           "numba": numba.__version__}
-    try:
-        from importlib.metadata import version
-
-        out["nemon"] = version("nemon")
-        out["dask"] = version("dask")
-    except Exception:  # not installed as a distribution (a source checkout on PYTHONPATH)
-        pass
-    return out
-
-
-def run_one(config: dict, checkpoint: str, eps=(), threads: int = 1) -> dict:
-    """Train one configuration and score it on its validation split (runs on a Dask worker),
-    on ``threads`` threads (numba's and the BLAS's: a sweep runs one single-threaded worker
-    process per core).
+def run_one(config: dict, checkpoint: str, eps=()) -> dict:
+    """Train one configuration and score it on its validation split (runs on a Dask worker).
 
     Returns the record :func:`sweep` appends to ``results.jsonl``; raises ``RuntimeError``
     with the reason when the run fails (bad data, a collapsed network)."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    # Set here rather than through the workers' environment: a worker process imports numba
-    # and NumPy (with its main module) before a Dask nanny's environment reaches it, and
-    # numba's thread count is per calling thread anyway.
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with threadpool_limits(limits=threads):
-            return _run_one(config, checkpoint, eps)
-    finally:
-        numba.set_num_threads(previous)
-
-
-def _run_one(config: dict, checkpoint: str, eps) -> dict:
     from . import cli
     from . import training as tr
 
-    t0 = time.perf_counter()
     args = argparse.Namespace(**config, out=checkpoint, figure=None, force=True, resume=None, no_progress=True,
                               download=False, given=set())
     try:
@@ -250,8 +208,7 @@ def _run_one(config: dict, checkpoint: str, eps) -> dict:
     tr.save(net, checkpoint, history=history,
             metrics={"dataset": args.dataset, "data_seed": args.data_seed, "train_samples": args.train_samples,
                      "val_fraction": args.val_fraction, "sweep": metrics})
-    return {"key": config_key(config), "config": config, "metrics": metrics, "checkpoint": str(checkpoint),
-            "seconds": time.perf_counter() - t0, "versions": versions(), "worker": f"{platform.node()}:{os.getpid()}"}
+    return {"config": config, "metrics": metrics, "checkpoint": str(checkpoint)}
 
 
 def _robust_scores(net, X, y, eps, seed: int, prefix: str = "val_") -> dict:
@@ -266,74 +223,6 @@ def _robust_scores(net, X, y, eps, seed: int, prefix: str = "val_") -> dict:
 
 
 # -- the sweep (the client) --------------------------------------------------------------------
-def read_results(path: Path) -> dict:
-    """``key -> record`` of ``results.jsonl`` (a torn last line, from a crash mid-write, is
-    ignored with a warning; any other bad line is an error naming it)."""
-    records = {}
-    if not path.exists():
-        return records
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            key = record["key"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if number == len(lines):
-                logger.warning("%s: ignoring its unfinished last line", path)
-                continue
-            raise SweepError(f"{path}, line {number}: not a sweep record (expected a JSON object with a 'key')") \
-                from None
-        records[key] = record
-    return records
-
-
-def _append(path: Path, record: dict) -> None:
-    """One line, written with one ``write`` to a file opened for appending (never interleaved
-    or half-replaced; synced so that a crash after it keeps it)."""
-    line = (json.dumps(json_safe(record), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _client(scheduler, workers):
-    """A Dask client: of the cluster at ``scheduler``, or of a LocalCluster of ``workers``
-    single-threaded processes (default: one per core)."""
-    import dask
-    from dask.distributed import Client, LocalCluster
-
-    # Dask's own INFO and WARNING lines (workers starting and closing) would bury the sweep's.
-    dask.config.set({"logging.distributed": "error"})
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise SweepError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc}); start one with "
-                             "`dask scheduler` and workers with `dask worker ADDRESS`") from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    n = workers or os.cpu_count() or 1
-    # One numba thread per worker process; the numba cache folder is the client's (its default
-    # is the same path in every process of this machine), so workers do not recompile.
-    env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "DASK_LOGGING__DISTRIBUTED": "error"}
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1", env=env) as cluster, Client(cluster) as client:
-        yield client
-
-
 @dataclasses.dataclass
 class SweepResult:
     records: list  # the spec's finished runs, in grid order
@@ -363,56 +252,13 @@ def sweep(spec_path, out_dir, scheduler: str | None = None, workers: int | None 
     log(f"sweep: {len(configs)} runs in {spec_path} ({skipped} already in {results}, {len(todo)} to run)")
     failed = {}
     if todo:
-        failed = _run_all(todo, spec, out, results, done, scheduler, workers, progress, log)
+        jobs = [(k, run_one, (c, str(out / "runs" / f"{k}.npz"), spec.eps)) for k, c in todo]
+        failed = run_jobs(jobs, results, done, scheduler=scheduler, workers=workers, progress=progress, log=log)
     records = [done[k] for k in keys if k in done]
     rows = summarise(records, spec)
     chosen = _choose_and_test(rows, records, spec) if rows else None
     files = [results] + _write_summary(out, rows, chosen, spec)
     return SweepResult(records, failed, skipped, rows, chosen, files)
-
-
-def _run_all(todo, spec, out, results, done, scheduler, workers, progress, log) -> dict:
-    from dask.distributed import as_completed
-
-    failed = {}
-    with _client(scheduler, workers) as client:
-        info = client.scheduler_info()
-        log(f"sweep: on {info.get('address', scheduler)} with {len(info.get('workers', {}))} workers")
-        futures = {client.submit(run_one, c, str(out / "runs" / f"{k}.npz"), spec.eps, key=f"nemon-run-{k}",
-                                 retries=1): k for k, c in todo}
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(futures), unit="run", desc="sweep")
-        try:
-            for future in as_completed(futures):
-                key = futures[future]
-                try:
-                    record = future.result()
-                except Exception as exc:  # the run's own failure, or its workers' deaths beyond the retries
-                    failed[key] = f"{type(exc).__name__}: {exc}"
-                    log(f"sweep: run {key} failed: {failed[key]}")
-                else:
-                    if record["key"] not in done:  # never twice, whatever Dask retried
-                        _append(results, record)
-                        done[record["key"]] = record
-                if bar is not None:
-                    # Tasks assigned to a worker, at most one running on each (one thread per worker).
-                    running = sum(min(len(keys), 1) for keys in client.processing().values())
-                    bar.set_postfix(finished=len(done), failed=len(failed), running=running)
-                    bar.update(1)
-        except KeyboardInterrupt:
-            # Said at once: closing the cluster takes seconds, and a second Ctrl-C (or the
-            # command line's grace period) may end the process before it is closed.
-            log(f"sweep: interrupted: {results} holds {len(done)} finished runs of this spec; run the same "
-                "command again to do the rest")
-            client.cancel(list(futures), force=True)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-    return failed
 
 
 # -- the summary ------------------------------------------------------------------------------

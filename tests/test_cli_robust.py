@@ -138,24 +138,25 @@ def test_certify_with_zero_samples_is_a_clear_user_error(checkpoint, tmp_path):
 def test_reproduce_quick_on_digits(tmp_path):
     out_dir = tmp_path / "reproduce"
     code, out, err = run("reproduce", "--quick", "--dataset", "digits", "--epochs", 1, "--samples", 30,
-                         "--out", out_dir, "--no-progress")
+                         "--out", out_dir, "--workers", 0, "--no-progress")
     assert code == 0, err
     assert "Traceback" not in out + err
     summary = out[out.index("Summary") :]
     header = summary.splitlines()[1].split()
     eps = (0.01, 0.02, 0.05, 0.1)  # the command's default --eps
-    assert header[:6] == ["model", "params", "clean", "mu_inf", "Lip.tight", "Lip.paper"]
-    assert header[6:14] == [f"cert@{e:g}" for e in eps] + [f"pgd@{e:g}" for e in eps]
+    assert header[:8] == ["model", "seeds", "params", "val", "clean", "mu_inf", "Lip.tight", "Lip.paper"]
+    assert header[8:16] == [f"cert@{e:g}" for e in eps] + [f"pgd@{e:g}" for e in eps]
     lines = summary.splitlines()[2:]
-    names = [spec.name for spec in model_specs()]
-    for name in names:
-        row = [line for line in lines if line.startswith(name + "  ") or line.startswith(name.ljust(30))]
-        assert len(row) == 1, f"{name!r} not exactly once in the summary:\n{summary}"
-        cells = row[0][len(name) :].split()
-        clean = float(cells[1])
-        cert, pgd = map(float, cells[5:9]), list(map(float, cells[9:13]))
+    for spec in model_specs():
+        row = [line for line in lines if line.startswith(spec.name + "  ")]
+        assert len(row) == 1, f"{spec.name!r} not exactly once in the summary:\n{summary}"
+        cells = row[0][len(spec.name) :].split()
+        assert cells[0] == "1"  # one seed with --quick
+        clean = float(cells[3])
+        cert, pgd = list(map(float, cells[7:11])), list(map(float, cells[11:15]))
         assert all(0.0 <= p <= clean for p in pgd), row[0]
         assert all(c <= p for c, p in zip(cert, pgd)), row[0]
+        assert cells[-1].split("=")[0] == next(iter(spec.grid))  # the chosen setting
     for name in ("robustness.png", "iterations.png"):
         assert f"figure: {out_dir / name}" in out
         assert_png(out_dir / name)

@@ -82,7 +82,7 @@ def test_a_torn_last_line_is_ignored_and_other_damage_named(tmp_path):
     path.write_text('{"key": "a", "config": {}}\n{"key": "b", "con')
     assert list(sw.read_results(path)) == ["a"]
     path.write_text('not json\n{"key": "a"}\n')
-    with pytest.raises(sw.SweepError, match="line 1: not a sweep record"):
+    with pytest.raises(sw.SweepError, match="line 1: not a run record"):
         sw.read_results(path)
 
 
@@ -167,6 +167,21 @@ def test_a_sweep_completes_on_the_cluster_and_a_rerun_recomputes_nothing(tmp_pat
     code, stdout, err = run("sweep", spec, "--out", out, "--scheduler", scheduler, "--no-progress")
     assert code == 0 and "(4 already in" in stdout and "2 to run" in stdout, err
     assert len((out / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_reproduce_runs_on_the_cluster_and_a_rerun_recomputes_nothing(tmp_path, scheduler):
+    argv = ("reproduce", "--quick", "--dataset", "digits", "--models", "implicit mu_inf", "--epochs", 1, "--samples",
+            30, "--eps", 0.05, "--seeds", 2, "--out", tmp_path, "--scheduler", scheduler, "--no-progress")
+    code, stdout, err = run(*argv)
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["phase"] for r in records) == ["test"] * 2 + ["train"] * 4  # 2 learning rates x 2 seeds
+    assert all(r["worker"] != f"{os.uname().nodename}:{os.getpid()}" for r in records)  # on the workers
+    assert "implicit mu_inf  " in stdout and "±" in stdout
+    before = (tmp_path / "results.jsonl").read_bytes()
+    code, stdout, err = run(*argv)
+    assert code == 0 and "(4 already in" in stdout, err
+    assert (tmp_path / "results.jsonl").read_bytes() == before
 
 
 def test_a_killed_workers_run_is_retried_on_the_other_and_recorded_once(tmp_path):

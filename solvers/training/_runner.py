@@ -95,6 +95,10 @@ def execute(function, args, threads: int | None = 1) -> dict:
     import numba
     from threadpoolctl import threadpool_limits
 
+    # A compilation re-reads numba's settings from the environment and fails when the thread
+    # count found there differs from the pool's: a Dask worker's pool starts from the nanny's
+    # environment, which its os.environ need not hold when the job runs.
+    os.environ["NUMBA_NUM_THREADS"] = str(numba.config.NUMBA_NUM_THREADS)
     t0 = time.perf_counter()
     previous = numba.get_num_threads()
     try:

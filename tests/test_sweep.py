@@ -86,6 +86,17 @@ def test_a_torn_last_line_is_ignored_and_other_damage_named(tmp_path):
         sw.read_results(path)
 
 
+def test_workers_0_runs_the_sweep_in_this_process(tmp_path):
+    spec = write(tmp_path, SPEC.replace("seed = [0, 1]", "seed = [0]"))
+    code, stdout, err = run("sweep", spec, "--out", tmp_path / "out", "--workers", 0, "--no-progress")
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and {r["worker"] for r in records} == {f"{os.uname().nodename}:{os.getpid()}"}
+    assert "chosen on validation accuracy" in stdout
+    code, _, err = run("sweep", spec, "--out", tmp_path / "out", "--workers", 0, "--scheduler", "tcp://127.0.0.1:1")
+    assert code == 2 and "--workers sizes the local cluster" in err
+
+
 # -- a real cluster -------------------------------------------------------------------------------
 def _start_cluster(workers: int):
     """A scheduler and ``workers`` single-threaded workers (no nanny: a killed worker stays

@@ -26,7 +26,8 @@ configuration and mark the one chosen on validation; only that one is scored on 
 Without a scheduler address the runs go to a :class:`dask.distributed.LocalCluster` of one
 single-threaded process per core (numba's cache is shared, so workers compile nothing twice);
 with ``tcp://HOST:PORT`` to an existing cluster (``dask scheduler`` / ``dask worker``, or
-dask-jobqueue's ``SLURMCluster``). A worker that dies costs only its run, which Dask starts
+dask-jobqueue's ``SLURMCluster``); with ``workers=0``, one after another in this process
+(:func:`.training._runner.run_jobs`, which ``nemon reproduce`` shares). A worker that dies costs only its run, which Dask starts
 again on another worker.
 """
 

@@ -17,6 +17,9 @@ over a :class:`ConvOp` (a :class:`contraction.Conv2d`: a direct correlation per 
 and for circular padding the resolvent per frequency by DFTs written as sums, as
 :func:`.operators._inverse_symbol_apply` does on the CPU).
 
+:func:`run_device` runs the same kernels on device memory in place (CUDA tensors, through
+``__cuda_array_interface__``) on the caller's stream, for the PyTorch layer.
+
 Tested in CI under ``NUMBA_ENABLE_CUDASIM=1`` (numba's simulator).
 """
 
@@ -28,11 +31,13 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from .kernels import ANDERSON_REG, IDENTITY, RUNNING, act_prox, act_value, classify, solve_small_py
+from contraction import Conv2d
+
+from .kernels import ANDERSON_REG, IDENTITY, RUNNING, act_derivative, act_prox, act_value, classify, solve_small_py
 from .operators import _half_spectrum_weights, _twiddles, conv
 from .task import Task
 
-__all__ = ["run", "require_gpu", "threads_per_block"]
+__all__ = ["run", "run_device", "device_array", "derivative_device", "require_gpu", "threads_per_block"]
 
 #: Upper bound on threads per block (shared reduction buffers are sized by it).
 TPB_MAX = 128
@@ -431,36 +436,41 @@ def _dense_op(task: Task, dt) -> DenseOp:
     return DenseOp(cuda.to_device(Mat), cuda.to_device(MinvT))
 
 
-def _conv_op(task: Task, batch: int) -> ConvOp:
+def _conv_op(task: Task, batch: int, stream=0) -> ConvOp:
     """The device :class:`ConvOp` of ``task``: the kernel of its product (the adjoint's for an
     adjoint task) and, for a splitting, the inverse symbol, the twiddles and a work space per
-    sample."""
+    sample, copied on ``stream``."""
     op = conv(task.op, np.float64)
     K = op.K if task.kind == "forward" else op.KT
     C = K.shape[0]
     H, W = op.H, op.W
     Wh = W // 2 + 1
-    d = cuda.to_device
+
+    def d(a):
+        return cuda.to_device(a, stream=stream)
+
     if task.resolvent is None:
         none2, none4 = np.zeros((0, 0)), np.zeros((0, 0, 0, 0))
         return ConvOp(d(K), H, W, op.circular, d(none4), d(none4), d(none2), d(none2), d(none2), d(none2),
-                      d(np.zeros(0)), cuda.device_array((0, 4, 0), np.float64))
+                      d(np.zeros(0)), cuda.device_array((0, 4, 0), np.float64, stream=stream))
     R = task.resolvent
     cw, sw = _twiddles(Wh, W)
     ch, sh = _twiddles(H, H)
     weight = _half_spectrum_weights(W)
     return ConvOp(d(K), H, W, op.circular, d(np.ascontiguousarray(R.real)), d(np.ascontiguousarray(R.imag)),
-                  d(cw), d(sw), d(ch), d(sh), d(weight), cuda.device_array((batch, 4, C * H * Wh), np.float64))
+                  d(cw), d(sw), d(ch), d(sh), d(weight),
+                  cuda.device_array((batch, 4, C * H * Wh), np.float64, stream=stream))
 
 
-def run(task: Task):
-    """Same contract as :func:`.numpy_engine.run`."""
-    require_gpu()
-    W = task.rhs
-    batch, n = W.shape
-    dt = W.dtype
+def _launch(task: Task, op, dW, dD, dX, stream):
+    """Launch the solve kernel of ``task`` over the device operator ``op`` on ``stream``: ``dW``
+    the right-hand sides, ``dD`` the adjoint's ``σ'(Z)`` (no rows for a forward task) and ``dX``
+    the start, overwritten with the last iterate; returns the device arrays of the iterations,
+    residuals, status codes and history (no rows unless ``task.record``)."""
+    batch, n = dX.shape
+    dt = dX.dtype
     forward = task.kind == "forward"
-    solve, op = (_SOLVE_DENSE, _dense_op(task, dt)) if task.dense else (_SOLVE_CONV, _conv_op(task, batch))
+    solve = _SOLVE_CONV if isinstance(op, ConvOp) else _SOLVE_DENSE
     code, slope = (task.activation.code, task.activation.slope) if forward else (IDENTITY, 0.0)
     mcode = METHOD_CODES[task.method]
     splitting = mcode in (PEACEMAN_RACHFORD, DOUGLAS_RACHFORD)
@@ -468,12 +478,13 @@ def run(task: Task):
     m = task.memory if anderson else 1
     nb = batch if splitting else 1
     na = batch if anderson else 1
-    D = np.zeros((0, n), dt) if forward else task.D
-    d = cuda.to_device
-    dX = d(np.zeros_like(W) if task.x0 is None else np.ascontiguousarray(task.x0))
-    dZ = cuda.device_array((batch, n), dt)
-    dU = cuda.device_array((nb, n), dt)
-    dY = cuda.device_array((nb, n), dt)
+
+    def d(a):
+        return cuda.to_device(a, stream=stream)
+
+    dZ = cuda.device_array((batch, n), dt, stream=stream)
+    dU = cuda.device_array((nb, n), dt, stream=stream)
+    dY = cuda.device_array((nb, n), dt, stream=stream)
     iters = d(np.zeros(batch, np.int64))
     res = d(np.zeros(batch, np.float64))
     codes = d(np.full(batch, RUNNING, np.int8))
@@ -483,14 +494,113 @@ def run(task: Task):
     dF, dG = d(np.zeros((na, m, n), dt)), d(np.zeros((na, m, n), dt))
     cnt, pos = d(np.zeros(na, np.int64)), d(np.zeros(na, np.int64))
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
-    solve[batch, threads_per_block(n)](
-        mcode, op, d(W), d(D), dX, dU, dZ, dY, float(task.alpha), int(code), float(slope),
+    solve[batch, threads_per_block(n), stream](
+        mcode, op, dW, dD, dX, dU, dZ, dY, float(task.alpha), int(code), float(slope),
         float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
         bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
     )
+    return iters, res, codes, hist
+
+
+def run(task: Task):
+    """Same contract as :func:`.numpy_engine.run`."""
+    require_gpu()
+    W = task.rhs
+    batch, n = W.shape
+    dt = W.dtype
+    op = _dense_op(task, dt) if task.dense else _conv_op(task, batch)
+    D = np.zeros((0, n), dt) if task.kind == "forward" else task.D
+    d = cuda.to_device
+    dX = d(np.zeros_like(W) if task.x0 is None else np.ascontiguousarray(task.x0))
+    iters, res, codes, hist = _launch(task, op, d(W), d(D), dX, 0)
     X = dX.copy_to_host()
     iters_h = iters.copy_to_host()
     hist_h = hist.copy_to_host()
     if task.record:
         hist_h = hist_h[: int(iters_h.max()) + 1].copy()
     return X, iters_h, res.copy_to_host(), codes.copy_to_host(), (hist_h if task.record else None)
+
+
+# -- device memory in place (the PyTorch layer's CUDA tensors) ----------------------------------
+
+
+def device_array(obj, name: str = "array"):
+    """``obj`` as a numba device array, in place (a view: nothing is copied or synchronised).
+
+    A numba device array is taken as it is, and so is anything with ``__cuda_array_interface__``
+    (a CUDA ``torch.Tensor``, a CuPy array), through :func:`numba.cuda.as_cuda_array` with
+    ``sync=False``: the caller launches on the stream that orders its work. Under
+    ``NUMBA_ENABLE_CUDASIM=1`` device memory is host memory, and any array numpy can view without
+    a copy (a numpy array, a CPU tensor) is used in place, so the device path runs in the tests.
+    """
+    if _simulated():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return obj if isinstance(obj, FakeCUDAArray) else FakeCUDAArray(np.asarray(obj))
+    if cuda.is_cuda_array(obj):
+        return cuda.as_cuda_array(obj, sync=False)
+    raise ValueError(f"{name} must be in GPU memory (an object with __cuda_array_interface__, such as a CUDA "
+                     f"torch.Tensor), got {type(obj).__name__}: the cuda engine's device path works in place; "
+                     "move the data to the GPU (tensor.cuda()) or use engine='numba'")
+
+
+def _stream(stream):
+    """A numba stream for ``stream``: a numba stream as it is, an integer as the handle of a stream
+    created elsewhere (``torch.cuda.current_stream().cuda_stream``), ``None`` numba's default
+    stream; the simulator runs everything synchronously and ignores it."""
+    if _simulated() or stream is None:
+        return 0
+    return cuda.external_stream(stream) if isinstance(stream, int) else stream
+
+
+def run_device(task: Task, stream=None):
+    """:func:`run` on device memory, for callers whose data already lives on the GPU.
+
+    ``task.rhs``, ``task.x0`` (required: the start, overwritten with the last iterate) and, for
+    an adjoint task, ``task.D`` are device arrays in the sense of :func:`device_array`, used in
+    place; ``task.op`` is a square :class:`contraction.Conv2d` (its kernel is copied to the
+    device) or a device (n, n) matrix ``A``, and for the splittings ``task.resolvent`` is the
+    device matrix ``((1 + α) I − α A)⁻ᵀ``. The forward product reads ``Aᵀ`` and the adjoint
+    ``A``, one row of it per step of a thread's inner loop: loads are coalesced when that matrix
+    is row-major, i.e. when ``A`` is given column-major for a forward task (a CUDA tensor
+    ``A.t().contiguous().t()``) and row-major for an adjoint one. The kernel runs on ``stream``
+    (see :func:`_stream`), after the work already queued there. No history (``task.record``).
+
+    Returns
+    -------
+    iterations, residual, codes : device arrays, shape (batch,)
+        As :func:`run` returns them, left on the device (reading them synchronises).
+    """
+    require_gpu()
+    if task.x0 is None or task.record:
+        raise ValueError("run_device needs task.x0 (the start, overwritten with the solution) and no record")
+    s = _stream(stream)
+    dX = device_array(task.x0, "x0")
+    batch, n = dX.shape
+    if isinstance(task.op, Conv2d):
+        op = _conv_op(task, batch, s)
+    else:
+        A = device_array(task.op, "A")
+        MinvT = device_array(task.resolvent, "resolvent") if task.resolvent is not None else \
+            cuda.to_device(np.zeros((1, 1), dX.dtype), stream=s)
+        op = DenseOp(A.T if task.kind == "forward" else A, MinvT)
+    dD = cuda.device_array((0, n), dX.dtype, stream=s) if task.kind == "forward" else device_array(task.D, "D")
+    iters, res, codes, _ = _launch(task, op, device_array(task.rhs, "rhs"), dD, dX, s)
+    return iters, res, codes
+
+
+@cuda.jit
+def _derivative_kernel(code, slope, Z, out):
+    s = cuda.blockIdx.x
+    for i in range(cuda.threadIdx.x, Z.shape[1], cuda.blockDim.x):
+        out[s, i] = act_derivative(code, slope, Z[s, i])
+
+
+def derivative_device(activation, Z, out, stream=None):
+    """``out = σ'(Z)`` on the device (the adjoint's ``D``), with the conventions of
+    :meth:`solvers.Activation.derivative` at kinks; ``Z`` and ``out`` (batch, n) device arrays in the
+    sense of :func:`device_array`, one block per row, on ``stream``."""
+    require_gpu()
+    dZ = device_array(Z, "Z")
+    _derivative_kernel[dZ.shape[0], threads_per_block(dZ.shape[1]), _stream(stream)](
+        int(activation.code), float(activation.slope), dZ, device_array(out, "out"))

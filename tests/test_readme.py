@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,8 @@ SMALL = {
     "nemon attack out/robust.npz --eps 0.01,0.05,0.1": ["--samples", "50", "--steps", "3"],
     "nemon reproduce --quick": ["--models", "implicit mu_inf", "--epochs", "1", "--samples", "50", "--no-progress"],
     "nemon sweep examples/sweep.toml --out out/sweep": ["--workers", "2", "--no-progress"],
+    'nemon reproduce --models "implicit mu_inf + interval" --out out/interval':
+        ["--dataset", "digits", "--epochs", "1", "--seeds", "2", "--samples", "30", "--workers", "0", "--no-progress"],
 }
 
 
@@ -80,10 +83,11 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
     np.savetxt("B.csv", rng.standard_normal((6, 3)), delimiter=",")
     np.save("kernel.npy", 0.02 * rng.standard_normal((4, 4, 3, 3)))  # `nemon check kernel.npy --image 28x28`
     for command in readme_commands():
-        argv = command.split()[1:] + SMALL[command]
+        argv = shlex.split(command)[1:] + SMALL[command]
         code, out, err = run(argv)
         assert code == 0, f"{command} (+ {SMALL[command]}) exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
         assert "Traceback" not in err, command
     for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/compare.png",
-                 "out/certify.png", "out/attack.png", "out/reproduce/results.json", "out/sweep/summary.csv"):
+                 "out/certify.png", "out/attack.png", "out/reproduce/results.json", "out/sweep/summary.csv",
+                 "out/interval/results.csv"):
         assert Path(path).is_file(), path

@@ -44,9 +44,10 @@ count, circular padding through a preallocated halo buffer and ``F.conv2d``):
     Both start from the same parameters (the nemon network's initial ``B, b, C, c`` and its
     projected initial ``A``, as the trainer projects it before its first step) and draw the
     same batches (``default_rng([seed, 0]).permutation(N)``). Reported: both epochs' wall
-    seconds, the ratio, the mean iterations (nemon: per sample, each stopping on its own;
-    torch: the batch's count, i.e. its slowest sample), the training loss and the test
-    accuracy of both after the epoch.
+    seconds, the ratio, the ratio per step (torch's epoch against the sum of nemon's batches,
+    without the trainer's end-of-epoch work), the mean iterations (nemon: per sample, each
+    stopping on its own; torch: the batch's count, i.e. its slowest sample), the training loss
+    and the test accuracy of both after the epoch.
 
 The script ends with the targets: the forward solve at least 1.5× faster than the torch
 loop, the epoch at least 2× faster with test accuracies within 0.01. ``--profile`` adds the
@@ -449,8 +450,9 @@ def print_epoch(r: dict, n_train: int, n_test: int) -> bool:
     gap = abs(r["acc_nemon"] - r["acc_torch"])
     agree = gap <= TARGET_ACC_GAP
     print(f"torch/nemon = {ratio:.2f}; nemon s: the whole train() call (its per-batch sum "
-          f"{r['nemon_batches_s']:.2f} s); iterations: nemon per sample (each stops on its own), "
-          "torch the batch's count (its slowest sample)")
+          f"{r['nemon_batches_s']:.2f} s, torch/nemon per step {r['torch_s'] / r['nemon_batches_s']:.2f}; the rest is "
+          "the trainer's end-of-epoch work, chiefly its collapse check, a forward pass over training images); "
+          "iterations: nemon per sample (each stops on its own), torch the batch's count (its slowest sample)")
     print(f"test accuracy on the first {n_test:,} test images: difference {gap:.4f} -> "
           f"{'agree' if agree else 'DISAGREE'} within {TARGET_ACC_GAP}; nemon mu_inf(A) = {r['mu_inf']:.4f}, "
           f"{100 * r['unconverged']:.2f}% forward solves missed atol; 1-min load average {r['load']:.2f}")

@@ -1,11 +1,15 @@
 """The numba engine (CPU, default): one compiled loop driver over an operator and a step.
 
 Mirrors :mod:`.numpy_engine` (the specification) step for step. :func:`solve_block` is the
-whole iteration of one block of samples: per iteration one product of the operator on the
-block's still-active rows (:mod:`.operators`), then one pass per sample that evaluates the
+whole iteration of one block of samples: per iteration the products of the operator on the
+block's still-active rows (:mod:`.operators`), and one pass per sample that evaluates the
 residual, classifies the sample (:func:`.kernels.classify`, the one stopping rule) and takes
-the method's step. Finished samples are written out and the active rows compacted, so a
-batch does not pay for its converged members.
+the method's step. A dense matrix's product is one GEMM on the block before the pass, over
+rows kept packed in copies (finished samples are written out and the active rows compacted,
+so a batch does not pay for its converged members); a convolution's is taken row by row
+inside the pass, on the iterates kept in the output itself (:func:`iterates`): each row's
+product is still in the cache when its residual and step read it, and no copy of the batch
+is made.
 
 Everything that varies is a namedtuple whose *type* numba specialises on: the operator
 (:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` with its activation, or
@@ -48,7 +52,7 @@ from .kernels import (
     compiled_only,
     solve_small,
 )
-from .operators import apply, apply_T, conv, dense, resolvent
+from .operators import apply, apply_T, by_row, conv, dense, resolvent, rowwise, workspace
 from .task import Task
 
 __all__ = [
@@ -228,7 +232,10 @@ rhs = compiled_only("rhs", "The problem's right-hand side rows (``W`` or ``G``).
 scale = compiled_only("scale", "The adjoint's ``D`` rows (no rows for the forward problem).")
 
 
-product = compiled_only("product", "``Z = X Aᵀ`` (forward) or ``Z = (X ⊙ D) A`` (adjoint) on the first ``na`` rows.")
+block_product = compiled_only("block_product", "The product of the first ``na`` rows, for an operator applied to the block.")
+
+
+row_product = compiled_only("row_product", "The product of one row: computed now (by row) or taken from the block's.")
 
 
 residual = compiled_only("residual", "``z ← z + w``, ``t ← σ(z)``; ``(‖t − x‖, ‖x‖)``, ℓ∞ forward, ℓ1 adjoint.")
@@ -248,20 +255,52 @@ def _scale(problem):
     return lambda problem: problem.D
 
 
-@overload(product)
-def _product(op, problem, Xa, Da, S, Z, na):
-    """``Z = X Aᵀ`` (forward) or ``Z = (X ⊙ D) A`` (adjoint) on the first ``na`` rows."""
-    if _cls(problem) is Forward:
-        def forward(op, problem, Xa, Da, S, Z, na):
-            apply(op, Xa[:na], Z[:na])
-        return forward
+@overload(block_product)
+def _block_product(op, problem, Xa, Da, S, Z, na, zero, ws):
+    """``Z = X Aᵀ`` (forward) or ``Z = (X ⊙ D) A`` (adjoint) on the first ``na`` rows of the packed
+    block (``zero``: ``X = 0``, so ``Z = 0``); nothing for an operator applied by row."""
+    if rowwise(op):
+        return lambda op, problem, Xa, Da, S, Z, na, zero, ws: None
+    forward = _cls(problem) is Forward
 
-    def adjoint(op, problem, Xa, Da, S, Z, na):
-        for s in range(na):
-            for i in range(Xa.shape[1]):
-                S[s, i] = Xa[s, i] * Da[s, i]
-        apply_T(op, S[:na], Z[:na])
-    return adjoint
+    def block(op, problem, Xa, Da, S, Z, na, zero, ws):
+        if zero:
+            Z[:na] = 0.0
+        elif forward:
+            apply(op, Xa[:na], Z[:na], ws)
+        else:
+            for s in range(na):
+                _scaled_row(Xa[s], Da[s], S[s])
+            apply_T(op, S[:na], Z[:na], ws)
+    return block
+
+
+@overload(row_product)
+def _row_product(op, problem, Xa, Da, S, Z, row, s, zero, ws):
+    """The product of active row ``s`` (row ``row`` of the iterates): for an operator applied
+    by row, computed now into ``Z[0]`` (while it is in the cache for the residual and the
+    step); otherwise the block's ``Z[s]``."""
+    if not rowwise(op):
+        return lambda op, problem, Xa, Da, S, Z, row, s, zero, ws: Z[s]
+    forward = _cls(problem) is Forward
+
+    def one_row(op, problem, Xa, Da, S, Z, row, s, zero, ws):
+        if zero:
+            Z[0] = 0.0
+        elif forward:
+            apply(op, Xa[row:row + 1], Z[:1], ws)
+        else:
+            _scaled_row(Xa[row], Da[row], S[0])
+            apply_T(op, S[:1], Z[:1], ws)
+        return Z[0]
+    return one_row
+
+
+@njit(cache=True, inline="always")
+def _scaled_row(x, d, out):
+    """``out = x ⊙ d`` (the adjoint's ``λ ⊙ σ'(z)``)."""
+    for i in range(x.shape[0]):
+        out[i] = x[i] * d[i]
 
 
 @overload(residual)
@@ -296,27 +335,26 @@ def _splitting(step):
 
 
 @overload(init_state)
-def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero):
+def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
     """The method's own work arrays: ``()`` for the averaged and forward–backward steps; the
-    splitting variable ``u0 = (1 − α) x0 + α (A x0 + w)`` and two scratch blocks for the
-    splittings; Anderson's history, kept at the block's sample index (compaction never
-    moves it)."""
+    splitting variable ``u0 = (1 − α) x0 + α (A x0 + w)`` (at the rows of the iterates) and two
+    scratch blocks for the splittings; Anderson's history, kept at the block's sample index
+    (compaction never moves it). Called before any row has stopped (active row ``s`` is row
+    ``s`` of the iterates)."""
     if _splitting(step):
-        def splitting(step, op, problem, Xa, Wa, Da, S, Z, zero):
+        def splitting(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
             rows, n = Xa.shape
             a = step.alpha
-            if zero:
-                Z[:, :] = 0.0
-            else:
-                product(op, problem, Xa, Da, S, Z, rows)
+            block_product(op, problem, Xa, Da, S, Z, rows, zero, ws)
             U = np.empty_like(Xa)
             for s in range(rows):
+                z = row_product(op, problem, Xa, Da, S, Z, s, s, zero, ws)
                 for i in range(n):
-                    U[s, i] = (1.0 - a) * Xa[s, i] + a * (Z[s, i] + Wa[s, i])
+                    U[s, i] = (1.0 - a) * Xa[s, i] + a * (z[i] + Wa[s, i])
             return U, np.empty_like(Xa), np.empty_like(Xa)
         return splitting
     if _cls(step) is Anderson:
-        def anderson(step, op, problem, Xa, Wa, Da, S, Z, zero):
+        def anderson(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
             rows, n = Xa.shape
             m = step.memory
             dt = Xa.dtype
@@ -325,7 +363,7 @@ def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero):
                     np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros((rows, m, m)),
                     np.zeros((rows, m)), np.zeros((rows, m, m)))
         return anderson
-    return lambda step, op, problem, Xa, Wa, Da, S, Z, zero: ()
+    return lambda step, op, problem, Xa, Wa, Da, S, Z, zero, ws: ()
 
 
 @overload(skips_first_product)
@@ -336,70 +374,76 @@ def _skips_first_product(step):
 
 
 @overload(candidate)
-def _candidate(step, act, state, Xa, na):
+def _candidate(step, act, state, Xa, idx, rowwise, na):
     """The equilibrium candidate whose residual the stopping rule sees: ``x`` itself, or
     ``x = prox_{αf}(u)`` for the splittings."""
     if _splitting(step):
-        def splitting(step, act, state, Xa, na):
+        def splitting(step, act, state, Xa, idx, rowwise, na):
             U = state[0]
             for s in range(na):
+                row = _row_of(rowwise, idx, s)
                 for i in range(Xa.shape[1]):
-                    Xa[s, i] = prox(act, step.alpha, U[s, i])
+                    Xa[row, i] = prox(act, step.alpha, U[row, i])
         return splitting
-    return lambda step, act, state, Xa, na: None
+    return lambda step, act, state, Xa, idx, rowwise, na: None
+
+
+@njit(cache=True, inline="always")
+def _row_of(rowwise, idx, s):
+    """The row of the iterates that holds active row ``s``: its sample's own row when the
+    iterates are the output itself (an operator applied by row), else ``s`` (packed)."""
+    return idx[s] if rowwise else s
 
 
 @overload(row_step, jit_options={"fastmath": FASTMATH})
-def _row_step(step, act, state, s, g, Xa, T, Z, r):
-    """The step of active row ``s`` (sample ``g``) from its ``x``, ``T(x) = σ(z)`` and ``z``."""
+def _row_step(step, act, state, g, x, t, z, r):
+    """The step of one active row (sample ``g``) from its ``x``, ``t = T(x) = σ(z)`` and ``z``."""
     kind = _cls(step)
     if kind is Averaged:
-        def averaged(step, act, state, s, g, Xa, T, Z, r):
-            x = Xa[s]
-            t = T[s]
+        def averaged(step, act, state, g, x, t, z, r):
             a = step.alpha
             for i in range(x.shape[0]):
                 x[i] += a * (t[i] - x[i])
         return averaged
     if kind is ForwardBackward:
-        def forward_backward(step, act, state, s, g, Xa, T, Z, r):
-            x = Xa[s]
-            z = Z[s]
+        def forward_backward(step, act, state, g, x, t, z, r):
             a = step.alpha
             for i in range(x.shape[0]):
                 x[i] = prox(act, a, (1.0 - a) * x[i] + a * z[i])
         return forward_backward
     if kind is Anderson:
-        def anderson(step, act, state, s, g, Xa, T, Z, r):
-            _anderson_step(s, g, Xa, T, r, step.alpha, step.accept, step.memory, *state)
+        def anderson(step, act, state, g, x, t, z, r):
+            _anderson_step(x, t, g, r, step.alpha, step.accept, step.memory, *state)
         return anderson
-    return lambda step, act, state, s, g, Xa, T, Z, r: None  # splittings: after the pass
+    return lambda step, act, state, g, x, t, z, r: None  # splittings: after the pass
 
 
 @overload(after_pass)
-def _after_pass(step, op, problem, state, Xa, Wa, flag, na):
+def _after_pass(step, op, problem, state, Xa, Wa, idx, rowwise, flag, na, ws):
     """The splittings' resolvent step on the rows that go on: ``v = 2x − u``,
     ``y = M⁻¹(v + α w)``; PR: ``u = 2y − v``; DR: ``u = u + y − x``."""
     if not _splitting(step):
-        return lambda step, op, problem, state, Xa, Wa, flag, na: None
+        return lambda step, op, problem, state, Xa, Wa, idx, rowwise, flag, na, ws: None
     peaceman = _cls(step) is PeacemanRachford
 
-    def splitting(step, op, problem, state, Xa, Wa, flag, na):
+    def splitting(step, op, problem, state, Xa, Wa, idx, rowwise, flag, na, ws):
         U, V, Y = state
         a = step.alpha
         n = Xa.shape[1]
         for s in range(na):
+            row = _row_of(rowwise, idx, s)
             for i in range(n):
-                V[s, i] = 2.0 * Xa[s, i] - U[s, i] + a * Wa[s, i]
-        resolvent(op, V[:na], Y[:na])
+                V[s, i] = 2.0 * Xa[row, i] - U[row, i] + a * Wa[row, i]
+        resolvent(op, V[:na], Y[:na], ws)
         for s in range(na):
             if flag[s] != RUNNING:
                 continue
+            row = _row_of(rowwise, idx, s)
             for i in range(n):
                 if peaceman:
-                    U[s, i] = 2.0 * Y[s, i] - (2.0 * Xa[s, i] - U[s, i])
+                    U[row, i] = 2.0 * Y[s, i] - (2.0 * Xa[row, i] - U[row, i])
                 else:
-                    U[s, i] = U[s, i] + Y[s, i] - Xa[s, i]
+                    U[row, i] = U[row, i] + Y[s, i] - Xa[row, i]
     return splitting
 
 
@@ -430,13 +474,11 @@ def _dot(u, v):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
-    """Safeguarded type-II Anderson update of active row ``s``, sample ``g`` (see
-    ``numpy_engine._Anderson``). ``Gm[g]`` keeps the Gram matrix of the stored differences
-    ``dF`` up to date one row at a time (O(m n) per step instead of O(m² n)); every loop runs
-    over one contiguous row, so that it vectorises."""
-    x = X[s]
-    t = T[s]
+def _anderson_step(x, t, g, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, Gm):
+    """Safeguarded type-II Anderson update of the iterate ``x`` of sample ``g`` from
+    ``t = T(x)`` (see ``numpy_engine._Anderson``). ``Gm[g]`` keeps the Gram matrix of the stored
+    differences ``dF`` up to date one row at a time (O(m n) per step instead of O(m² n)); every
+    loop runs over one contiguous row, so that it vectorises."""
     gpg = gp[g]
     fpg = fp[g]
     n = x.shape[0]
@@ -499,6 +541,41 @@ def _anderson_step(s, g, X, T, r, alpha, accept, m, gp, fp, rp, forced, dF, dG, 
     forced[g] = False
 
 
+# -- the iterates: packed for an operator applied to the block, in place for one applied by row --
+
+iterates = compiled_only("iterates", "The block's iterates, right-hand sides and scales, and the product buffers.")
+
+
+@overload(iterates)
+def _iterates(op, problem, X0, out):
+    """``(Xa, Wa, Da, Z, S)``: the iterates (``X0``, or zeros when it has no rows), the problem's
+    rows, its scales and the product's output and (adjoint) input.
+
+    For an operator applied to the block, the active rows are kept packed at the start of
+    copies (compaction moves them) and ``Z``, ``S`` are blocks. For an operator applied by row,
+    the iterates are the output ``out.X`` itself and the problem's arrays are read where they
+    are (an active row is found through the sample index; nothing moves), and ``Z``, ``S`` hold
+    one row: no copy of the batch is made, so a call allocates no more than its scratch."""
+    if rowwise(op):
+        def in_place(op, problem, X0, out):
+            Xa = out.X
+            if X0.shape[0] > 0:
+                Xa[:] = X0
+            else:
+                Xa[:] = 0.0
+            Da = scale(problem)
+            n = Xa.shape[1]
+            return Xa, rhs(problem), Da, np.empty((1, n), Xa.dtype), np.empty((min(Da.shape[0], 1), n), Xa.dtype)
+        return in_place
+
+    def packed(op, problem, X0, out):
+        Wa = rhs(problem).copy()
+        Da = scale(problem).copy()
+        Xa = X0.copy() if X0.shape[0] > 0 else np.zeros_like(Wa)
+        return Xa, Wa, Da, np.empty_like(Xa), np.empty_like(Da)
+    return packed
+
+
 # -- the loop driver ---------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -508,75 +585,75 @@ def solve_block(op, problem, act, step, stop, X0, out):
 
     Every work array is the block's own, allocated here (on the thread that uses it): two
     threads writing neighbouring entries of one shared array would bounce its cache lines.
-    The problem's arrays and ``X0`` (no rows: start at 0) are only read; the views in ``out``
-    are written once per finished sample (``out.hist`` once per iteration when recording).
-    The active samples stay packed at the start of the work arrays.
+    The problem's arrays and ``X0`` (no rows: start at 0) are only read; ``out`` is written
+    once per finished sample (``out.hist`` once per iteration when recording), or, for an
+    operator applied by row, holds the iterates (:func:`iterates`). Per iteration: the
+    block's product (:func:`block_product`), then one pass over the active rows that takes
+    each row's product (:func:`row_product`), its residual, its status and its step; then the
+    finished samples are dropped from the active ones.
     """
     rows, n = out.X.shape
-    Wa = rhs(problem).copy()
-    Da = scale(problem).copy()
-    start = X0.shape[0] > 0
-    Xa = X0.copy() if start else np.zeros_like(Wa)
-    Z = np.empty_like(Xa)
-    T = np.empty_like(Xa)  # σ(Z) of the current pass
-    S = np.empty_like(Da)
+    rowwise = by_row(op)
+    Xa, Wa, Da, Z, S = iterates(op, problem, X0, out)
+    ws = workspace(op)
+    T = np.empty((1, n), Xa.dtype)  # σ(z) of the row in the pass
     idx = np.arange(rows)
     r_first = np.zeros(rows)
     r_cur = np.zeros(rows)
     flag = np.zeros(rows, np.int8)
     zero = True  # does the block start at x0 = 0? (then A x0 = 0 exactly: no product)
-    for s in range(rows if start else 0):
+    for s in range(rows if X0.shape[0] > 0 else 0):
         for i in range(n):
             if Xa[s, i] != 0.0:
                 zero = False
         if not zero:
             break
-    state = init_state(step, op, problem, Xa, Wa, Da, S, Z, zero)
+    state = init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws)
     skip = zero and skips_first_product(step)
     na = rows
     k = 0
     for k in range(stop.max_iter + 1):
-        candidate(step, act, state, Xa, na)
-        if skip and k == 0:
-            Z[:na] = 0.0
-        else:
-            product(op, problem, Xa, Da, S, Z, na)
+        candidate(step, act, state, Xa, idx, rowwise, na)
+        first = skip and k == 0
+        block_product(op, problem, Xa, Da, S, Z, na, first, ws)
         going = 0
         for s in range(na):
             g = idx[s]
-            r, xn = residual(problem, act, Z[s], Wa[s], Xa[s], T[s])
-            r_cur[s] = r
+            row = _row_of(rowwise, idx, s)
+            z = row_product(op, problem, Xa, Da, S, Z, row, s, first, ws)
+            res, xn = residual(problem, act, z, Wa[row], Xa[row], T[0])
+            r_cur[s] = res
             if k == 0:
-                r_first[g] = r
-            f = classify(k, r, stop.atol + stop.rtol * xn, r_first[g], stop.max_iter)
+                r_first[g] = res
+            f = classify(k, res, stop.atol + stop.rtol * xn, r_first[g], stop.max_iter)
             flag[s] = f
             if f == RUNNING:
                 going += 1
-                row_step(step, act, state, s, g, Xa, T, Z, r)
+                row_step(step, act, state, g, Xa[row], T[0], z, res)
+            elif out.Z.shape[0] > 0:
+                out.Z[g] = z
         if going > 0:
-            after_pass(step, op, problem, state, Xa, Wa, flag, na)
+            after_pass(step, op, problem, state, Xa, Wa, idx, rowwise, flag, na, ws)
         j = 0
         for s in range(na):
             g = idx[s]
             if stop.record:
                 out.hist[g, k] = r_cur[s]
             if flag[s] != RUNNING:
-                for i in range(n):
-                    out.X[g, i] = Xa[s, i]
-                if out.Z.shape[0] > 0:
-                    for i in range(n):
-                        out.Z[g, i] = Z[s, i]
+                if not rowwise:
+                    out.X[g] = Xa[s]
                 out.res[g] = r_cur[s]
                 out.iters[g] = k
                 out.codes[g] = flag[s]
                 continue
             if j != s:
                 idx[j] = g
-                _move_row(Xa, j, s)
-                _move_row(Wa, j, s)
-                if Da.shape[0] > 0:
-                    _move_row(Da, j, s)
-                move_state(step, state, j, s)
+                if not rowwise:
+                    _move_row(Xa, j, s)
+                    _move_row(Wa, j, s)
+                    if Da.shape[0] > 0:
+                        _move_row(Da, j, s)
+                    move_state(step, state, j, s)
             j += 1
         na = j
         if na == 0:

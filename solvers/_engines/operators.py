@@ -6,10 +6,14 @@ An engine never sees "a matrix": it calls three primitives on a block of rows,
 - :func:`apply_T`     ``out = X A``        (the adjoint's product),
 - :func:`resolvent`   ``out = X M⁻ᵀ``      with ``M = (1 + α) I − α A`` (the splittings),
 
-each an ``@overload`` that numba resolves at compile time from the operator's type. A new
-operator (a convolution, a sparse or low-rank matrix) is one more namedtuple type and one
-more branch in each overload, plus its theory in :mod:`contraction`; the loop driver, the
-methods and the stopping rule do not change.
+each with the operator's :func:`workspace` (its scratch, allocated once per thread block), and
+asks :func:`by_row` whether the operator is applied to the whole block at once (a dense matrix:
+one GEMM) or one row at a time inside the pass over the rows (a convolution: each row's product
+is used while it is still in the cache, and the iterate needs no packed copy). Each is an
+``@overload`` that numba resolves at compile time from the operator's type. A new operator (a
+convolution, a sparse or low-rank matrix) is one more namedtuple type and one more branch in
+each overload, plus its theory in :mod:`contraction`; the loop driver, the methods and the
+stopping rule do not change.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from numba.extending import overload
 
 from .kernels import compiled_only
 
-__all__ = ["Dense", "dense", "Conv", "conv", "correlate", "correlate_grad", "apply", "apply_T", "resolvent"]
+__all__ = ["Dense", "dense", "Conv", "conv", "Taps", "taps", "correlate", "correlate_grad", "apply", "apply_T",
+           "resolvent", "workspace", "by_row", "rowwise"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
 #: adjoint) and ``MinvT = ((1 + α) I − α A)⁻ᵀ`` (the splittings). A field a solve does not
@@ -45,18 +50,20 @@ def _kind(op):
     return getattr(op, "instance_class", None)
 
 
-apply = compiled_only("apply", "``out = X Aᵀ``.")
-apply_T = compiled_only("apply_T", "``out = X A``.")
-resolvent = compiled_only("resolvent", "``out = X M⁻ᵀ``, ``M = (1 + α) I − α A``.")
+apply = compiled_only("apply", "``out = X Aᵀ`` (``ws``: the operator's :func:`workspace`).")
+apply_T = compiled_only("apply_T", "``out = X A`` (``ws``: the operator's :func:`workspace`).")
+resolvent = compiled_only("resolvent", "``out = X M⁻ᵀ``, ``M = (1 + α) I − α A`` (``ws``: the operator's :func:`workspace`).")
+workspace = compiled_only("workspace", "The operator's scratch for its primitives, one per thread block.")
+by_row = compiled_only("by_row", "Whether the engine applies the operator one row at a time (compile-time constant).")
 
 
 def _dense_primitive(primitive, field: int) -> None:
-    """``primitive(op, X, out)`` for a :class:`Dense` ``op``: ``out = X op[field]`` (one GEMM)."""
+    """``primitive(op, X, out, ws)`` for a :class:`Dense` ``op``: ``out = X op[field]`` (one GEMM)."""
 
     @overload(primitive)
-    def _for(op, X, out):
+    def _for(op, X, out, ws):
         if _kind(op) is Dense:
-            return lambda op, X, out: np.dot(X, op[field], out)
+            return lambda op, X, out, ws: np.dot(X, op[field], out)
 
 
 for _primitive, _field in ((apply, Dense._fields.index("AT")), (apply_T, Dense._fields.index("A")),
@@ -64,25 +71,58 @@ for _primitive, _field in ((apply, Dense._fields.index("AT")), (apply_T, Dense._
     _dense_primitive(_primitive, _field)
 
 
+@overload(workspace)
+def _workspace(op):
+    if _kind(op) is Dense:
+        return lambda op: ()  # BLAS keeps its own
+    if _kind(op) is Conv:
+        return lambda op: _scratch(_forward_taps(op), op.K.dtype)
+
+
+def rowwise(op) -> bool:
+    """:func:`by_row` of the operator type ``op`` (numba's), for overloads resolved at compile
+    time: a GEMM wants the whole block; a convolution gains nothing from it."""
+    return _kind(op) is Conv
+
+
+@overload(by_row)
+def _by_row(op):
+    value = rowwise(op)
+    return lambda op: value
+
+
 #: A convolution (:class:`contraction.Conv2d`, square): ``K`` its kernel (C, C, k, k) and ``KT``
 #: the adjoint's (flipped, channels swapped), both in the solve's dtype; ``H``, ``W`` the image
 #: size; ``circular`` the padding (else zeros); ``R`` the inverse symbol ``M̂(f)⁻¹`` on the half
 #: spectrum (H, W//2 + 1, C, C), complex128, for the splittings (circular padding only; no
-#: entries when unused).
-Conv = collections.namedtuple("Conv", ["K", "KT", "H", "W", "circular", "R"])
+#: entries when unused); ``K4``, ``K1`` and ``KT4``, ``KT1`` the weights of ``K`` and ``KT`` laid
+#: out as in :class:`Taps`, ``offs`` their taps' offsets. Flat (arrays and scalars only), so that
+#: numba's ``prange`` can hand it to its threads.
+Conv = collections.namedtuple("Conv", ["K", "KT", "H", "W", "circular", "R", "K4", "K1", "KT4", "KT1", "offs"])
 
 
 def conv(op, dtype, *, resolvent=None) -> Conv:
     """The :class:`Conv` operator of a square :class:`contraction.Conv2d` ``op`` in ``dtype``,
     with the inverse symbol ``resolvent`` for the splittings."""
-    K = op.kernel
-    H, W = op.image_shape
-    return Conv(
-        np.ascontiguousarray(K, dtype=dtype),
-        np.ascontiguousarray(K[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dtype),
-        int(H), int(W), op.padding == "circular",
-        np.zeros((0, 0, 0, 0), np.complex128) if resolvent is None else resolvent,
-    )
+    K = np.ascontiguousarray(op.kernel, dtype=dtype)
+    KT = np.ascontiguousarray(op.kernel[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dtype)
+    H, W = (int(v) for v in op.image_shape)
+    circular = op.padding == "circular"
+    fwd, adj = taps(K, H, W, circular), taps(KT, H, W, circular)
+    return Conv(K, KT, H, W, circular, np.zeros((0, 0, 0, 0), np.complex128) if resolvent is None else resolvent,
+                fwd.K4, fwd.K1, adj.K4, adj.K1, fwd.offs)
+
+
+@njit(cache=True, inline="always")
+def _forward_taps(op):
+    """The :class:`Taps` of a :class:`Conv`'s kernel ``K``."""
+    return Taps(op.K4, op.K1, op.offs, op.K.shape[2], op.K.shape[1], op.H, op.W, op.circular)
+
+
+@njit(cache=True, inline="always")
+def _adjoint_taps(op):
+    """The :class:`Taps` of a :class:`Conv`'s adjoint kernel ``KT``."""
+    return Taps(op.KT4, op.KT1, op.offs, op.K.shape[2], op.K.shape[1], op.H, op.W, op.circular)
 
 
 #: Output channels and taps per pass of the convolution kernels (:func:`_taps4`, :func:`_dots4`):
@@ -308,7 +348,8 @@ def _correlate_grad(V, X, k, H, W, circular, out):
     Each ``X[s]`` is copied into the padded layout of :func:`_layout` and each ``V[s]`` into
     its output positions (zeros elsewhere), so that an entry is one dot product over ``L``
     contiguous positions; they are taken four output channels by four taps at a time
-    (:func:`_dots4`) and summed over the batch in float64."""
+    (:func:`_dots4`) in the dtype of ``out`` (the copies convert ``V`` and ``X`` to it) and
+    summed over the batch in float64."""
     C_out, C_in = out.shape[0], out.shape[1]
     p = k // 2
     Wp, P, L = _layout(H, W, p, circular)
@@ -317,9 +358,9 @@ def _correlate_grad(V, X, k, H, W, circular, out):
     blocks = C_out // _BLOCK
     # The planes, then L zeros: read by the taps that fill the last group, and by the last plane's
     # taps past its end (the span is rounded up).
-    xp = np.zeros(C_in * P + L, X.dtype)
+    xp = np.zeros(C_in * P + L, out.dtype)
     planes = xp[: C_in * P].reshape(C_in, P)
-    vp = np.zeros((C_out, L), X.dtype)  # zero but at the output positions
+    vp = np.zeros((C_out, L), out.dtype)  # zero but at the output positions
     g = np.zeros((C_out, _BLOCK * groups))  # g[c, tap]
     for s in range(X.shape[0]):
         _pad_into(X[s], H, W, p, Wp, circular, planes)
@@ -342,25 +383,26 @@ def _correlate_grad(V, X, k, H, W, circular, out):
                     tap += 1
 
 
-@njit(cache=True, fastmath={"contract"})
-def _correlate(K, H, W, circular, X, out):
-    """``out[s] = K ⋆ X[s]`` per row: the "same" cross-correlation of each image
-    ``X[s]`` (C_in·H·W, row-major) with ``K`` (C_out, C_in, k, k), circular or zero padding.
+#: A kernel (C_out, C_in, k, k) laid out for the convolution passes on H × W images
+#: (:func:`taps`): ``K4[b, q, i, e]`` the weight of output channel ``4b + i`` and tap ``4q + e``,
+#: ``K1[c, q, e]`` that of a left-over channel ``c`` (``C_out mod 4`` of them, the last ones; the
+#: other rows are unused), ``offs`` each tap's offset in the padded planes (:func:`_tap_offsets`),
+#: ``k`` and ``c_in`` the kernel's size and input channels, ``H``, ``W`` and ``circular`` the
+#: images and the padding. Taps (c', di, dj) in row-major order, padded with zero weights to a
+#: multiple of four.
+Taps = collections.namedtuple("Taps", ["K4", "K1", "offs", "k", "c_in", "H", "W", "circular"])
 
-    Each image is copied once into the padded layout of :func:`_layout`, where a tap's
-    contribution to a whole output plane is one contiguous multiply-add over ``L`` positions.
-    The output channels are taken four at a time into an accumulator of four planes, and the
-    taps (c', di, dj), in row-major order, four at a time (:func:`_taps4`); the channels left
-    over (``C_out mod 4``) one at a time (:func:`_taps1`). Each accumulator plane is copied out
-    without its padding columns."""
+
+@njit(cache=True)
+def taps(K, H, W, circular):
+    """The :class:`Taps` of the kernel ``K`` (C_out, C_in, k, k) on H × W images, in ``K``'s
+    dtype: laid out once per operator, not once per product."""
     C_out, C_in, k, _ = K.shape
-    p = k // 2
-    Wp, P, L = _layout(H, W, p, circular)
+    Wp, P, L = _layout(H, W, k // 2, circular)
     groups = -(-C_in * k * k // _BLOCK)
-    offs = _tap_offsets(C_in, k, Wp, P, groups)
     blocks = C_out // _BLOCK
-    K4 = np.zeros((blocks, groups, _BLOCK, _BLOCK), X.dtype)  # K4[b, q, i, e]: channel 4b + i, tap 4q + e
-    K1 = np.zeros((C_out, groups, _BLOCK), X.dtype)  # K1[c, q, e]: a left-over channel c, tap 4q + e
+    K4 = np.zeros((blocks, groups, _BLOCK, _BLOCK), K.dtype)
+    K1 = np.zeros((C_out, groups, _BLOCK), K.dtype)
     for c in range(C_out):
         tap = 0
         for c2 in range(C_in):
@@ -371,26 +413,65 @@ def _correlate(K, H, W, circular, X, out):
                     else:
                         K1[c, tap // _BLOCK, tap % _BLOCK] = K[c, c2, di, dj]
                     tap += 1
-    # The planes, then L zeros: read by the taps that fill the last group, and by the last plane's
-    # taps past its end (the span is rounded up).
-    xp = np.zeros(C_in * P + L, X.dtype)
-    planes = xp[: C_in * P].reshape(C_in, P)
-    acc = np.empty((_BLOCK, L), X.dtype)
+    return Taps(K4, K1, _tap_offsets(C_in, k, Wp, P, groups), k, C_in, H, W, circular)
+
+
+#: The scratch of the convolution passes: ``xp`` the padded planes of one input image, then
+#: ``L`` zeros (read by the taps that fill the last group, and by the last plane's taps past its
+#: end: the span is rounded up); ``acc`` four output planes.
+ConvScratch = collections.namedtuple("ConvScratch", ["xp", "acc"])
+
+
+@njit(cache=True)
+def _scratch(t, dtype):
+    """The :class:`ConvScratch` of the :class:`Taps` ``t``. Zero padding keeps the border of
+    ``xp`` at zero (it is never written), so the scratch serves any number of products."""
+    Wp, P, L = _layout(t.H, t.W, t.k // 2, t.circular)
+    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((_BLOCK, L), dtype))
+
+
+@njit(cache=True, fastmath={"contract"})
+def _correlate_rows(t, X, out, ws):
+    """``out[s] = K ⋆ X[s]`` per row: the "same" cross-correlation of each image ``X[s]``
+    (C_in·H·W, row-major) with the kernel of the :class:`Taps` ``t``, circular or zero padding,
+    in the scratch ``ws`` (:func:`_scratch`).
+
+    Each image is copied once into the padded layout of :func:`_layout`, where a tap's
+    contribution to a whole output plane is one contiguous multiply-add over ``L`` positions.
+    The output channels are taken four at a time into an accumulator of four planes, and the
+    taps four at a time (:func:`_taps4`); the channels left over (``C_out mod 4``) one at a
+    time (:func:`_taps1`). Each accumulator plane is copied out without its padding columns."""
+    H, W, circular = t.H, t.W, t.circular
+    p = t.k // 2
+    Wp, P, L = _layout(H, W, p, circular)
+    C_out = t.K1.shape[0]
+    blocks, groups = t.K4.shape[0], t.K4.shape[1]
+    offs = t.offs
+    xp, acc = ws
+    planes = xp[: t.c_in * P].reshape(t.c_in, P)
     for s in range(X.shape[0]):
         _pad_into(X[s], H, W, p, Wp, circular, planes)
         o = out[s]
         for b in range(blocks):
             acc[:] = 0.0
             for q in range(groups):
-                _taps4(acc, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], K4[b, q], L)
+                _taps4(acc, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K4[b, q], L)
             for i in range(_BLOCK):
                 _plane_from(acc[i], H, W, Wp, o, _BLOCK * b + i)
         for c in range(_BLOCK * blocks, C_out):
             a = acc[0]
             a[:] = 0.0
             for q in range(groups):
-                _taps1(a, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], K1[c, q], L)
+                _taps1(a, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K1[c, q], L)
             _plane_from(a, H, W, Wp, o, c)
+
+
+@njit(cache=True)
+def _correlate(K, H, W, circular, X, out):
+    """``out[s] = K ⋆ X[s]`` for every row of ``X``: :func:`_correlate_rows` with the kernel
+    laid out and the scratch allocated for this call."""
+    t = taps(K, H, W, circular)
+    _correlate_rows(t, X, out, _scratch(t, X.dtype))
 
 
 @njit(cache=True)
@@ -512,18 +593,18 @@ correlate_grad = _correlate_grad
 
 
 @overload(apply)
-def _conv_apply(op, X, out):
+def _conv_apply(op, X, out, ws):
     if _kind(op) is Conv:
-        return lambda op, X, out: _correlate(op.K, op.H, op.W, op.circular, X, out)
+        return lambda op, X, out, ws: _correlate_rows(_forward_taps(op), X, out, ws)
 
 
 @overload(apply_T)
-def _conv_apply_T(op, X, out):
+def _conv_apply_T(op, X, out, ws):
     if _kind(op) is Conv:
-        return lambda op, X, out: _correlate(op.KT, op.H, op.W, op.circular, X, out)
+        return lambda op, X, out, ws: _correlate_rows(_adjoint_taps(op), X, out, ws)
 
 
 @overload(resolvent)
-def _conv_resolvent(op, X, out):
+def _conv_resolvent(op, X, out, ws):
     if _kind(op) is Conv:
-        return lambda op, X, out: _inverse_symbol_apply(op.R, op.H, op.W, X, out)
+        return lambda op, X, out, ws: _inverse_symbol_apply(op.R, op.H, op.W, X, out)

@@ -53,7 +53,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
     the pixels, with the layer's padding), ``∂L/∂B`` likewise with ``u``, ``∂L/∂b[c] = Σ V[c]``.
     """
 
-    FUSABLE = False
+    FUSABLE = True
     DENSE = False
 
     def __init__(self, in_shape, channels, kernel_size, n_out, pool, padding="circular", activation="relu", seed=0,
@@ -148,11 +148,13 @@ class ConvImplicitNetwork(ImplicitNetwork):
     def _pixels(self) -> int:
         return self.state_shape[0] * self.state_shape[1]
 
-    def _pool(self, X) -> np.ndarray:
-        """The ``pool × pool`` block means of each channel, flattened (batch, features)."""
+    def _pool(self, X, dtype=None) -> np.ndarray:
+        """The ``pool × pool`` block means of each channel, flattened (batch, features), summed
+        and returned in ``dtype`` (default ``X``'s)."""
         H, W = self.state_shape
         p = self.pool
-        return X.reshape(X.shape[0], self.channels, H // p, p, W // p, p).mean(axis=(3, 5)).reshape(X.shape[0], -1)
+        blocks = X.reshape(X.shape[0], self.channels, H // p, p, W // p, p)
+        return blocks.mean(axis=(3, 5), dtype=dtype).reshape(X.shape[0], -1)
 
     def _unpool(self, G) -> np.ndarray:
         """The adjoint of :meth:`_pool`: each feature's value over its block, divided by ``pool²``."""
@@ -164,19 +166,33 @@ class ConvImplicitNetwork(ImplicitNetwork):
     # -- forward ------------------------------------------------------------------------------
     def injected(self, U) -> np.ndarray:
         """``W = B ⋆ u + b`` for every row of ``U``, in the network's dtype."""
-        return self._input_conv(self.B, U, self.dtype) + np.repeat(self.b, self._pixels())
+        W = self._input_conv(self.B, U, self.dtype)
+        W.reshape(len(W), self.channels, -1)[...] += self.b[:, None]
+        return W
 
-    def forward_pass(self, U, solver=None) -> ForwardPass:
+    def _equilibrium(self, U, solver):
+        """``(U, W, solve result)`` of inputs ``U`` (checked here)."""
         U = self.as_inputs(U)
         Wb = self.injected(U)
         s = self.solver if solver is None else solver
-        op = self.state_operator()
-        res = solve(op, Wb, method=s.method, atol=s.atol, max_iter=s.max_iter, activation=self.activation,
-                    engine=s.engine, check=False)
+        res = solve(self.state_operator(), Wb, method=s.method, atol=s.atol, max_iter=s.max_iter,
+                    activation=self.activation, engine=s.engine, check=False)
+        return U, Wb, res
+
+    def _readout(self, X) -> np.ndarray:
+        """``Y = C pool(x) + c`` (in float64, returned in the network's dtype)."""
+        return (self._pool(X, np.float64) @ self.C.T.astype(np.float64) + self.c).astype(self.dtype)
+
+    def forward_pass(self, U, solver=None) -> ForwardPass:
+        U, Wb, res = self._equilibrium(U, solver)
         X = res.x
         Z = self._correlate(self.A, X, self.channels, self.dtype) + Wb
-        Y = (self._pool(X.astype(np.float64)) @ self.C.T.astype(np.float64) + self.c).astype(self.dtype)
-        return ForwardPass(U, X, Z, Y, res.iterations, res.converged)
+        return ForwardPass(U, X, Z, self._readout(X), res.iterations, res.converged)
+
+    def forward(self, U, solver=None) -> np.ndarray:
+        """The outputs (as :meth:`ImplicitNetwork.forward`), without the pre-activations that
+        only a backward pass needs."""
+        return self._readout(self._equilibrium(U, solver)[2].x)
 
     # -- backward -------------------------------------------------------------------------------
     def _state_gradient(self, dY) -> np.ndarray:
@@ -195,7 +211,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
 
     def _parameter_gradients(self, fp: ForwardPass, V, dYt) -> dict:
         f = self.dtype
-        pooled = self._pool(fp.X.astype(np.float64))
+        pooled = self._pool(fp.X, np.float64)
         return {
             "A": self._kernel_gradient(V, fp.X, self.channels).astype(f),
             "B": self._input_kernel_gradient(V, fp.U).astype(f),

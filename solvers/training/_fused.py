@@ -1,25 +1,31 @@
 """The training step of the common case in one compiled call per thread block: averaged
-forward and adjoint solves on the numba engine, cross-entropy loss.
+forward and adjoint solves on the numba engine, cross-entropy loss, for a dense layer and for
+a convolutional one.
 
 The generic path (:meth:`ImplicitNetwork.compute_gradients` with ``fused=False``) does, per
 batch, an input product, a forward solve, the loss, an adjoint solve and five gradient
 products: a dozen NumPy calls and two trips through the solvers' front door, together about
-as long as the arithmetic at batch 100 × n 100. Here each thread block of the batch
+as long as the arithmetic at batch 100 × n 100, and for a convolution each a single-threaded
+pass over the whole batch. Here each thread block of the batch
 (:func:`solvers.engine.block_bounds` and :func:`solvers.engine.blas_policy`, the engine's own
 split and BLAS policy, and a ``prange`` over the blocks as in the engine) runs the
 whole step on its rows in one compiled call:
 
-    W = U Bᵀ + b,   x = σ(A x + W) (averaged, α*),   Y = X Cᵀ + c,
-    Z = X Aᵀ + W (the forward solve's last product, not recomputed),
-    dY = (softmax(Y) − onehot(y)) / batch,   G = dY C,
-    λ = G + (λ ⊙ σ'(Z)) A (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
+    W = B u + b,   x = σ(A x + W) (averaged, α*),   Y = C features(x) + c,
+    Z = A x + W (the forward solve's last product, not recomputed),
+    dY = (softmax(Y) − onehot(y)) / batch,   G = features*(dY C),
+    λ = G + Aᵀ (λ ⊙ σ'(Z)) (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
 
 with the engine's block solver (:func:`solvers.engine.solve_block`, so the iterations and
-the stopping rule are the engine's, sample by sample), then its block's share of ``Vᵀ X``,
-``Vᵀ U`` and ``dYᵀ X``; the shares are summed at the end. The loss and ``dY`` are computed
-in float64 as in the generic path; everything else in the network's dtype. Samples whose
-adjoint misses its tolerance are finished with a dense solve, as in the generic path.
-Tested against the generic path in ``tests/training/test_fused.py``.
+the stopping rule are the engine's, sample by sample), then its block's share of the
+gradients of ``A``, ``B`` and ``C``; the shares are summed at the end. What differs between
+the layers is four hooks on the layer's parameters (:class:`Params`, :class:`ConvParams`):
+:func:`inject` (``W``), :func:`readout` (``Y``), :func:`state_gradient` (``G``) and
+:func:`gradient_shares`. The loss and ``dY`` are computed in float64 as in the generic path,
+and so are a convolutional layer's features, readout, state gradient and kernel gradients;
+everything else in the network's dtype. Samples whose adjoint misses its tolerance are
+finished with a dense solve, as in the generic path. Tested against the generic path in
+``tests/training/test_fused.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 import contraction
 from solvers import solve_adjoint
@@ -44,6 +51,9 @@ from solvers.engine import (
     activation,
     blas_policy,
     block_bounds,
+    conv,
+    correlate,
+    correlate_grad,
     serial_work,
     use_blocks,
     dense,
@@ -51,17 +61,182 @@ from solvers.engine import (
     solve_block,
 )
 
+
 __all__ = ["fusable", "fused_gradients"]
 
-#: The network's parameters as the kernel reads them (``AT = Aᵀ``, ``BT = Bᵀ``, ``CT = Cᵀ``,
-#: ``C64``: ``C`` in float64 for ``G = dY C``).
+#: A dense layer's parameters as the kernel reads them (``BT = Bᵀ``, ``CT = Cᵀ``, ``C64``:
+#: ``C`` in float64 for ``G = dY C``).
 Params = collections.namedtuple("Params", ["BT", "b", "CT", "C64", "c"])
-#: Per-sample work and outputs of the step, batch-wide (each block writes its own rows).
+#: A convolutional layer's (:class:`ConvImplicitNetwork`): the input kernel ``B`` (channels,
+#: C_in, k, k), ``b`` per channel, ``C64`` (n_out, features) in float64, ``c``; the input images
+#: ``Hin × Win``, the state's ``H × W``, the padding, the input convolution's stride and the pool.
+ConvParams = collections.namedtuple("ConvParams", ["B", "b", "C64", "c", "Hin", "Win", "H", "W", "circular",
+                                                   "stride", "pool"])
+#: Per-sample work and outputs of the step, batch-wide (each block writes its own rows); ``F``
+#: a convolutional layer's pooled features (float64; no columns for a dense layer).
 Work = collections.namedtuple("Work", ["U", "y", "W", "X", "Z", "Y", "dY", "dYt", "G", "D", "L", "V", "losses",
-                                       "iters_f", "res_f", "codes_f", "iters_a", "res_a", "codes_a", "hist"])
-#: Each block's share of the gradients of ``A``, ``B`` and ``C``.
+                                       "iters_f", "res_f", "codes_f", "iters_a", "res_a", "codes_a", "hist", "F"])
+#: Each block's share of the gradients of ``A``, ``B`` and ``C``: (blocks, rows, columns), a
+#: kernel's share as (channels, C_in·k·k).
 Shares = collections.namedtuple("Shares", ["gA", "gB", "gC"])
 
+
+# -- what differs between the layers ------------------------------------------------------------
+
+def inject(params, U, W):
+    """``W = B u + b`` for the rows of ``U`` (compiled code only)."""
+    raise NotImplementedError("inject runs in compiled code only")
+
+
+def readout(params, X, F, Y):
+    """``Y = C features(x) + c`` for the rows of ``X`` (``F``: the features where the layer keeps
+    them; compiled code only)."""
+    raise NotImplementedError("readout runs in compiled code only")
+
+
+def state_gradient(params, dY, G):
+    """``G = features*(dY C)`` for the rows of ``dY`` (compiled code only)."""
+    raise NotImplementedError("state_gradient runs in compiled code only")
+
+
+def gradient_shares(params, work, lo, hi, shares, blk):
+    """The block's shares of the gradients of ``A``, ``B`` and ``C`` (compiled code only)."""
+    raise NotImplementedError("gradient_shares runs in compiled code only")
+
+
+def _dense_layer(params) -> bool:
+    return getattr(params, "instance_class", None) is Params
+
+
+@overload(inject)
+def _inject(params, U, W):
+    if _dense_layer(params):
+        def dense_layer(params, U, W):
+            np.dot(U, params.BT, W)
+            for s in range(W.shape[0]):
+                for i in range(W.shape[1]):
+                    W[s, i] += params.b[i]
+        return dense_layer
+
+    def conv_layer(params, U, W):
+        channels, pixels = params.B.shape[0], params.H * params.W
+        if params.stride == 1:
+            correlate(params.B, params.Hin, params.Win, params.circular, U, W)
+        else:  # the convolution on the input grid, then every stride-th pixel
+            full = np.empty((U.shape[0], channels * params.Hin * params.Win), W.dtype)
+            correlate(params.B, params.Hin, params.Win, params.circular, U, full)
+            for s in range(W.shape[0]):
+                for c in range(channels):
+                    for i in range(params.H):
+                        for j in range(params.W):
+                            W[s, (c * params.H + i) * params.W + j] = full[
+                                s, (c * params.Hin + i * params.stride) * params.Win + j * params.stride]
+        for s in range(W.shape[0]):
+            for c in range(channels):
+                for e in range(c * pixels, (c + 1) * pixels):
+                    W[s, e] += params.b[c]
+    return conv_layer
+
+
+@overload(readout)
+def _readout(params, X, F, Y):
+    if _dense_layer(params):
+        def dense_layer(params, X, F, Y):
+            np.dot(X, params.CT, Y)
+            for s in range(Y.shape[0]):
+                for j in range(Y.shape[1]):
+                    Y[s, j] += params.c[j]
+        return dense_layer
+
+    def conv_layer(params, X, F, Y):
+        p = params.pool
+        h, w = params.H // p, params.W // p
+        channels = X.shape[1] // (params.H * params.W)
+        for s in range(X.shape[0]):
+            f = F[s]
+            f[:] = 0.0
+            for c in range(channels):
+                for i in range(params.H):
+                    row = X[s, (c * params.H + i) * params.W:(c * params.H + i + 1) * params.W]
+                    out = f[(c * h + i // p) * w:(c * h + i // p + 1) * w]
+                    for j in range(params.W):
+                        out[j // p] += row[j]
+            for e in range(f.shape[0]):
+                f[e] /= p * p
+            for j in range(Y.shape[1]):  # C f + c: a few dozen dot products (no BLAS call to compile)
+                y = 0.0
+                for e in range(f.shape[0]):
+                    y += params.C64[j, e] * f[e]
+                Y[s, j] = y + params.c[j]
+    return conv_layer
+
+
+@overload(state_gradient)
+def _state_gradient(params, dY, G):
+    if _dense_layer(params):
+        def dense_layer(params, dY, G):
+            G64 = np.dot(dY, params.C64)  # G = dY C in float64, as the generic path
+            for s in range(G.shape[0]):
+                for i in range(G.shape[1]):
+                    G[s, i] = G64[s, i]
+        return dense_layer
+
+    def conv_layer(params, dY, G):
+        p = params.pool
+        h, w = params.H // p, params.W // p
+        channels = G.shape[1] // (params.H * params.W)
+        g = np.empty(params.C64.shape[1])  # dY C of one row, in float64
+        for s in range(G.shape[0]):
+            g[:] = 0.0
+            for j in range(dY.shape[1]):
+                d = dY[s, j]
+                for e in range(g.shape[0]):
+                    g[e] += d * params.C64[j, e]
+            for c in range(channels):
+                for i in range(params.H):
+                    src = g[(c * h + i // p) * w:(c * h + i // p + 1) * w]
+                    row = G[s, (c * params.H + i) * params.W:(c * params.H + i + 1) * params.W]
+                    for j in range(params.W):
+                        row[j] = src[j // p] / (p * p)
+    return conv_layer
+
+
+@overload(gradient_shares)
+def _gradient_shares(params, work, lo, hi, shares, blk):
+    if _dense_layer(params):
+        def dense_layer(params, work, lo, hi, shares, blk):
+            np.dot(work.V[lo:hi].T, work.X[lo:hi], shares.gA[blk])
+            np.dot(work.V[lo:hi].T, work.U[lo:hi], shares.gB[blk])
+            np.dot(work.dYt[lo:hi].T, work.X[lo:hi], shares.gC[blk])
+        return dense_layer
+
+    def conv_layer(params, work, lo, hi, shares, blk):
+        C, C_in, k, _ = params.B.shape
+        V = work.V[lo:hi]
+        correlate_grad(V, work.X[lo:hi], k, params.H, params.W, params.circular, shares.gA[blk].reshape(C, C, k, k))
+        if params.stride > 1:  # the stride's adjoint: V spread onto the input grid, zeros between
+            up = np.zeros((hi - lo, C * params.Hin * params.Win), V.dtype)
+            for s in range(hi - lo):
+                for c in range(C):
+                    for i in range(params.H):
+                        for j in range(params.W):
+                            up[s, (c * params.Hin + i * params.stride) * params.Win + j * params.stride] = V[
+                                s, (c * params.H + i) * params.W + j]
+        else:
+            up = V
+        correlate_grad(up, work.U[lo:hi], k, params.Hin, params.Win, params.circular,
+                       shares.gB[blk].reshape(C, C_in, k, k))
+        gC = shares.gC[blk]
+        gC[:] = 0.0
+        for s in range(lo, hi):
+            for j in range(gC.shape[0]):
+                d = float(work.dYt[s, j])
+                for e in range(gC.shape[1]):
+                    gC[j, e] += d * work.F[s, e]
+    return conv_layer
+
+
+# -- the step ----------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
 def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step, stop_f, stop_a, work, shares):
@@ -72,24 +247,19 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
     q = work.Y.shape[1]
     batch = rows.shape[0]
     none = work.X[:0]
-    U = work.U[lo:hi]
     for s in range(lo, hi):
         work.U[s] = data[rows[s]]
         work.y[s] = labels[rows[s]]
-    np.dot(U, params.BT, work.W[lo:hi])
-    for s in range(lo, hi):
-        for i in range(n):
-            work.W[s, i] += params.b[i]
+    inject(params, work.U[lo:hi], work.W[lo:hi])
     solve_block(op, Forward(work.W[lo:hi]), act, step, stop_f, none,
                 Output(work.X[lo:hi], work.iters_f[lo:hi], work.res_f[lo:hi], work.codes_f[lo:hi],
-                       work.hist[lo:hi], work.Z[lo:hi]))  # Z = X Aᵀ + W from the solver's last product
-    np.dot(work.X[lo:hi], params.CT, work.Y[lo:hi])
+                       work.hist[lo:hi], work.Z[lo:hi]))  # Z = A x + W from the solver's last product
+    readout(params, work.X[lo:hi], work.F[lo:hi], work.Y[lo:hi])
     for s in range(lo, hi):
         for i in range(n):
             work.D[s, i] = dsigma(act, work.Z[s, i])
         top = -np.inf
         for j in range(q):
-            work.Y[s, j] += params.c[j]
             top = max(top, float(work.Y[s, j]))
         total = 0.0
         for j in range(q):
@@ -102,19 +272,14 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
                 g -= 1.0
             work.dY[s, j] = g / batch
             work.dYt[s, j] = work.dY[s, j]
-    G64 = np.dot(work.dY[lo:hi], params.C64)  # G = dY C in float64, as the generic path
-    for s in range(lo, hi):
-        for i in range(n):
-            work.G[s, i] = G64[s - lo, i]
+    state_gradient(params, work.dY[lo:hi], work.G[lo:hi])
     solve_block(op, Adjoint(work.G[lo:hi], work.D[lo:hi]), identity, step, stop_a, none,
                 Output(work.L[lo:hi], work.iters_a[lo:hi], work.res_a[lo:hi], work.codes_a[lo:hi],
                        work.hist[lo:hi], none))
     for s in range(lo, hi):
         for i in range(n):
             work.V[s, i] = work.L[s, i] * work.D[s, i]
-    np.dot(work.V[lo:hi].T, work.X[lo:hi], shares.gA[blk])
-    np.dot(work.V[lo:hi].T, U, shares.gB[blk])
-    np.dot(work.dYt[lo:hi].T, work.X[lo:hi], shares.gC[blk])
+    gradient_shares(params, work, lo, hi, shares, blk)
 
 
 @njit(cache=True, parallel=PRANGE_ONLY)
@@ -178,17 +343,35 @@ def fusable(solver, loss: str) -> bool:
             and solver.adjoint_method == "average")
 
 
+def _layer(net, dt):
+    """``(op, params, diagonal minimum, shares' shapes, features)`` of the network's layer."""
+    A = np.ascontiguousarray(net.A)
+    n, m, q = net.n_hidden, net.n_in, net.n_out
+    if net.DENSE:
+        params = Params(net.B.T, net.b, net.C.T, net.C.astype(np.float64), net.c)  # transposed views: no copies
+        return (dense(A, forward=True, adjoint=True), params, float(np.diagonal(A).min()),
+                ((n, n), (n, m), (q, n)), 0)
+    C, C_in, k, _ = net.B.shape
+    _, Hin, Win = net.in_shape
+    H, W = net.state_shape
+    p = k // 2
+    circular = net.padding == "circular"
+    params = ConvParams(np.ascontiguousarray(net.B), net.b, net.C.astype(np.float64), net.c, Hin, Win, H, W,
+                        circular, net.stride, net.pool)
+    features = net.C.shape[1]
+    return (conv(net.state_operator(), dt), params, float(A[np.arange(C), np.arange(C), p, p].min()),
+            ((C, C * k * k), (C, C_in * k * k), (q, features)), features)
+
+
 def fused_gradients(net, U, targets, rows, solver):
     """``(value, grads, stats)`` of the cross-entropy loss of the batch ``U[rows]``,
     ``targets[rows]`` for a :func:`fusable` ``solver``; ``U`` finite and C-contiguous in the
     network's dtype, ``targets`` valid int64 labels (validated by the caller)."""
-    A = np.ascontiguousarray(net.A)
-    dt = A.dtype
+    dt = np.dtype(net.dtype)
     batch = rows.shape[0]
     n, m, q = net.n_hidden, net.n_in, net.n_out
-    alpha = contraction.optimal_alpha_from_diagonal(float(np.diagonal(A).min()))
-    op = dense(A, forward=True, adjoint=True)
-    params = Params(net.B.T, net.b, net.C.T, net.C.astype(np.float64), net.c)  # transposed views: no copies
+    op, params, diagonal_min, share_shapes, features = _layer(net, dt)
+    alpha = contraction.optimal_alpha_from_diagonal(diagonal_min)
     act = activation(net.activation.code, net.activation.slope)
     step = Averaged(float(alpha))
     stop_f = Stopping(float(solver.atol), 0.0, int(solver.max_iter), False)
@@ -198,16 +381,18 @@ def fused_gradients(net, U, targets, rows, solver):
                 e((batch, q), dt), e((batch, q)), e((batch, q), dt), e((batch, n), dt), e((batch, n), dt),
                 e((batch, n), dt), e((batch, n), dt), e(batch), np.zeros(batch, np.int64), np.zeros(batch),
                 np.full(batch, -1, np.int8), np.zeros(batch, np.int64), np.zeros(batch),
-                np.full(batch, -1, np.int8), e((batch, 0)))
+                np.full(batch, -1, np.int8), e((batch, 0)), e((batch, features)))
     bounds = block_bounds(batch)
     k_blocks = len(bounds)
-    shares = Shares(e((k_blocks, n, n), dt), e((k_blocks, n, m), dt), e((k_blocks, q, n), dt))
+    # a dense layer's shares in its dtype (BLAS products), a convolution's in float64 (sums)
+    share_dt = dt if net.DENSE else np.float64
+    shares = Shares(*(e((k_blocks, *shape), share_dt) for shape in share_shapes))
     rows = rows.astype(np.int64, copy=False)
     identity = activation(IDENTITY, 0.0)
     args = (bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
-    variant = ("fused step", net.activation.code, dt.char)
+    variant = ("fused step", type(params).__name__, net.activation.code, dt.char)
     parallel = use_blocks(variant, k_blocks, _step_blocks, args)
-    with blas_policy(k_blocks if parallel else 1, batch * n * n):
+    with blas_policy(k_blocks if parallel else 1, batch * n * n if net.DENSE else 0):
         if parallel:
             loss, gb, gc, iters_f, iters_a, ok_f, ok_a = _step_blocks(*args)
         else:  # the same blocks one after the other: the same products, the same results
@@ -219,14 +404,21 @@ def fused_gradients(net, U, targets, rows, solver):
                     for k in range(1, k_blocks):
                         g[0] += g[k]
                 loss, gb, gc, iters_f, iters_a, ok_f, ok_a = _summary(work)
-    gA, gB, gC = (g[0] for g in shares)
+    grads = {"A": shares.gA[0].reshape(net.A.shape), "B": shares.gB[0].reshape(net.B.shape), "b": gb,
+             "C": shares.gC[0], "c": gc}
     if ok_a < batch:  # outside the averaged adjoint's guarantee: finish the failed samples exactly
         bad = work.codes_a != SUCCESS
         lam = work.L.copy()
-        lam[bad], _ = solve_adjoint(A, work.Z[bad], work.G[bad], method="direct", activation=net.activation,
-                                    check=False)
+        lam[bad], _ = solve_adjoint(net.state_operator(), work.Z[bad], work.G[bad], method="direct",
+                                    activation=net.activation, check=False)
         V = (lam.astype(np.float64) * net.activation.derivative(work.Z)).astype(dt)
-        gA, gB, gb = V.T @ work.X, V.T @ work.U, V.sum(axis=0)
+        from ._network import ForwardPass  # (_network imports this module)
+
+        fp = ForwardPass(work.U, work.X, work.Z, work.Y, work.iters_f, work.codes_f == SUCCESS)
+        exact = net._parameter_gradients(fp, V, work.dYt)
+        grads.update(A=exact["A"], B=exact["B"], b=exact["b"])
+    elif not net.DENSE:  # Σ V per channel (the sums per state unit, summed over the pixels)
+        grads["b"] = gb.astype(np.float64).reshape(len(net.b), -1).sum(axis=1)
     stats = {
         "forward_iterations": iters_f / batch,
         "adjoint_iterations": iters_a / batch,
@@ -234,4 +426,4 @@ def fused_gradients(net, U, targets, rows, solver):
         "adjoint_converged": ok_a / batch,
         "logits": work.Y,
     }
-    return loss / batch, {"A": gA, "B": gB, "b": gb, "C": gC, "c": gc}, stats
+    return loss / batch, {k: g.astype(dt, copy=False) for k, g in grads.items()}, stats

@@ -14,7 +14,7 @@ import contraction
 import solvers
 from contraction import Conv2d
 from contraction import _conv_spectrum
-from solvers._engines.operators import apply, apply_T, conv, resolvent
+from solvers._engines.operators import apply, apply_T, conv, resolvent, workspace
 
 PADDINGS = ("circular", "zeros")
 SPLITTINGS = ("peaceman_rachford", "douglas_rachford")
@@ -156,10 +156,11 @@ def test_float32_adjoint(rng, engine):
 
 @njit
 def _primitives(op, X, out_apply, out_apply_T, out_resolvent):
-    apply(op, X, out_apply)
-    apply_T(op, X, out_apply_T)
+    ws = workspace(op)
+    apply(op, X, out_apply, ws)
+    apply_T(op, X, out_apply_T, ws)
     if op.R.shape[0] > 0:
-        resolvent(op, X, out_resolvent)
+        resolvent(op, X, out_resolvent, ws)
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))

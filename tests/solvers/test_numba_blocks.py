@@ -105,6 +105,40 @@ def test_blocks_adjoint_match_numpy(method, blocks):
     np.testing.assert_allclose(lam, lam_ref, rtol=0, atol=1e-11 * np.abs(lam_ref).max())
 
 
+def _conv_instance(seed: int = 6):
+    """A circular convolution (its product is taken row by row, on the iterates kept in the
+    output) with negative centre taps, and inputs whose samples finish at different times."""
+    rng = np.random.default_rng(seed)
+    K = 0.3 * rng.standard_normal((2, 2, 3, 3))
+    K[[0, 1], [0, 1], 1, 1] = -rng.uniform(0.5, 1.5, 2)
+    op = contraction.project_mu_inf(contraction.Conv2d(K, (5, 4), "circular"), 0.8)
+    W = rng.standard_normal((BATCH, op.n)) * np.logspace(-6, 1, BATCH)[:, None]
+    return op, W
+
+
+@pytest.mark.parametrize("method", ("average", "forward_backward", "anderson", "peaceman_rachford"))
+def test_conv_blocks_match_numpy(method, blocks):
+    op, W = _conv_instance()
+    x0 = np.zeros_like(W) if method == "average" else None  # a start given (copied into the output)
+    kw = dict(method=method, activation="tanh", atol=1e-10, record=True, max_iter=3000, check=False, x0=x0)
+    ref = solvers.solve(op, W, engine="numpy", **kw)
+    got = solvers.solve(op, W, engine="numba", **kw)
+    assert ref.success and len(np.unique(ref.iterations)) > 3
+    _assert_same(ref, got, 1e-9 * np.nanmax(ref.history[0]) if method == "anderson" else 0.0)
+
+
+def test_conv_blocks_adjoint_match_numpy(blocks):
+    op, W = _conv_instance()
+    rng = np.random.default_rng(3)
+    Z = W + rng.standard_normal(W.shape)
+    G = rng.standard_normal(W.shape) * np.logspace(-6, 1, BATCH)[:, None]
+    kw = dict(atol=1e-11, record=True, check=False)
+    lam_ref, ref = solvers.solve_adjoint(op, Z, G, engine="numpy", **kw)
+    lam, got = solvers.solve_adjoint(op, Z, G, engine="numba", **kw)
+    np.testing.assert_array_equal(got.iterations, ref.iterations)
+    np.testing.assert_allclose(lam, lam_ref, rtol=0, atol=1e-11 * np.abs(lam_ref).max())
+
+
 def test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit(monkeypatch):
     """A variant runs its blocks one after the other until its parallel driver is compiled
     (or found in the cache), then in parallel. The blocks and their products are the same, so

@@ -79,6 +79,50 @@ def test_fused_step_equals_the_generic_path(activation, dtype, batch, blocks):
         assert stats["forward_iterations"] > 5
 
 
+def _conv_network(padding, activation, dtype, stride, seed=0):
+    """A 4-channel convolutional layer (6x4 state, pool 2) with strong, partly negative centre
+    taps and a bias: samples finish at different iterations."""
+    from contraction import Conv2d, project_mu_inf
+    from solvers.training import ConvImplicitNetwork, SolverConfig
+
+    net = ConvImplicitNetwork((2, 6 * stride, 4 * stride), 4, 3, 3, 2, padding=padding, activation=activation,
+                              dtype=dtype, seed=seed, stride=stride, solver=SolverConfig(engine="numba"))
+    rng = np.random.default_rng(seed)
+    K = 0.4 * rng.standard_normal((4, 4, 3, 3))
+    K[np.arange(4), np.arange(4), 1, 1] = rng.uniform(-2.0, 0.0, 4)
+    net.A = project_mu_inf(Conv2d(K, net.state_shape, padding), 0.8).kernel.astype(dtype)
+    net.b = rng.standard_normal(4).astype(dtype)
+    net.c = rng.standard_normal(3).astype(dtype)
+    return net
+
+
+CONV_CASES = [("circular", "relu", np.float32, 1), ("zeros", "tanh", np.float64, 1),
+              ("circular", "tanh", np.float64, 2), ("zeros", "relu", np.float32, 2)]
+
+
+@pytest.mark.parametrize("padding, activation, dtype, stride", CONV_CASES,
+                         ids=[f"{p}-{a}-{d.__name__}-stride{s}" for p, a, d, s in CONV_CASES])
+def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, stride, blocks):
+    """The convolutional layer's step (kernel gradients by correlation, pooled readout) in one
+    compiled call per block equals the generic path through the front door."""
+    net = _conv_network(padding, activation, dtype, stride, seed=stride)
+    rng = np.random.default_rng(stride)
+    U = rng.uniform(-1, 1, (50, net.n_in)) * np.logspace(-4, 0, 50)[:, None]
+    y = rng.integers(0, net.n_out, 50)
+    stats = _compare(net, U, y, rtol=1e-10 if dtype == np.float64 else 2e-4)
+    assert stats["forward_iterations"] > 5
+
+
+def test_fused_conv_step_finishes_failed_adjoints_densely(blocks):
+    net = _conv_network("circular", "relu", np.float64, 1, seed=7)
+    net.solver = dataclasses.replace(net.solver, max_iter=2)
+    rng = np.random.default_rng(7)
+    U = rng.uniform(-1, 1, (40, net.n_in))
+    y = rng.integers(0, net.n_out, 40)
+    stats = _compare(net, U, y, rtol=1e-10)
+    assert stats["adjoint_converged"] < 1.0
+
+
 def test_fused_step_keeps_the_engine_stopping_rule_per_sample(blocks):
     """Samples stop on their own: a mix of easy (small) and hard inputs gives unequal counts
     that equal the engine's, and a tighter tolerance needs more iterations."""

@@ -17,11 +17,13 @@
       ``∂/∂A = Vᵀ x``, ``∂/∂W = V`` (``V = λ ⊙ σ'(Z)``), preallocated-free plain torch ops.
 
     Both run with ``torch.set_num_threads`` equal to numba's thread count (``--threads`` sets
-    both and the BLAS). They alternate over ``--repeats`` rounds, each call after a pause of
-    ``--gap`` seconds (an OpenMP pool keeps spinning after its last call; torch and numba bring
-    one each), after a warm-up until numba has run 1.5 s without compiling. Reported: the
-    medians (min-max), the ratio torch/nemon of the medians (``--stat min``: of the minima;
-    target ≥ 2), the iterations (nemon: per-sample means; torch: the batch's count) and the
+    both and the BLAS). They alternate over ``--repeats`` rounds, after a warm-up until numba
+    has run 1.5 s without compiling; in a round each side makes ``--calls`` calls back to back,
+    as a training loop does, after a pause of ``--gap`` seconds (an OpenMP pool keeps spinning
+    after its last call; torch and numba bring one each), and its time is their mean. (One call
+    timed alone after a pause measures the threads' wake-up instead: 2 to 45 ms for a call of
+    about 1 ms, here.) Reported: the medians of the rounds (min-max), the ratio torch/nemon of
+    the medians (``--stat min``: of the minima; target ≥ 2), the iterations (nemon: per-sample means; torch: the batch's count) and the
     agreement of the two (``max|Δx| ≤ 2 atol/(1 − μ∞)``, relative difference of ``∂/∂A``).
 
 (2) The training loop: ``examples/torch_layer.py`` with its defaults, run as a new process
@@ -82,7 +84,9 @@ GPU_HIDDEN = (100, 1000)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=positive_int, default=11, help="timed rounds of each side (median; default 11)")
-    p.add_argument("--gap", type=float, default=0.2, help="pause before each timed call, seconds (default 0.2)")
+    p.add_argument("--calls", type=positive_int, default=20,
+                   help="calls back to back in a round, timed together (default 20)")
+    p.add_argument("--gap", type=float, default=0.2, help="pause before each round of each side, seconds (default 0.2)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the rounds that the ratio compares (default median; min on a loaded machine)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -172,13 +176,15 @@ def layers(torch, seed: int, n: int, device: str):
     return ours, TorchLayer()
 
 
-def timed(run, sync):
-    """``run()`` (a forward + backward that returns ``x``) and its seconds, the GPU's queue drained."""
+def timed(run, sync, calls: int):
+    """``calls`` calls of ``run()`` (a forward + backward that returns ``x``) back to back: the
+    seconds per call, the GPU's queue drained, and the last ``x``."""
     sync()
     start = time.perf_counter()
-    x = run()
+    for _ in range(calls):
+        x = run()
     sync()
-    return time.perf_counter() - start, x
+    return (time.perf_counter() - start) / calls, x
 
 
 def candidates(torch, ours, theirs, U, R):
@@ -220,7 +226,7 @@ def _steady(run) -> None:
             last = time.perf_counter()
 
 
-def compare(torch, U, seed: int, n: int, repeats: int, gap: float, device: str, stat) -> list:
+def compare(torch, U, seed: int, n: int, repeats: int, per_round: int, gap: float, device: str, stat) -> list:
     """Part (1) at one size: one row for the layers, one for the equilibria alone."""
     ours, theirs = layers(torch, seed, n, device)
     R = torch.from_numpy(np.random.default_rng([seed, 17]).standard_normal((len(U), n)).astype(np.float32)).to(device)
@@ -232,7 +238,7 @@ def compare(torch, U, seed: int, n: int, repeats: int, gap: float, device: str, 
     for _ in range(repeats):
         for key, run in calls.items():
             time.sleep(gap)
-            seconds, xs[key] = timed(run, sync)
+            seconds, xs[key] = timed(run, sync, per_round)
             times[key].append(seconds)
     result = ours.solve(U)
     mu = ours.certificate().mu_inf
@@ -263,7 +269,7 @@ def print_rows(rows) -> bool:
         print(f"{r['batch']:>5} {r['n']:>5} {r['part']:>11} | {cells[0]:>18} {cells[1]:>18} {r['ratio']:>11.2f} | "
               f"{r['fwd_nemon']:>9.1f} {r['fwd_torch']:>9d} {r['adj_torch']:>9d} | {r['dx']:>8.1e} "
               f"{r['dx_bound']:>8.1e} {r['dA']:>8.1e}" + ("" if agree else "  DISAGREE"))
-    print("ms: median (min-max) of forward + backward; layer: from u (W = u B^T + b and its gradients included), "
+    print("ms: median (min-max) over the rounds of a forward + backward's mean time; layer: from u (W = u B^T + b and its gradients included), "
           "equilibrium: from W; fwd nemon: mean per-sample forward iterations (each sample stops on its own); "
           "fwd/adj torch: the batch's iterations (its slowest sample); rel dA: ||dA_nemon - dA_torch|| / ||dA_torch||")
     return ok
@@ -331,11 +337,11 @@ def main(argv=None) -> int:
     sizes = [(b, n) for b in GPU_BATCHES for n in GPU_HIDDEN] if args.device == "cuda" else [(BATCH_SIZE, HIDDEN)]
     print()
     print(f"(1) forward + backward, {N_IN} -> n, relu, float32, atol {ATOL:g}, mu_inf(A) = {GAMMA}, on {args.device}; "
-          f"{args.repeats} alternating rounds, {args.gap:g} s apart; ratio of the {args.stat}s")
+          f"{args.repeats} alternating rounds of {args.calls} calls, {args.gap:g} s apart; ratio of the {args.stat}s")
     rows = []
     for batch, n in sizes:
         U = torch.from_numpy(np.ascontiguousarray(np.resize(X, (batch, N_IN)))).to(args.device)
-        rows += compare(torch, U, args.seed, n, args.repeats, args.gap, args.device,
+        rows += compare(torch, U, args.seed, n, args.repeats, args.calls, args.gap, args.device,
                         min if args.stat == "min" else statistics.median)
     agree = print_rows(rows)
     print(load_average() + " after (1)")

@@ -129,7 +129,7 @@ def train(model, data, *, epochs: int, batch_size: int, lr: float, train_eps: fl
                **result}
         rows.append(row)
         report(f"{epoch:>5} {row['loss']:>9.4f} {row['accuracy']:>9.4f} {row['mu']:>8.4f} "
-               f"{row['iterations']:>10.1f} {seconds:>8.1f}")
+               f"{row['iterations']:>10.1f} {seconds:>8.2f}")
     return rows
 
 

@@ -33,6 +33,8 @@ import solvers
 from contraction import PADDINGS, Conv2d
 from solvers.training import SolverConfig
 
+from . import _fast
+
 __all__ = ["SolveConfig", "NoConvergenceWarning", "fixed_point", "fixed_point_adjoint", "equilibrium", "solve",
            "report"]
 
@@ -187,10 +189,27 @@ def fixed_point(A: torch.Tensor, W: torch.Tensor, config: str) -> tuple[torch.Te
     """``(X, Z, error_bound)``: the equilibria of ``x = σ(A x + w)`` for the rows of ``W``, their
     pre-activations ``Z = A x + w`` and the bound ``‖x − x*‖∞ ≤ r / (1 − max(0, μ∞(A)))``."""
     cfg = config_of(config)
+    fast = None if _device_path(W, cfg) else _fast_forward(A, W, cfg)
+    if fast is not None:
+        return fast
     X, result = solve(A, W, cfg)
     report(result, "forward solve", cfg.on_failure)
     bound = torch.as_tensor(result.error_bound, dtype=torch.float64, device=W.device)
     return X, cfg.product(A, X) + W, bound
+
+
+def _fast_forward(A: torch.Tensor, W: torch.Tensor, cfg: SolveConfig):
+    """``fixed_point``'s outputs from :mod:`._fast` (a dense matrix, the averaged iteration,
+    ``μ∞(A) < 1``), or ``None``: the front door's case."""
+    s = cfg.solver
+    Wh = _host(W)
+    plan = _fast.applies(cfg, s.method, s.atol, _host(A), Wh.dtype) if Wh.flags.c_contiguous else None
+    if plan is None:
+        return None
+    X, Z = torch.empty_like(W), torch.empty_like(W)
+    with _torch_threads_kept():
+        bound = _fast.forward(plan, Wh, cfg.act, s.atol, s.max_iter, X.numpy(), Z.numpy())
+    return None if bound is None else (X, Z, torch.from_numpy(bound))
 
 
 @fixed_point.register_fake
@@ -211,10 +230,16 @@ def fixed_point_adjoint(A: torch.Tensor, Z: torch.Tensor, G: torch.Tensor, confi
 
         V, result = _device.adjoint(A, Z, G, cfg)
     else:
-        Zh = _host(Z)
+        Zh, Gh, s = _host(Z), _host(G), cfg.solver
+        contiguous = Zh.flags.c_contiguous and Gh.flags.c_contiguous and Zh.dtype == Gh.dtype
+        plan = _fast.applies(cfg, s.adjoint_method, s.adjoint_atol, _host(A), Gh.dtype) if contiguous else None
+        if plan is not None:
+            V = torch.empty_like(G)
+            with _torch_threads_kept():
+                if _fast.adjoint(plan, Zh, Gh, cfg.act, s.adjoint_atol, s.max_iter, V.numpy()):
+                    return V
         with _torch_threads_kept():
-            s = cfg.solver
-            lam, result = solvers.solve_adjoint(cfg.host_operator(_host(A)), Zh, _host(G), method=s.adjoint_method,
+            lam, result = solvers.solve_adjoint(cfg.host_operator(_host(A)), Zh, Gh, method=s.adjoint_method,
                                                 atol=s.adjoint_atol, max_iter=s.max_iter, activation=cfg.act,
                                                 engine=s.engine, check=False)  # the forward solve checked A
         V = torch.from_numpy(lam * cfg.act.derivative(Zh))

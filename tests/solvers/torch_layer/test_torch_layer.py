@@ -175,6 +175,60 @@ def test_failures_are_reported_as_the_solver_reports_them():
         x.sum().backward()
 
 
+@pytest.mark.parametrize("dtype, activation", [(torch.float32, "relu"), (torch.float64, "tanh")])
+def test_fast_path_is_taken_and_solves_as_the_front_door(monkeypatch, dtype, activation):
+    """The dense averaged case skips the front door (solvers.solve would raise here) and returns
+    what it returns: the same equilibria, to the bit (the same block solver), ``Z`` the
+    pre-activation at them, ``V = λ ⊙ σ'(Z)`` of the front door's adjoint, the same bounds."""
+    from solvers.torch._ops import SolveConfig, config_of
+
+    rng = np.random.default_rng(3)
+    n, batch = 12, 40
+    A = contraction.project_mu_inf(rng.standard_normal((n, n)) / np.sqrt(n), 0.9)
+    W = rng.standard_normal((batch, n))
+    G = rng.standard_normal((batch, n))
+    A_t, W_t, G_t = (torch.from_numpy(a).to(dtype) for a in (A, W, G))
+    key = SolveConfig(activation=activation).key
+    cfg = config_of(key)
+    kw = dict(atol=cfg.solver.atol, max_iter=cfg.solver.max_iter, activation=cfg.act)
+    ref = solvers.solve(A_t.numpy(), W_t.numpy(), **kw)
+    Z_ref = (torch.from_numpy(ref.x) @ A_t.t() + W_t).numpy()
+    lam, adj = solvers.solve_adjoint(A_t.numpy(), Z_ref, G_t.numpy(), **kw)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the front door was called")
+
+    monkeypatch.setattr(solvers, "solve", refuse)
+    monkeypatch.setattr(solvers, "solve_adjoint", refuse)
+    X, Z, bound = torch.ops.nemon.fixed_point(A_t, W_t, key)
+    assert torch.equal(X, torch.from_numpy(ref.x))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(Z, X @ A_t.t() + W_t, atol=tol, rtol=0)
+    np.testing.assert_allclose(bound.numpy(), ref.error_bound, rtol=1e-12)
+    V = torch.ops.nemon.fixed_point_adjoint(A_t, Z, G_t, key)
+    expected = lam * cfg.act.derivative(Z_ref.astype(np.float64))
+    np.testing.assert_allclose(V.numpy(), expected, atol=10 * tol * np.abs(expected).max())
+    assert adj.success and ref.success
+
+
+def test_fast_path_hands_other_cases_to_the_front_door(monkeypatch):
+    """A matrix outside the guarantee (μ∞ ≥ 1) and a failed solve go through the front door."""
+    import solvers.torch._fast as fast
+
+    calls = []
+    real = solvers.solve
+    monkeypatch.setattr(solvers, "solve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    u = torch.randn(3, 4, dtype=torch.float64)
+    dense_layer()(u)
+    assert not calls  # the fast path
+    dense_layer(max_iter=1, on_failure="ignore")(u)
+    assert len(calls) == 1  # failed in the fast path, reported by the front door
+    A = 1.1 * np.eye(5) - 0.05
+    assert fast.applies(dense_layer().config, "average", 1e-4, A, np.float64) is None
+    assert fast.applies(dense_layer().config, "anderson", 1e-4, 0.5 * A, np.float64) is None
+    assert fast.applies(dense_layer().config, "average", 1e-4, 0.5 * A, np.float64) is not None
+
+
 def test_unprojected_matrix_warns_with_the_violated_condition():
     layer = set_parameters(dense_layer(max_iter=3, on_failure="ignore"), 1.2 * np.eye(5))
     with pytest.warns(solvers.NotGuaranteedWarning, match="not well-posed in any weighted l-inf norm"):

@@ -451,7 +451,7 @@ def print_epoch(r: dict, n_train: int, n_test: int) -> bool:
     agree = gap <= TARGET_ACC_GAP
     print(f"torch/nemon = {ratio:.2f}; nemon s: the whole train() call (its per-batch sum "
           f"{r['nemon_batches_s']:.2f} s, torch/nemon per step {r['torch_s'] / r['nemon_batches_s']:.2f}; the rest is "
-          "the trainer's end-of-epoch work, chiefly its collapse check, a forward pass over training images); "
+          "the trainer's end-of-epoch work); "
           "iterations: nemon per sample (each stops on its own), torch the batch's count (its slowest sample)")
     print(f"test accuracy on the first {n_test:,} test images: difference {gap:.4f} -> "
           f"{'agree' if agree else 'DISAGREE'} within {TARGET_ACC_GAP}; nemon mu_inf(A) = {r['mu_inf']:.4f}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -338,6 +339,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             perm = np.random.default_rng([cfg.seed, state.epoch]).permutation(N)
             bar = _progress(progress, n_batches, state.epoch, cfg.epochs, initial=state.batch)
             p = state.partial
+            recent = _RecentOutputs()
             while state.batch < n_batches:
                 t0 = time.perf_counter()
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
@@ -349,6 +351,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 finally:
                     flag["gradient"] = False
                 value, grads, stats = step_result.value, step_result.grads, step_result.stats
+                recent.add(stats["logits"])
                 if cfg.interval_eps > 0:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
                     k = cfg.interval_weight
@@ -393,7 +396,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             state.partial = _new_partial()
             if callback is not None:
                 callback(record)
-            problem = _collapse(net, X, y, record, cfg, solver)
+            problem = _collapse(recent, record, cfg, net.n_out)
             if problem:
                 raise TrainingCollapsed(problem, history)
             if flag["stop"]:  # Ctrl-C in the last batch of an epoch (the last one's too): stop all the same
@@ -412,22 +415,39 @@ class TrainingCollapsed(RuntimeError):
         self.history = history
 
 
-#: Samples of the training set on which the end of each epoch checks for a collapse.
+#: Samples on which the end of each epoch checks for a collapse: the epoch's last ones.
 COLLAPSE_SAMPLES = 1000
 
 
-def _collapse(net, X, y, record, cfg: TrainConfig, solver) -> str | None:
-    """A message when the network has collapsed (its outputs are the same for every one of
-    the first :data:`COLLAPSE_SAMPLES` training inputs), else ``None``."""
-    U = X[:COLLAPSE_SAMPLES]
-    Y = net.forward(U, solver).astype(np.float64)
-    if np.ptp(Y, axis=0).max() > 1e-6 * (1.0 + np.abs(Y).max()):
+class _RecentOutputs:
+    """The network's outputs on the last :data:`COLLAPSE_SAMPLES` training inputs of an epoch,
+    batch by batch, as the training steps computed them (a collapse check at the end of the
+    epoch then costs no forward pass: on a convolutional layer one over 1,000 inputs took longer
+    than a short epoch)."""
+
+    def __init__(self):
+        self.batches = collections.deque()
+        self.rows = 0
+
+    def add(self, Y: np.ndarray) -> None:
+        self.batches.append(np.array(Y, dtype=np.float64))
+        self.rows += len(Y)
+        while self.batches and self.rows - len(self.batches[0]) >= COLLAPSE_SAMPLES:
+            self.rows -= len(self.batches.popleft())
+
+
+def _collapse(recent: _RecentOutputs, record, cfg: TrainConfig, q: int) -> str | None:
+    """A message when the network has collapsed, else ``None``: within every one of the epoch's
+    last batches (:class:`_RecentOutputs`) its outputs are the same for every input. (Batch by
+    batch: a dead network's outputs are its readout bias, which each step still moves.)"""
+    batches = [Y for Y in recent.batches if len(Y) > 1]
+    if not batches or any(np.ptp(Y, axis=0).max() > 1e-6 * (1.0 + np.abs(Y).max()) for Y in batches):
         return None
     epoch = record["epoch"]
-    lines = [f"the network collapsed in epoch {epoch}: its outputs are the same for all of the first {len(U)} "
-             "training inputs (no hidden unit responds to the input, so no gradient can bring it back)"]
+    lines = [f"the network collapsed in epoch {epoch}: its outputs were the same for every input of each of the "
+             f"epoch's last {len(batches)} batches ({recent.rows} training inputs): no hidden unit responds to the "
+             "input, so no gradient can bring it back"]
     if cfg.loss == "cross_entropy":
-        q = net.n_out
         lines.append(f"training loss {record['loss']:.4f} (log {q} = {np.log(q):.4f}: no information), "
                      f"train accuracy {record['train_acc']:.3f} (chance {1 / q:.3f})")
     if cfg.interval_eps > 0:

@@ -13,6 +13,11 @@ returns ``V = λ ⊙ σ'(Z)``. The autograd formula of ``fixed_point`` (DESIGN.m
 written with torch operations and the adjoint operator, so ``torch.compile`` traces both passes
 (each operator has a fake implementation for shapes). Double backward is not supported.
 
+On the CPU, a dense layer's averaged solves with ``μ∞(A) < 1`` skip the front door
+(:mod:`._fast`: the engine's block solver in one compiled call, ``Z`` its last product, ``V``
+formed inside); every other case, and any failed solve, goes through :func:`solvers.solve` and
+:func:`solvers.solve_adjoint`, whose results the failure reports quote.
+
 The operators take the solve's options as one string (``config``, a :class:`SolveConfig` as JSON):
 the dispatcher passes only tensors and scalars, and a string is a constant to the compiler.
 """

@@ -321,8 +321,13 @@ def _test_run(settings: _Settings, name: str, checkpoint: str, seed: int, traine
 
 
 def _mean_std(values) -> tuple:
+    """``(mean, sample std)``; the same value on every seed (one seed, or a bound that is
+    infinite on every seed) has std 0, and a mix of infinite and finite values std NaN."""
     values = np.asarray(values, dtype=float)
-    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    if (values == values[0]).all():
+        return float(values[0]), 0.0
+    with np.errstate(invalid="ignore"):
+        return float(values.mean()), float(values.std(ddof=1))
 
 
 def _choose(spec: ModelSpec, runs: list, settings: _Settings, log):
@@ -461,7 +466,7 @@ def format_reproduce_table(rows) -> str:
 
     def cell(stats, fmt):
         mean, std = stats
-        return fmt.format(mean) + (f"±{fmt.format(std)}" if spread and fmt != "{:.0f}" else "")
+        return fmt.format(mean) + (f"±{fmt.format(std)}" if spread and fmt != "{:.0f}" and np.isfinite(mean) else "")
 
     table = [["model", "seeds"] + [h for _, h, _ in cols] + ["chosen"]]
     for r in rows:

@@ -173,3 +173,21 @@ def test_bad_arguments_and_a_foreign_results_file_are_refused(tmp_path):
         reproduce(models=[PLAIN], out_dir=old, **TINY)
     assert "--out" in str(info.value)
     assert (old / "results.json").read_text() == '{"status": "finished", "rows": []}'
+
+
+def test_an_infinite_bound_on_every_seed_prints_as_inf_without_a_warning(recwarn):
+    """An unconstrained model's Lipschitz bound is infinite on every seed: its mean is inf with
+    std 0 (numpy's inf − inf would warn and give NaN), and the table prints it alone."""
+    assert rp._mean_std([np.inf, np.inf, np.inf]) == (np.inf, 0.0)
+    assert rp._mean_std([0.5, 0.5]) == (0.5, 0.0)
+    mean, std = rp._mean_std([0.1, 0.3])
+    assert mean == pytest.approx(0.2) and std == pytest.approx(np.sqrt(0.02))
+    assert np.isnan(rp._mean_std([1.0, np.inf])[1])
+    columns = ["params", "val_accuracy", "accuracy", "mu_inf", "lipschitz_tight", "lipschitz_paper", "cert@0.1",
+               "pgd@0.1", "forward_iterations_mean", "epochs", "train_s"]
+    stats = {c: rp._mean_std([1.0, 2.0]) for c in columns}
+    stats["lipschitz_tight"] = stats["lipschitz_paper"] = rp._mean_std([np.inf] * 2)
+    table = rp.format_reproduce_table([{"model": "implicit none", "seeds": [0, 1], "stats": stats,
+                                        "chosen": {"lr": 0.001}}])
+    assert " inf " in table and "inf±" not in table and "nan" not in table and "1.5000±0.7071" in table
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -41,6 +41,11 @@ SMALL = {
     "nemon sweep examples/sweep.toml --out out/sweep": ["--workers", "2", "--no-progress"],
     'nemon reproduce --models "implicit mu_inf + interval" --out out/interval':
         ["--dataset", "digits", "--epochs", "1", "--seeds", "2", "--samples", "30", "--workers", "0", "--no-progress"],
+    'nemon reproduce --models "implicit mu_inf,implicit mu_inf + Lipschitz,implicit norm_inf,feed-forward ReLU,'
+    'implicit none,implicit nemon_param,feed-forward ReLU + interval" --out out/rows':
+        ["--dataset", "digits", "--epochs", "1", "--seeds", "1", "--samples", "20", "--workers", "0", "--no-progress"],
+    'nemon reproduce --models "implicit mon" --out out/mon':
+        ["--dataset", "digits", "--epochs", "1", "--seeds", "1", "--samples", "20", "--workers", "0", "--no-progress"],
 }
 
 
@@ -89,5 +94,5 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
         assert "Traceback" not in err, command
     for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/compare.png",
                  "out/certify.png", "out/attack.png", "out/reproduce/results.json", "out/sweep/summary.csv",
-                 "out/interval/results.csv"):
+                 "out/interval/results.csv", "out/rows/results.csv", "out/mon/results.csv"):
         assert Path(path).is_file(), path

@@ -23,8 +23,8 @@
     after its last call; torch and numba bring one each), and its time is their mean. (One call
     timed alone after a pause measures the threads' wake-up instead: 2 to 45 ms for a call of
     about 1 ms, here.) Reported: the medians of the rounds (min-max), the ratio torch/nemon of
-    the medians (``--stat min``: of the minima; target ≥ 2), the iterations (nemon: per-sample means; torch: the batch's count) and the
-    agreement of the two (``max|Δx| ≤ 2 atol/(1 − μ∞)``, relative difference of ``∂/∂A``).
+    the medians (``--stat min``: of the minima; target ≥ 2), the iterations (nemon: per-sample
+    means; torch: the batch's count) and the agreement of the two (``max|Δx| ≤ 2 atol/(1 − μ∞)``, relative difference of ``∂/∂A``).
 
 (2) The training loop: ``examples/torch_layer.py`` with its defaults, run as a new process
     (imports, data, numba's cache and evaluation included): its final test accuracy and its
@@ -269,7 +269,8 @@ def print_rows(rows) -> bool:
         print(f"{r['batch']:>5} {r['n']:>5} {r['part']:>11} | {cells[0]:>18} {cells[1]:>18} {r['ratio']:>11.2f} | "
               f"{r['fwd_nemon']:>9.1f} {r['fwd_torch']:>9d} {r['adj_torch']:>9d} | {r['dx']:>8.1e} "
               f"{r['dx_bound']:>8.1e} {r['dA']:>8.1e}" + ("" if agree else "  DISAGREE"))
-    print("ms: median (min-max) over the rounds of a forward + backward's mean time; layer: from u (W = u B^T + b and its gradients included), "
+    print("ms: median (min-max) over the rounds of a forward + backward's mean time; "
+          "layer: from u (W = u B^T + b and its gradients included), "
           "equilibrium: from W; fwd nemon: mean per-sample forward iterations (each sample stops on its own); "
           "fwd/adj torch: the batch's iterations (its slowest sample); rel dA: ||dA_nemon - dA_torch|| / ||dA_torch||")
     return ok

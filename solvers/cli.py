@@ -360,7 +360,7 @@ def train_config(args):
                        gamma=args.gamma, lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
                        interval_eps=args.interval_eps, interval_weight=args.interval_weight,
                        interval_ramp=args.interval_ramp, forward_method=args.forward_method or "",
-                       diag_min=args.diag_min)
+                       diag_min=args.diag_min, shift=args.shift, flip=args.flip)
 
 
 DEFAULT_CHECKPOINT = "out/model.npz"
@@ -387,7 +387,7 @@ RESUME_FIXED = {
     "val_fraction": lambda net, config, saved: saved.get("val_fraction"),
     **{name: _config_field(name) for name in (
         "batch_size", "lr", "optimizer", "schedule", "constraint", "gamma", "diag_min", "lipschitz_weight", "atol",
-        "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method")},
+        "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method", "shift", "flip")},
 }
 
 
@@ -459,7 +459,7 @@ def cmd_train(args) -> int:
           f"constraint {config.constraint} (gamma {config.gamma}"
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
           f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
-          f"{ramp}")
+          f"{ramp}{_augment_words(config)}")
     print(format_epoch_table([], header=True))
 
     def show(record):
@@ -489,6 +489,12 @@ def cmd_train(args) -> int:
         fig = plot_history(hist, figure, n_classes=net.n_out)
         print(f"figure: {fig}")
     return 0
+
+
+def _augment_words(config) -> str:
+    moves = [f"shifts up to {config.shift} px"] if config.shift else []
+    moves += ["left-right flips"] if config.flip else []
+    return f", augmented by {' and '.join(moves)}" if moves else ""
 
 
 def _new_network(args, n_in: int, n_out: int):
@@ -872,6 +878,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forward-method", default=None, choices=METHODS,
                    help="forward (and embedded-network) solver; default the constraint's own (average; "
                         "peaceman_rachford for mon); anderson needs fewer iterations")
+    p.add_argument("--shift", type=nonnegative_int, default=0, metavar="PIXELS",
+                   help="augment: move each training image by a random offset of up to PIXELS each way, "
+                        "anew every epoch (0: off)")
+    p.add_argument("--flip", action="store_true", help="augment: mirror each training image left-right with "
+                                                         "probability 1/2, anew every epoch")
     p.add_argument("--activation", choices=list(ACTIVATIONS), default="relu", help="activation sigma")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter dtype")
     p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine (may change on resume)")

@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from _cli_helpers import run
+from _cli_helpers import one_clean_line, run
 from solvers.training import ImplicitNetwork, load_training, save
 
 EPOCH_COLUMNS = ("epoch", "loss", "train_acc", "val_acc", "mu_inf", "alpha_star", "fwd_iters", "adj_iters",
@@ -165,6 +165,28 @@ def test_train_diag_min_is_applied_recorded_and_resumed(tmp_path):
     assert load_training(tmp_path / "d2.npz")[1].config.diag_min == -0.2
     code, _, err = run(*train_args(tmp_path, "bad", 1, "--constraint", "norm_inf", "--diag-min", "-1"))
     assert code == 2 and "diag_min" in err
+
+
+def test_train_augments_records_and_resumes_shift_and_flip(tmp_path):
+    code, out, err = run(*train_args(tmp_path, "a", 1, "--shift", 1, "--flip"))
+    assert code == 0, err
+    assert "augmented by shifts up to 1 px and left-right flips" in out
+    _, history, _ = load_training(tmp_path / "a.npz")
+    assert (history.config.shift, history.config.flip) == (1, True)
+    code, out, err = run(*train_args(tmp_path, "a2", 2, "--resume", tmp_path / "a.npz"))
+    assert code == 0, err
+    assert "augmented by shifts up to 1 px and left-right flips" in out
+    config = load_training(tmp_path / "a2.npz")[1].config
+    assert (config.shift, config.flip) == (1, True)
+    code, _, err = run(*train_args(tmp_path, "a3", 3, "--resume", tmp_path / "a2.npz", "--shift", 2))
+    assert code == 2
+    one_clean_line(err, "--shift 2 (the checkpoint's: 1)")
+    code, _, err = run(*train_args(tmp_path, "big", 1, "--shift", 8))
+    assert code == 2
+    one_clean_line(err, "shift must be smaller than the 8x8 images, got 8")
+    assert not (tmp_path / "big.npz").exists()
+    code, _, err = run(*train_args(tmp_path, "neg", 1, "--shift", -1))
+    assert code == 2 and "--shift" in err and "Traceback" not in err
 
 
 # -- resume -----------------------------------------------------------------------------------

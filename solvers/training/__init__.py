@@ -6,6 +6,7 @@ projected-gradient trainer (:func:`train`), data sets (:func:`load_dataset`) and
 checkpoints (:func:`save`, :func:`load`).
 """
 
+from ._augment import augment_images
 from ._checkpoint import CheckpointError, load, load_training, save
 from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx, split_validation
@@ -45,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "TrainerState",
     "TrainingCollapsed",
+    "augment_images",
     "ModelSpec",
     "ReproduceInterrupted",
     "certified_accuracy",

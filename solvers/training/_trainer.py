@@ -15,6 +15,7 @@ import contraction
 from solvers import METHODS
 from solvers.engine import blas_threads_for, compilation
 
+from ._augment import augment_images, image_shape_of
 from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
 from ._network import LOSSES, ImplicitNetwork, SolverConfig, check_count, check_real
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
@@ -49,12 +50,17 @@ class TrainConfig:
     interval_ramp: int | None = None  # None = a third of the epochs, at least 1 (see resolved)
     forward_method: str = ""  # "" = the constraint's own (see train)
     diag_min: float | None = None
+    shift: int = 0  # random translations of the training images, at most this many pixels
+    flip: bool = False  # random left-right mirroring of the training images
 
     def __post_init__(self):
         # Counts are integers: 2.7 epochs or batch_size=True is a mistake, not something to truncate.
         check_count(self.epochs, "epochs", 0)
         check_count(self.batch_size, "batch_size")
         check_count(self.seed, "seed", 0)
+        check_count(self.shift, "shift", 0)
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise ValueError(f"flip must be True or False, got {self.flip!r}")
         if self.interval_ramp is not None:
             check_count(self.interval_ramp, "interval_ramp", 0)
         if self.constraint not in CONSTRAINTS:
@@ -260,6 +266,13 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         Forward and adjoint solver tolerances.
     seed : int
         Batch order: epoch ``e`` uses ``default_rng([seed, e]).permutation(N)``.
+    shift, flip
+        Data augmentation of image inputs: every epoch trains on a new copy of ``X`` in which
+        each image is moved by a random offset of at most ``shift`` pixels in each direction
+        (zero fill) and, with ``flip``, mirrored left to right with probability 1/2
+        (:func:`augment_images`, drawn from ``default_rng([seed, e, 1])``: a resumed run sees
+        the same images). Images are the network's ``in_shape`` (convolutional) or one square
+        channel (dense). Validation and test inputs are never augmented.
     X_val, y_val : arrays, optional
         Evaluated after every epoch (passed to ``train``, not part of the config).
     progress : bool
@@ -319,6 +332,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         y = net.check_labels(y, len(y)).astype(np.int64, copy=False)  # once here, not on every batch
     N = len(X)
     n_batches = (N + cfg.batch_size - 1) // cfg.batch_size
+    shape = image_shape_of(net, net.n_in) if cfg.shift or cfg.flip else None
+    if shape is not None and cfg.shift >= min(shape[1:]):
+        raise ValueError(f"shift must be smaller than the {shape[1]}x{shape[2]} images, got {cfg.shift}")
     sched = Schedule(cfg.schedule, cfg.epochs * n_batches)
 
     if resume is not None:
@@ -337,6 +353,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     with _interrupt_flag() as flag, blas_threads_for(cfg.batch_size, net.n_hidden):
         while state.epoch < cfg.epochs:
             perm = np.random.default_rng([cfg.seed, state.epoch]).permutation(N)
+            Xe = X
+            if shape is not None:
+                Xe = augment_images(X, shape, cfg.shift, cfg.flip, np.random.default_rng([cfg.seed, state.epoch, 1]))
             bar = _progress(progress, n_batches, state.epoch, cfg.epochs, initial=state.batch)
             p = state.partial
             recent = _RecentOutputs()
@@ -345,7 +364,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
                 flag["gradient"] = True
                 try:
-                    step_result = net.compute_gradients(X, y, cfg.loss, solver=solver, rows=idx)
+                    step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
                 except KeyboardInterrupt:  # raised by the handler while compiling: no update made
                     break
                 finally:
@@ -355,7 +374,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 if cfg.interval_eps > 0:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
                     k = cfg.interval_weight
-                    rvalue, rgrads = interval_loss_and_grad(net, X[idx], y[idx], eps, solver=solver)
+                    rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver)
                     value = (1 - k) * value + k * rvalue
                     grads = {key: ((1 - k) * g + k * rgrads[key]).astype(net.dtype) for key, g in grads.items()}
                 if cfg.lipschitz_weight > 0:

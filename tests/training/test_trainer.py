@@ -232,6 +232,27 @@ def test_resume_after_ctrl_c_equals_uninterrupted_run(constraint, dtype, schedul
         np.testing.assert_array_equal(h3.state.optimizer.v[key], h_ref.state.optimizer.v[key])
 
 
+@pytest.mark.parametrize("k", [3, 9])
+def test_resume_after_ctrl_c_with_augmentation_equals_uninterrupted_run(k, small, tmp_path):
+    """Augmented images are drawn per epoch from the seed, so a run resumed mid-epoch trains on
+    the images the uninterrupted run trained on."""
+    X, y = small[0][:N_RESUME], small[1][:N_RESUME]
+    kwargs = dict(epochs=2, batch_size=BATCH_RESUME, lr=1e-2, schedule="cosine", seed=4, shift=2, flip=True,
+                  progress=False)
+    ref = ImplicitNetwork(64, 8, 10, seed=1)
+    h_ref = train(ref, X, y, **kwargs)
+    net = ImplicitNetwork(64, 8, 10, seed=1)
+    sigint_at(net, k)
+    h1 = train(net, X, y, **kwargs)
+    assert h1.interrupted and h1.state.optimizer.t == k
+    net2, h2, _ = load_training(save(net, tmp_path / "interrupted.npz", history=h1))
+    assert (h2.config.shift, h2.config.flip) == (2, True)
+    h3 = train(net2, X, y, resume=h2, **kwargs)
+    assert not h3.interrupted
+    assert_same_parameters(net2, ref)
+    same_records(h3.epochs, h_ref.epochs)
+
+
 def test_resume_in_memory_without_a_checkpoint(small):
     X, y = small[0][:N_RESUME], small[1][:N_RESUME]
     kwargs = dict(epochs=2, batch_size=BATCH_RESUME, lr=1e-2, progress=False)

@@ -1,10 +1,10 @@
 """Data augmentation for image inputs: random translations and horizontal flips.
 
-A small training set (mnist5k: 4,600 training images) is learnt by heart long before the
-network stops improving on held-out images; moving every image by a few pixels each epoch is
-the standard remedy and costs one copy of the training set per epoch. The images stay in the
-inputs' flat row-major layout (channel, row, column), so dense and convolutional networks take
-the same augmented arrays.
+A small training set (mnist5k: 3,600 training images beside its validation split) is learnt
+by heart long before the network stops improving on held-out images; moving every image by a
+few pixels each epoch is the standard remedy and costs one copy of the training set per epoch.
+The images stay in the inputs' flat row-major layout (channel, row, column), so dense and
+convolutional networks take the same augmented arrays.
 """
 
 from __future__ import annotations

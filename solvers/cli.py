@@ -654,7 +654,9 @@ def cmd_sweep(args) -> int:
     for f in result.files:
         print(f"wrote {f}")
     if result.failed:
-        print(f"{len(result.failed)} runs failed (not recorded; a rerun tries them again):", file=sys.stderr)
+        n = len(result.failed)
+        print(f"{n} run{'s' if n != 1 else ''} failed (not recorded; a rerun tries {'them' if n != 1 else 'it'} again):",
+              file=sys.stderr)
         for key, reason in result.failed.items():
             print(f"  {key}: {reason}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ A spec is a TOML file::
 
 Each run is one Dask task (:func:`run_one`): it loads its data set itself, holds out the
 validation split (``val_fraction``, default 0.1), trains, saves its checkpoint under
-``DIR/runs/`` and scores the *validation* split: clean accuracy, and interval-certified and
+``DIR/runs/`` (its epoch table, written as each epoch ends, beside it in ``KEY.log``) and scores the *validation* split: clean accuracy, and interval-certified and
 PGD accuracy at each ``eps``. The client appends each finished run to ``DIR/results.jsonl``
 at once (one JSON object per line: ``key``, ``config`` -- the run's full options --,
 ``metrics``, ``checkpoint``, ``seconds``, ``versions``), never the same configuration twice,
@@ -184,18 +184,37 @@ def run_one(config: dict, checkpoint: str, eps=()) -> dict:
 
     Returns the record :func:`sweep` appends to ``results.jsonl``; raises ``RuntimeError``
     with the reason when the run fails (bad data, a collapsed network)."""
+    args = argparse.Namespace(**config, out=checkpoint, figure=None, force=True, resume=None, no_progress=True,
+                              download=False, given=set())
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(checkpoint).with_suffix(".log"), "w", encoding="utf-8") as log:
+        try:
+            return _train_and_score(config, checkpoint, eps, args, log)
+        except RuntimeError as exc:
+            log.write(f"failed: {exc}\n")
+            raise
+
+
+def _train_and_score(config, checkpoint, eps, args, log) -> dict:
+    """:func:`run_one`'s work; ``log`` receives the run's epoch table, one line per epoch as it
+    finishes (``tail -f DIR/runs/KEY.log`` follows a long run)."""
     from . import cli
     from . import training as tr
 
-    args = argparse.Namespace(**config, out=checkpoint, figure=None, force=True, resume=None, no_progress=True,
-                              download=False, given=set())
+    def show(record):
+        log.write(tr.format_epoch_table([record], header=False) + "\n")
+        log.flush()
+
+    log.write(f"{json.dumps(config, sort_keys=True)}\n{tr.format_epoch_table([], header=True)}\n")
+    log.flush()
     try:
         Xtr, ytr, Xval, yval, _, _ = cli.load_data(args, validation=True)
         if Xval is None:
             raise RuntimeError("a sweep scores runs on validation: val_fraction must be > 0")
         net = cli._new_network(args, Xtr.shape[1], int(ytr.max()) + 1)
         net.solver = dataclasses.replace(net.solver, engine=args.engine)
-        history = tr.train(net, Xtr, ytr, cli.train_config(args), X_val=Xval, y_val=yval, progress=False)
+        history = tr.train(net, Xtr, ytr, cli.train_config(args), X_val=Xval, y_val=yval, progress=False,
+                           callback=show)
     except cli.CLIError as exc:
         raise RuntimeError(str(exc)) from None
     except tr.TrainingCollapsed as exc:
@@ -205,7 +224,8 @@ def run_one(config: dict, checkpoint: str, eps=()) -> dict:
                "mu_inf": history.epochs[-1]["mu_inf"], "lipschitz": history.epochs[-1]["lipschitz"],
                "epochs": len(history.epochs), "train_seconds": sum(r["seconds"] for r in history.epochs)}
     metrics.update(_robust_scores(net, Xval, yval, eps, seed=config.get("seed", 0)))
-    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    log.write(f"validation accuracy {metrics['val_accuracy']:.4f} ({metrics['val_samples']} samples), "
+              f"{metrics['train_seconds']:.1f} s of training\n")
     tr.save(net, checkpoint, history=history,
             metrics={"dataset": args.dataset, "data_seed": args.data_seed, "train_samples": args.train_samples,
                      "val_fraction": args.val_fraction, "sweep": metrics})
@@ -258,7 +278,7 @@ def sweep(spec_path, out_dir, scheduler: str | None = None, workers: int | None 
     records = [done[k] for k in keys if k in done]
     rows = summarise(records, spec)
     chosen = _choose_and_test(rows, records, spec) if rows else None
-    files = [results] + _write_summary(out, rows, chosen, spec)
+    files = [results] * results.exists() + _write_summary(out, rows, chosen, spec)  # none if every run failed
     return SweepResult(records, failed, skipped, rows, chosen, files)
 
 

@@ -93,6 +93,11 @@ def test_workers_0_runs_the_sweep_in_this_process(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 and {r["worker"] for r in records} == {f"{os.uname().nodename}:{os.getpid()}"}
     assert "chosen on validation accuracy" in stdout
+    for r in records:  # each run's epoch table, beside its checkpoint, as nemon train prints it
+        lines = Path(r["checkpoint"]).with_suffix(".log").read_text().splitlines()
+        assert json.loads(lines[0]) == r["config"] and lines[1].split()[:3] == ["epoch", "loss", "train_acc"]
+        assert lines[2].split()[0] == "1" and len(lines) == 4
+        assert lines[3].startswith(f"validation accuracy {r['metrics']['val_accuracy']:.4f} (")
     code, _, err = run("sweep", spec, "--out", tmp_path / "out", "--workers", 0, "--scheduler", "tcp://127.0.0.1:1")
     assert code == 2 and "--workers sizes the local cluster" in err
 
@@ -226,3 +231,17 @@ def test_a_killed_workers_run_is_retried_on_the_other_and_recorded_once(tmp_path
         assert json.loads(records[0])["worker"].endswith(f":{[p for w, p in pids.items() if w != victim][0]}")
     finally:
         _stop(procs)
+
+
+def test_a_failed_run_is_reported_and_its_log_says_why(tmp_path):
+    (tmp_path / "empty").mkdir()
+    spec = write(tmp_path, f'[base]\ndataset = "mnist"\ndata_dir = "{tmp_path / "empty"}"\nepochs = 1\n\n'
+                           '[grid]\nseed = [0]\n')
+    code, stdout, err = run("sweep", spec, "--out", tmp_path / "out", "--workers", 0, "--no-progress")
+    logs = list((tmp_path / "out" / "runs").glob("*.log"))
+    assert len(logs) == 1 and not (tmp_path / "out" / "results.jsonl").exists()
+    assert "wrote " + str(tmp_path / "out" / "results.jsonl") not in stdout  # nothing recorded, none claimed
+    reason = logs[0].read_text().splitlines()[-1]
+    assert reason.startswith("failed: ") and "empty" in reason, reason
+    assert code == 1 and "1 run failed (not recorded; a rerun tries it again):" in err
+    assert reason[len("failed: "):] in err

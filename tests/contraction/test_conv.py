@@ -212,6 +212,7 @@ def test_a_strided_convolution_keeps_every_strided_row_and_its_adjoint_is_the_tr
     rows = np.arange(full.n_out).reshape(3, 6, 4)[:, ::2, ::2].reshape(-1)
     np.testing.assert_array_equal(op.to_dense(), full.to_dense()[rows])
     X, Y = rng.standard_normal((2, op.n_in)), rng.standard_normal((2, op.n_out))
+    np.testing.assert_allclose(op.apply(X), X @ op.to_dense().T, atol=1e-12)
     np.testing.assert_allclose(op.apply_T(Y), Y @ op.to_dense(), atol=1e-12)
     assert np.abs(op.to_dense()).sum(axis=1).max() <= op.norm_inf() + 1e-12
     if padding == "circular":

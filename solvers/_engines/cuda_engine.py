@@ -33,7 +33,7 @@ from numba import cuda, float64
 
 from contraction import Conv2d
 
-from .kernels import ANDERSON_REG, IDENTITY, RUNNING, act_derivative, act_prox, act_value, classify, solve_small_py
+from .kernels import ANDERSON_REG, FLUSH, IDENTITY, RUNNING, act_derivative, act_prox, act_value, classify, solve_small_py
 from .operators import _half_spectrum_weights, _twiddles, conv
 from .task import Task
 
@@ -335,7 +335,8 @@ def _solver(product, resolvent):
                 return
             if method < FORWARD_BACKWARD:
                 for i in range(t, n, nt):
-                    X[s, i] += alpha * (act_value(code, slope, Z[s, i]) - X[s, i])
+                    v = X[s, i] + alpha * (act_value(code, slope, Z[s, i]) - X[s, i])
+                    X[s, i] = 0.0 if abs(v) < FLUSH else v  # as the CPU engines (kernels.FLUSH)
             elif method == FORWARD_BACKWARD:
                 for i in range(t, n, nt):
                     X[s, i] = act_prox(code, slope, alpha, (1.0 - alpha) * X[s, i] + alpha * Z[s, i])

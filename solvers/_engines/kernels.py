@@ -18,7 +18,7 @@ from .._activations import PROX_NEWTON_STEPS, PROX_TOL
 
 __all__ = [
     "RUNNING", "SUCCESS", "MAX_ITER", "DIVERGED", "NONFINITE",
-    "DIVERGENCE_RATIO", "ANDERSON_REG",
+    "DIVERGENCE_RATIO", "ANDERSON_REG", "FLUSH",
     "RELU", "LEAKY_RELU", "HARD_TANH", "TANH", "SOFTPLUS", "IDENTITY",
     "classify", "act_value", "act_derivative", "act_prox", "solve_small", "compiled_only",
 ]
@@ -34,6 +34,12 @@ NONFINITE = 3
 DIVERGENCE_RATIO = 1e6
 #: Relative Tikhonov regularisation of Anderson's normal equations.
 ANDERSON_REG = 1e-10
+#: The averaged step sets an iterate entry below this magnitude to 0. A unit that ReLU turns off
+#: decays as ``(1 − α)^k`` and, left alone, reaches float32's subnormal numbers (below 1.2e-38)
+#: after 60-odd iterations at α = 0.75, where every CPU product on it costs 5-100 times more: a
+#: trained conv layer's 69-iteration solve took 1.14 s instead of about 0.2 s. The change is at
+#: most 1e-30 per entry, far below any tolerance, and moves the entry towards its fixed point 0.
+FLUSH = 1e-30
 
 # Activation codes (the values of :data:`solvers.ACTIVATIONS`; IDENTITY: the adjoint's).
 RELU = 0

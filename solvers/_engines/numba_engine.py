@@ -37,6 +37,7 @@ from . import compilation
 from .blocks import PRANGE_ONLY, blas_policy, block_bounds, serial_work, use_blocks
 from .kernels import (
     ANDERSON_REG,
+    FLUSH,
     HARD_TANH,
     IDENTITY,
     LEAKY_RELU,
@@ -403,7 +404,8 @@ def _row_step(step, act, state, g, x, t, z, r):
         def averaged(step, act, state, g, x, t, z, r):
             a = step.alpha
             for i in range(x.shape[0]):
-                x[i] += a * (t[i] - x[i])
+                v = x[i] + a * (t[i] - x[i])
+                x[i] = 0.0 if abs(v) < FLUSH else v  # never subnormal (kernels.FLUSH); NaN stays
         return averaged
     if kind is ForwardBackward:
         def forward_backward(step, act, state, g, x, t, z, r):

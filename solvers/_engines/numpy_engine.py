@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _activations as act
 from contraction._conv_spectrum import apply_inverse_symbol
-from .kernels import ANDERSON_REG, DIVERGENCE_RATIO, DIVERGED, MAX_ITER, NONFINITE, RUNNING, SUCCESS
+from .kernels import ANDERSON_REG, DIVERGENCE_RATIO, DIVERGED, FLUSH, MAX_ITER, NONFINITE, RUNNING, SUCCESS
 from .task import Task
 from .threads import blas_threads_for
 
@@ -84,7 +84,9 @@ class _Averaged:
         return state["x"]
 
     def advance(self, state, X, T, Z, r, idx):
-        return {"x": X + self.alpha * (T - X)}
+        x = X + self.alpha * (T - X)
+        x[np.abs(x) < FLUSH] = 0.0  # never subnormal (kernels.FLUSH)
+        return {"x": x}
 
 
 class _ForwardBackward(_Averaged):

@@ -34,6 +34,8 @@ SMALL = {
     "nemon train --model conv --dataset mnist5k --channels 32 --kernel 5 --stride 2 --pool 2 --epochs 30 --shift 1 "
     "--out out/conv5k.npz": ["--channels", "4", "--kernel", "3", "--epochs", "1", "--train-samples", "500",
                              "--no-progress"],
+    "nemon train --model conv --dataset fashion-mnist --channels 32 --kernel 3 --stride 2 --pool 1 --epochs 15 --flip "
+    "--out out/conv_fm.npz": ["--channels", "4", "--epochs", "1", "--train-samples", "1000", "--no-progress"],
     "nemon check kernel.npy --image 28x28": [],
     "nemon train --resume out/model.npz": ["--no-progress"],
     "nemon train --resume out/model.npz --epochs 25": ["--epochs", "3", "--no-progress"],

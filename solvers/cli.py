@@ -408,6 +408,7 @@ def _resume_conflicts(args, net, config, saved) -> list[str]:
 def cmd_train(args) -> int:
     from . import training as tr
     from .training import evaluate, format_epoch_table, format_report, plot_history
+    from .training._trainer import CERTIFIED_SAMPLES
 
     # Every output is checked before any work: a run never fails after training.
     target = args.out or args.resume or DEFAULT_CHECKPOINT
@@ -460,10 +461,14 @@ def cmd_train(args) -> int:
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
           f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
           f"{ramp}{_augment_words(config)}")
-    print(format_epoch_table([], header=True))
+    certified = resolved.interval_eps > 0 and Xval is not None  # the epoch's certified validation accuracy
+    if certified:
+        print(f"val_cert: certified accuracy at the epoch's eps on the first {min(CERTIFIED_SAMPLES, len(Xval))} "
+              "validation images")
+    print(format_epoch_table([], header=True, certified=certified))
 
     def show(record):
-        print(format_epoch_table([record], header=False), flush=True)
+        print(format_epoch_table([record], header=False, certified=certified), flush=True)
 
     try:
         hist = tr.train(net, Xtr, ytr, config, X_val=Xval, y_val=yval, callback=show, resume=history,

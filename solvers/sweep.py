@@ -201,11 +201,13 @@ def _train_and_score(config, checkpoint, eps, args, log) -> dict:
     from . import cli
     from . import training as tr
 
+    certified = config.get("interval_eps", 0) > 0
+
     def show(record):
-        log.write(tr.format_epoch_table([record], header=False) + "\n")
+        log.write(tr.format_epoch_table([record], header=False, certified=certified) + "\n")
         log.flush()
 
-    log.write(f"{json.dumps(config, sort_keys=True)}\n{tr.format_epoch_table([], header=True)}\n")
+    log.write(f"{json.dumps(config, sort_keys=True)}\n{tr.format_epoch_table([], header=True, certified=certified)}\n")
     log.flush()
     try:
         Xtr, ytr, Xval, yval, _, _ = cli.load_data(args, validation=True)

@@ -43,6 +43,16 @@ def test_a_collapsed_network_stops_with_exit_1_and_the_likely_cause(tmp_path):
     assert code == 0, err
     _, history, _ = load_training(tmp_path / "ramped.npz")
     assert history.config.interval_ramp == 1 and history.epochs[-1]["val_acc"] > 0.3  # chance is 0.1
+    # The epoch table shows each epoch's radius and certified validation accuracy, as recorded.
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.split()[:1] == ["epoch"]))
+    assert lines[header - 1] == "val_cert: certified accuracy at the epoch's eps on the first 400 validation images"
+    assert lines[header].split()[:6] == ["epoch", "loss", "train_acc", "val_acc", "eps", "val_cert"]
+    for line, record in zip(lines[header + 1 : header + 4], history.epochs):
+        cells = [float(c) for c in line.split()]
+        assert cells[0] == record["epoch"] and cells[4] == pytest.approx(record["eps"], abs=5e-4)
+        assert cells[5] == pytest.approx(record["val_certified"], abs=5e-5)
+    assert [r["eps"] for r in history.epochs] == [0.1, 0.1, 0.1]  # one ramp epoch: full after epoch 1
 
 
 # -- (2) finished work is never overwritten ---------------------------------------------------

@@ -71,12 +71,22 @@ _COLUMNS = (("epoch", "{:>5d}"), ("loss", "{:>8.4f}"), ("train_acc", "{:>9.4f}")
             ("adj_iters", "{:>9.1f}"), ("lipschitz", "{:>10.4g}"), ("seconds", "{:>7.2f}"))
 
 
-def format_epoch_table(records, header: bool = True) -> str:
+#: Interval training's columns, after ``val_acc``: the epoch's radius and the certified accuracy
+#: at it on the first validation samples (``trainer.CERTIFIED_SAMPLES``).
+_CERTIFIED_COLUMNS = (("eps", "{:>6.3f}"), ("val_cert", "{:>8.4f}"))
+
+
+def format_epoch_table(records, header: bool = True, certified: bool = False) -> str:
+    """The epoch table's header and one line per record; ``certified``: with the interval
+    training's ``eps`` and ``val_cert`` columns (records without them show nan)."""
+    columns = _COLUMNS[:4] + _CERTIFIED_COLUMNS * certified + _COLUMNS[4:]
     lines = []
     if header:
-        lines.append(" ".join(f"{name:>{len(fmt.format(1 if 'd' in fmt else 1.0))}}" for name, fmt in _COLUMNS))
+        lines.append(" ".join(f"{name:>{len(fmt.format(1 if 'd' in fmt else 1.0))}}" for name, fmt in columns))
     for r in records:
-        lines.append(" ".join(fmt.format(int(r[k]) if "d" in fmt else float(r[k])) for k, fmt in _COLUMNS))
+        r = {"eps": float("nan"), "val_certified": float("nan"), **r}
+        lines.append(" ".join(fmt.format(int(r[k]) if "d" in fmt else float(r["val_certified" if k == "val_cert" else k]))
+                              for k, fmt in columns))
     return "\n".join(lines)
 
 

@@ -36,6 +36,10 @@ SMALL = {
                              "--no-progress"],
     "nemon train --model conv --dataset fashion-mnist --channels 32 --kernel 3 --stride 2 --pool 1 --epochs 15 --flip "
     "--out out/conv_fm.npz": ["--channels", "4", "--epochs", "1", "--train-samples", "1000", "--no-progress"],
+    "nemon train --model conv --dataset fashion-mnist --channels 16 --stride 2 --pool 2 --epochs 10 --interval-eps 0.11 "
+    "--interval-weight 0.65 --diag-min -1 --lr 2e-3 --interval-ramp 3 --out out/conv_interval.npz":
+        ["--channels", "4", "--epochs", "2", "--interval-ramp", "1", "--train-samples", "1000", "--no-progress"],
+    "nemon certify out/conv_interval.npz --eps 0.01,0.02,0.05,0.1 --samples 10000": ["--samples", "40"],
     "nemon check kernel.npy --image 28x28": [],
     "nemon train --resume out/model.npz": ["--no-progress"],
     "nemon train --resume out/model.npz --epochs 25": ["--epochs", "3", "--no-progress"],
@@ -97,7 +101,7 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
         code, out, err = run(argv)
         assert code == 0, f"{command} (+ {SMALL[command]}) exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
         assert "Traceback" not in err, command
-    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/compare.png",
+    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/conv_interval.npz", "out/conv_fm.npz", "out/compare.png",
                  "out/certify.png", "out/attack.png", "out/reproduce/results.json", "out/sweep/summary.csv",
                  "out/interval/results.csv", "out/rows/results.csv", "out/mon/results.csv"):
         assert Path(path).is_file(), path

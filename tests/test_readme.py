@@ -101,7 +101,8 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch):
         code, out, err = run(argv)
         assert code == 0, f"{command} (+ {SMALL[command]}) exited {code}:\n{out[-2000:]}\n{err[-2000:]}"
         assert "Traceback" not in err, command
-    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz", "out/conv_interval.npz", "out/conv_fm.npz", "out/compare.png",
+    for path in ("out/model.npz", "out/model.png", "out/robust.npz", "out/anderson.npz", "out/conv.npz",
+                 "out/conv_fm.npz", "out/conv_interval.npz", "out/compare.png",
                  "out/certify.png", "out/attack.png", "out/reproduce/results.json", "out/sweep/summary.csv",
                  "out/interval/results.csv", "out/rows/results.csv", "out/mon/results.csv"):
         assert Path(path).is_file(), path

@@ -660,8 +660,8 @@ def cmd_sweep(args) -> int:
         print(f"wrote {f}")
     if result.failed:
         n = len(result.failed)
-        print(f"{n} run{'s' if n != 1 else ''} failed (not recorded; a rerun tries {'them' if n != 1 else 'it'} again):",
-              file=sys.stderr)
+        runs, them = ("runs", "them") if n != 1 else ("run", "it")
+        print(f"{n} {runs} failed (not recorded; a rerun tries {them} again):", file=sys.stderr)
         for key, reason in result.failed.items():
             print(f"  {key}: {reason}", file=sys.stderr)
         return 1

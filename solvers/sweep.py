@@ -15,7 +15,8 @@ A spec is a TOML file::
 
 Each run is one Dask task (:func:`run_one`): it loads its data set itself, holds out the
 validation split (``val_fraction``, default 0.1), trains, saves its checkpoint under
-``DIR/runs/`` (its epoch table, written as each epoch ends, beside it in ``KEY.log``) and scores the *validation* split: clean accuracy, and interval-certified and
+``DIR/runs/`` (its epoch table, written as each epoch ends, beside it in ``KEY.log``) and
+scores the *validation* split: clean accuracy, and interval-certified and
 PGD accuracy at each ``eps``. The client appends each finished run to ``DIR/results.jsonl``
 at once (one JSON object per line: ``key``, ``config`` -- the run's full options --,
 ``metrics``, ``checkpoint``, ``seconds``, ``versions``), never the same configuration twice,

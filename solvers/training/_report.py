@@ -84,9 +84,8 @@ def format_epoch_table(records, header: bool = True, certified: bool = False) ->
     if header:
         lines.append(" ".join(f"{name:>{len(fmt.format(1 if 'd' in fmt else 1.0))}}" for name, fmt in columns))
     for r in records:
-        r = {"eps": float("nan"), "val_certified": float("nan"), **r}
-        lines.append(" ".join(fmt.format(int(r[k]) if "d" in fmt else float(r["val_certified" if k == "val_cert" else k]))
-                              for k, fmt in columns))
+        r = {"eps": float("nan"), "val_cert": r.get("val_certified", float("nan")), **r}
+        lines.append(" ".join(fmt.format(int(r[k]) if "d" in fmt else float(r[k])) for k, fmt in columns))
     return "\n".join(lines)
 
 

@@ -407,8 +407,7 @@ def _resume_conflicts(args, net, config, saved) -> list[str]:
 
 def cmd_train(args) -> int:
     from . import training as tr
-    from .training import evaluate, format_epoch_table, format_report, plot_history
-    from .training._trainer import CERTIFIED_SAMPLES
+    from .training import CERTIFIED_SAMPLES, evaluate, format_epoch_table, format_report, plot_history
 
     # Every output is checked before any work: a run never fails after training.
     target = args.out or args.resume or DEFAULT_CHECKPOINT

@@ -36,9 +36,9 @@ DIVERGENCE_RATIO = 1e6
 ANDERSON_REG = 1e-10
 #: The averaged step sets an iterate entry below this magnitude to 0. A unit that ReLU turns off
 #: decays as ``(1 − α)^k`` and, left alone, reaches float32's subnormal numbers (below 1.2e-38)
-#: after 60-odd iterations at α = 0.75, where every CPU product on it costs 5-100 times more: a
-#: trained conv layer's 69-iteration solve took 1.14 s instead of about 0.2 s. The change is at
-#: most 1e-30 per entry, far below any tolerance, and moves the entry towards its fixed point 0.
+#: after 60-odd iterations at α = 0.75, where CPU arithmetic on it is many times slower (README,
+#: "Subnormal numbers"). The change is at most 1e-30 per entry, far below any tolerance, and
+#: moves the entry towards its fixed point 0.
 FLUSH = 1e-30
 
 # Activation codes (the values of :data:`solvers.ACTIVATIONS`; IDENTITY: the adjoint's).

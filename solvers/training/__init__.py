@@ -26,7 +26,8 @@ from ._robust import (
     robustness_figure,
     robustness_table,
 )
-from ._trainer import History, TrainConfig, TrainerState, TrainingCollapsed, lipschitz_penalty, train
+from ._trainer import (CERTIFIED_SAMPLES, History, TrainConfig, TrainerState, TrainingCollapsed, lipschitz_penalty,
+                       train)
 
 __all__ = [
     "CONSTRAINTS",
@@ -37,6 +38,7 @@ __all__ = [
     "DATASETS",
     "Gradients",
     "History",
+    "CERTIFIED_SAMPLES",
     "ImplicitNetwork",
     "LOSSES",
     "OptimizerConfig",

@@ -732,7 +732,7 @@ def run(task: Task):
         op = dense(task.op, forward=forward, adjoint=not forward, MinvT=task.resolvent)
         work = batch * n * n
     else:
-        op = conv(task.op, dtype, resolvent=task.resolvent)
+        op = conv(task.op, dtype, resolvent=task.resolvent, split=True)
         work = 0  # no BLAS: the convolution's loops are the engine's own
     problem = Forward(W) if forward else Adjoint(W, task.D)
     act = activation(task.activation.code, task.activation.slope) if forward else Identity(0.0)

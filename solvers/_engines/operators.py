@@ -26,7 +26,7 @@ from numba.extending import overload
 
 from .kernels import compiled_only
 
-__all__ = ["Dense", "dense", "Conv", "conv", "Taps", "taps", "correlate", "correlate_grad", "apply", "apply_T",
+__all__ = ["Dense", "dense", "Conv", "conv", "embedded_half", "Taps", "taps", "correlate", "correlate_grad", "apply", "apply_T",
            "resolvent", "workspace", "by_row", "rowwise"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
@@ -76,7 +76,7 @@ def _workspace(op):
     if _kind(op) is Dense:
         return lambda op: ()  # BLAS keeps its own
     if _kind(op) is Conv:
-        return lambda op: _scratch(_forward_taps(op), op.K.dtype)
+        return lambda op: _scratch(_taps_of(op, op.K4, op.K1), op.K.dtype, 2 * op.split * op.H * op.W)
 
 
 def rowwise(op) -> bool:
@@ -98,31 +98,60 @@ def _by_row(op):
 #: entries when unused); ``K4``, ``K1`` and ``KT4``, ``KT1`` the weights of ``K`` and ``KT`` laid
 #: out as in :class:`Taps`, ``offs`` their taps' offsets. Flat (arrays and scalars only), so that
 #: numba's ``prange`` can hand it to its threads.
-Conv = collections.namedtuple("Conv", ["K", "KT", "H", "W", "circular", "R", "K4", "K1", "KT4", "KT1", "offs"])
+#:
+#: ``split`` is ``C`` when ``K`` has the embedded network's structure ``[[M, N], [N, M]]`` (2C
+#: channels, :meth:`ConvImplicitNetwork.embedded_system`) and the solve asked for the split
+#: product (:func:`conv`), else 0. Then ``K4``, ``K1`` (``KT4``, ``KT1``) hold the taps of the
+#: C-channel kernel ``(M + N)/2`` (of its adjoint) and ``D4``, ``D1`` (``DT4``, ``DT1``) those of
+#: ``(M − N)/2``: with ``s = x_hi + x_lo`` and ``d = x_hi − x_lo``, the product is
+#: ``[(M + N)/2 ⋆ s + (M − N)/2 ⋆ d, (M + N)/2 ⋆ s − (M − N)/2 ⋆ d]``, two C-channel passes
+#: instead of one 2C-channel pass: half the multiply-adds (:func:`_split_rows`). The adjoint has
+#: the same structure (``Mᵀ``, ``Nᵀ``). Otherwise the ``D`` fields hold empty arrays.
+Conv = collections.namedtuple("Conv", ["K", "KT", "H", "W", "circular", "R", "K4", "K1", "KT4", "KT1", "offs",
+                                       "split", "D4", "D1", "DT4", "DT1"])
 
 
-def conv(op, dtype, *, resolvent=None) -> Conv:
+def embedded_half(K) -> int:
+    """``C`` when the kernel ``K`` (2C, 2C, k, k) is ``[[M, N], [N, M]]`` (the embedded
+    network's), else 0."""
+    C = K.shape[0] // 2
+    if K.shape[0] != K.shape[1] or K.shape[0] % 2 or C == 0:
+        return 0
+    same = np.array_equal(K[:C, :C], K[C:, C:]) and np.array_equal(K[:C, C:], K[C:, :C])
+    return C if same else 0
+
+
+def conv(op, dtype, *, resolvent=None, split: bool = False) -> Conv:
     """The :class:`Conv` operator of a square :class:`contraction.Conv2d` ``op`` in ``dtype``,
-    with the inverse symbol ``resolvent`` for the splittings."""
+    with the inverse symbol ``resolvent`` for the splittings; ``split``: use the split product
+    when the kernel has the embedded network's structure (:func:`embedded_half`)."""
     K = np.ascontiguousarray(op.kernel, dtype=dtype)
     KT = np.ascontiguousarray(op.kernel[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=dtype)
     H, W = (int(v) for v in op.image_shape)
     circular = op.padding == "circular"
-    fwd, adj = taps(K, H, W, circular), taps(KT, H, W, circular)
-    return Conv(K, KT, H, W, circular, np.zeros((0, 0, 0, 0), np.complex128) if resolvent is None else resolvent,
-                fwd.K4, fwd.K1, adj.K4, adj.K1, fwd.offs)
+    R = np.zeros((0, 0, 0, 0), np.complex128) if resolvent is None else resolvent
+    C = embedded_half(op.kernel) if split else 0
+    if not C:
+        fwd, adj = taps(K, H, W, circular), taps(KT, H, W, circular)
+        none = np.zeros((0, 0, 0, 0), dtype), np.zeros((0, 0, 0), dtype)
+        return Conv(K, KT, H, W, circular, R, fwd.K4, fwd.K1, adj.K4, adj.K1, fwd.offs, 0, *none, *none)
+    # The halves in float64, rounded once: M and N of an embedded kernel have disjoint taps,
+    # so (M ± N)/2 are exact.
+    M, N = np.asarray(op.kernel[:C, :C], np.float64), np.asarray(op.kernel[:C, C:], np.float64)
+    halves = []
+    for G in (0.5 * (M + N), 0.5 * (M - N)):
+        GT = G[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        halves += [taps(np.ascontiguousarray(G, dtype=dtype), H, W, circular),
+                   taps(np.ascontiguousarray(GT, dtype=dtype), H, W, circular)]
+    s, sT, d, dT = halves
+    return Conv(K, KT, H, W, circular, R, s.K4, s.K1, sT.K4, sT.K1, s.offs, C, d.K4, d.K1, dT.K4, dT.K1)
 
 
 @njit(cache=True, inline="always")
-def _forward_taps(op):
-    """The :class:`Taps` of a :class:`Conv`'s kernel ``K``."""
-    return Taps(op.K4, op.K1, op.offs, op.K.shape[2], op.K.shape[1], op.H, op.W, op.circular)
-
-
-@njit(cache=True, inline="always")
-def _adjoint_taps(op):
-    """The :class:`Taps` of a :class:`Conv`'s adjoint kernel ``KT``."""
-    return Taps(op.KT4, op.KT1, op.offs, op.K.shape[2], op.K.shape[1], op.H, op.W, op.circular)
+def _taps_of(op, K4, K1):
+    """The :class:`Taps` of weights ``K4``, ``K1`` of a :class:`Conv` (``op.K4``, ``op.KT4``, and
+    when split ``op.D4``, ``op.DT4``), whose input channels are ``K``'s, or ``C`` when split."""
+    return Taps(K4, K1, op.offs, op.K.shape[2], op.K.shape[1] - op.split, op.H, op.W, op.circular)
 
 
 #: Output channels and taps per pass of the convolution kernels (:func:`_taps4`, :func:`_dots4`):
@@ -418,16 +447,19 @@ def taps(K, H, W, circular):
 
 #: The scratch of the convolution passes: ``xp`` the padded planes of one input image, then
 #: ``L`` zeros (read by the taps that fill the last group, and by the last plane's taps past its
-#: end: the span is rounded up); ``acc`` four output planes.
-ConvScratch = collections.namedtuple("ConvScratch", ["xp", "acc"])
+#: end: the span is rounded up); ``acc`` four output planes; ``sd`` the sum and difference
+#: images of a split product and their two products (4 rows; no entries otherwise).
+ConvScratch = collections.namedtuple("ConvScratch", ["xp", "acc", "sd"])
 
 
 @njit(cache=True)
-def _scratch(t, dtype):
-    """The :class:`ConvScratch` of the :class:`Taps` ``t``. Zero padding keeps the border of
-    ``xp`` at zero (it is never written), so the scratch serves any number of products."""
+def _scratch(t, dtype, n=0):
+    """The :class:`ConvScratch` of the :class:`Taps` ``t``, for split products of length ``n``
+    (0: none). Zero padding keeps the border of ``xp`` at zero (it is never written), so the
+    scratch serves any number of products."""
     Wp, P, L = _layout(t.H, t.W, t.k // 2, t.circular)
-    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((_BLOCK, L), dtype))
+    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((_BLOCK, L), dtype),
+                       np.empty((4 if n else 0, n // 2), dtype))
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -447,7 +479,7 @@ def _correlate_rows(t, X, out, ws):
     C_out = t.K1.shape[0]
     blocks, groups = t.K4.shape[0], t.K4.shape[1]
     offs = t.offs
-    xp, acc = ws
+    xp, acc = ws.xp, ws.acc
     planes = xp[: t.c_in * P].reshape(t.c_in, P)
     for s in range(X.shape[0]):
         _pad_into(X[s], H, W, p, Wp, circular, planes)
@@ -464,6 +496,28 @@ def _correlate_rows(t, X, out, ws):
             for q in range(groups):
                 _taps1(a, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K1[c, q], L)
             _plane_from(a, H, W, Wp, o, c)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _split_rows(t, d, X, out, ws):
+    """``out[s] = [[M, N], [N, M]] ⋆ X[s]`` per row in two C-channel passes (:class:`Conv`'s
+    ``split``): ``t`` the taps of ``(M + N)/2``, ``d`` those of ``(M − N)/2``, ``X[s] = [x_hi,
+    x_lo]``."""
+    m = X.shape[1] // 2
+    sd = ws.sd
+    for s in range(X.shape[0]):
+        hi, lo = X[s, :m], X[s, m:]
+        total, diff = sd[0], sd[1]
+        for i in range(m):
+            total[i] = hi[i] + lo[i]
+            diff[i] = hi[i] - lo[i]
+        _correlate_rows(t, sd[0:1], sd[2:3], ws)
+        _correlate_rows(d, sd[1:2], sd[3:4], ws)
+        a, b = sd[2], sd[3]
+        o_hi, o_lo = out[s, :m], out[s, m:]
+        for i in range(m):
+            o_hi[i] = a[i] + b[i]
+            o_lo[i] = a[i] - b[i]
 
 
 @njit(cache=True)
@@ -592,16 +646,28 @@ correlate = _correlate
 correlate_grad = _correlate_grad
 
 
+@njit(cache=True, inline="always")
+def _conv_product(op, t, d, X, out, ws):
+    """``out[s] = K ⋆ X[s]`` with the taps ``t`` (and, for a split :class:`Conv`, ``d`` those of
+    ``(M − N)/2``)."""
+    if op.split:
+        _split_rows(t, d, X, out, ws)
+    else:
+        _correlate_rows(t, X, out, ws)
+
+
 @overload(apply)
 def _conv_apply(op, X, out, ws):
     if _kind(op) is Conv:
-        return lambda op, X, out, ws: _correlate_rows(_forward_taps(op), X, out, ws)
+        return lambda op, X, out, ws: _conv_product(op, _taps_of(op, op.K4, op.K1), _taps_of(op, op.D4, op.D1),
+                                                    X, out, ws)
 
 
 @overload(apply_T)
 def _conv_apply_T(op, X, out, ws):
     if _kind(op) is Conv:
-        return lambda op, X, out, ws: _correlate_rows(_adjoint_taps(op), X, out, ws)
+        return lambda op, X, out, ws: _conv_product(op, _taps_of(op, op.KT4, op.KT1), _taps_of(op, op.DT4, op.DT1),
+                                                    X, out, ws)
 
 
 @overload(resolvent)

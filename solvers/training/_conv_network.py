@@ -249,14 +249,23 @@ class ConvImplicitNetwork(ImplicitNetwork):
         centre[np.arange(C), np.arange(C), p, p] = True
         return ~centre & (self.A < 0)
 
+    def _embedded_kernel_gradient(self, V, X2) -> tuple:
+        """``(∂K_M, ∂K_N)`` of ``Σ ⟨V, 𝒜 ⋆ X2⟩`` (the embedded kernel ``[[K_M, K_N], [K_N, K_M]]``),
+        float64, as two ``channels``-channel gradients on sums and differences rather than one
+        of ``2·channels``: the gradient ``g(V, X)`` is bilinear, so ``g(V_hi + V_lo, x_hi + x_lo)
+        = ∂K_M + ∂K_N`` and ``g(V_hi − V_lo, x_hi − x_lo) = ∂K_M − ∂K_N``."""
+        n, C = self.n_hidden, self.channels
+        V64, X64 = np.asarray(V, np.float64), np.asarray(X2, np.float64)
+        g_sum = self._kernel_gradient(V64[:, :n] + V64[:, n:], X64[:, :n] + X64[:, n:], C)
+        g_diff = self._kernel_gradient(V64[:, :n] - V64[:, n:], X64[:, :n] - X64[:, n:], C)
+        return 0.5 * (g_sum + g_diff), 0.5 * (g_sum - g_diff)
+
     def embedded_gradients(self, V, X2, U_c, U_r) -> dict:
         """:meth:`ImplicitNetwork.embedded_gradients` per tap: the embedded kernel's gradient
         (``2·channels`` channels) folded into ``K_M`` and ``K_N``, and the input kernel's
         through ``B ⋆ u_c + |B| ⋆ u_r``."""
         C = self.channels
-        g = self._kernel_gradient(V, X2, 2 * C, 2 * C)
-        gM = g[:C, :C] + g[C:, C:]
-        gN = g[:C, C:] + g[C:, :C]
+        gM, gN = self._embedded_kernel_gradient(V, X2)
         n = self.n_hidden
         gW_hi, gW_lo = V[:, :n], V[:, n:]
         gB = (self._input_kernel_gradient(gW_hi + gW_lo, U_c)

@@ -14,7 +14,7 @@ import contraction
 import solvers
 from contraction import Conv2d
 from contraction import _conv_spectrum
-from solvers._engines.operators import apply, apply_T, conv, resolvent, workspace
+from solvers._engines.operators import apply, apply_T, conv, embedded_half, resolvent, workspace
 
 PADDINGS = ("circular", "zeros")
 SPLITTINGS = ("peaceman_rachford", "douglas_rachford")
@@ -181,6 +181,67 @@ def test_compiled_primitives_equal_the_dense_matrix(rng, dtype, padding, C, k, s
     if R is not None:
         MinvT = np.linalg.inv(contraction.resolvent_matrix(A, alpha)).T
         np.testing.assert_allclose(outs[2], X64 @ MinvT, atol=tol)
+
+
+def embedded(op):
+    """The interval (embedded) network's convolution of ``op``: ``[[K_M, K_N], [K_N, K_M]]``,
+    ``K_N`` the negative taps other than each channel's own centre tap."""
+    K = op.kernel
+    C, k = K.shape[0], K.shape[2]
+    off_centre = np.ones(K.shape, bool)
+    off_centre[np.arange(C), np.arange(C), k // 2, k // 2] = False
+    K_N = np.where(off_centre & (K < 0), K, 0.0)
+    KK = np.concatenate([np.concatenate([K - K_N, K_N], axis=1), np.concatenate([K_N, K - K_N], axis=1)])
+    return Conv2d(KK, op.image_shape, op.padding)
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("C, k, shape", [(2, 3, (5, 4)), (5, 3, (4, 4)), (1, 1, (2, 3)), (4, 5, (6, 5))])
+def test_the_embedded_kernel_is_applied_in_two_halves_equal_to_the_dense_matrix(rng, dtype, padding, C, k, shape):
+    """An embedded kernel is split (two C-channel passes on sums and differences); its products
+    are still those of the 2C-channel matrix (C = 5: one block of four and a left-over channel)."""
+    op = embedded(Conv2d(0.3 * rng.standard_normal((C, C, k, k)), shape, padding))
+    A = op.to_dense()
+    R = _conv_spectrum.inverse_symbol(op, 0.7) if padding == "circular" else None
+    split = conv(op, dtype, resolvent=R, split=True)
+    assert split.split == C and conv(op, dtype).split == 0
+    X = rng.standard_normal((3, op.n)).astype(dtype)
+    outs = [np.full_like(X, np.nan) for _ in range(3)]
+    _primitives(split, X, *outs)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(outs[0], X64 @ A.T, atol=tol)
+    np.testing.assert_allclose(outs[1], X64 @ A, atol=tol)
+    if R is not None:
+        MinvT = np.linalg.inv(contraction.resolvent_matrix(A, 0.7)).T
+        np.testing.assert_allclose(outs[2], X64 @ MinvT, atol=tol)
+
+
+def test_only_the_embedded_structure_is_split(rng):
+    op = embedded(Conv2d(0.3 * rng.standard_normal((3, 3, 3, 3)), (4, 4)))
+    assert embedded_half(op.kernel) == 3
+    K = op.kernel.copy()
+    K[4, 1, 0, 2] += 1e-12  # one tap of the lower-right block no longer equals its twin
+    assert embedded_half(K) == 0
+    assert embedded_half(K[:5, :5]) == 0  # odd channel count
+    assert embedded_half(np.zeros((2, 4, 3, 3))) == 0  # not square
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_embedded_solves_on_the_split_product_equal_the_dense_solves(rng, padding):
+    """The numba engine splits the embedded kernel; forward and adjoint solves take the dense
+    solve's iterations and reach its solution."""
+    op = embedded(conv_instance(rng, padding, C=3, diag_min=-0.5))
+    W = rng.standard_normal((5, op.n))
+    r_conv, r_dense = solve_both(op, W, "numba", atol=1e-11)
+    np.testing.assert_array_equal(r_conv.iterations, r_dense.iterations)
+    np.testing.assert_allclose(r_conv.x, r_dense.x, atol=1e-11)
+    G = rng.standard_normal((5, op.n))
+    lam, res = solvers.solve_adjoint(op, W, G, atol=1e-11, engine="numba")
+    lam_d, res_d = solvers.solve_adjoint(op.to_dense(), W, G, atol=1e-11, engine="numba")
+    np.testing.assert_array_equal(res.iterations, res_d.iterations)
+    np.testing.assert_allclose(lam, lam_d, atol=1e-11)
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (3, 3), (6, 6), (5, 2)])

@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     for i, what in enumerate(("forward solve", "adjoint solve", "interval loss and gradient")):
         split, full = res["split"][i], res["full"][i]
         extra = f" ({res['split'][3]:.1f} iterations a sample)" if i == 0 else ""
-        print(f"  {what:28s} split {1e3 * split:8.1f} ms   full {1e3 * full:8.1f} ms   ratio {full / split:5.2f}{extra}")
+        print(f"  {what:28s} split {1e3 * split:8.1f} ms   full {1e3 * full:8.1f} ms   "
+              f"ratio {full / split:5.2f}{extra}")
     print(f"  {'embedded kernel gradient':28s} split {1e3 * grad_new:8.1f} ms   full {1e3 * grad_old:8.1f} ms   "
           f"ratio {grad_old / grad_new:5.2f}")
     return 0

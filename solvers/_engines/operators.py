@@ -26,8 +26,8 @@ from numba.extending import overload
 
 from .kernels import compiled_only
 
-__all__ = ["Dense", "dense", "Conv", "conv", "embedded_half", "Taps", "taps", "correlate", "correlate_grad", "apply", "apply_T",
-           "resolvent", "workspace", "by_row", "rowwise"]
+__all__ = ["Dense", "dense", "Conv", "conv", "embedded_half", "Taps", "taps", "correlate", "correlate_grad", "apply",
+           "apply_T", "resolvent", "workspace", "by_row", "rowwise"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
 #: adjoint) and ``MinvT = ((1 + α) I − α A)⁻ᵀ`` (the splittings). A field a solve does not

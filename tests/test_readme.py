@@ -37,7 +37,7 @@ SMALL = {
     "nemon train --model conv --dataset fashion-mnist --channels 32 --kernel 5 --stride 2 --pool 1 --epochs 10 --flip "
     "--out out/conv_fm.npz": ["--channels", "4", "--kernel", "3", "--epochs", "1", "--train-samples", "1000",
                               "--no-progress"],
-    "nemon train --model conv --dataset fashion-mnist --channels 16 --stride 2 --pool 2 --epochs 10 --interval-eps 0.11 "
+    "nemon train --model conv --dataset fashion-mnist --channels 24 --stride 2 --pool 1 --epochs 10 --interval-eps 0.11 "
     "--interval-weight 0.65 --diag-min -1 --lr 2e-3 --interval-ramp 3 --out out/conv_interval.npz":
         ["--channels", "4", "--epochs", "2", "--interval-ramp", "1", "--train-samples", "1000", "--no-progress"],
     "nemon certify out/conv_interval.npz --eps 0.01,0.02,0.05,0.1 --samples 10000": ["--samples", "40"],

@@ -262,7 +262,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
 
     def embedded_gradients(self, V, X2, U_c, U_r) -> dict:
         """:meth:`ImplicitNetwork.embedded_gradients` per tap: the embedded kernel's gradient
-        (``2·channels`` channels) folded into ``K_M`` and ``K_N``, and the input kernel's
+        as ``K_M``'s and ``K_N``'s (:meth:`_embedded_kernel_gradient`), and the input kernel's
         through ``B ⋆ u_c + |B| ⋆ u_r``."""
         C = self.channels
         gM, gN = self._embedded_kernel_gradient(V, X2)

@@ -49,7 +49,7 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def optimal_alpha(A, method: str = "average") -> float:
+def optimal_alpha(A, method: str = "average", per_unit: bool = False):
     """Step size of ``method`` with the smallest guaranteed ℓ∞ contraction factor.
 
     Parameters
@@ -59,20 +59,37 @@ def optimal_alpha(A, method: str = "average") -> float:
         (``eta`` then holds one weight per channel).
     method : str
         One of :data:`METHODS`.
+    per_unit : bool
+        ``average`` only: one step per unit (per output channel of a convolution),
+        ``α_i = 1 / (1 − min(0, a_ii))``, instead of one step for all.
 
     Returns
     -------
-    float
+    float, or ndarray of shape (n,) (a convolution: (C,)) when ``per_unit``
         ``average``/``anderson``: ``α* = 1 / (1 − min(0, a_min))`` (1 when every
         ``a_ii ≥ 0``); ``picard``: 1; ``forward_backward``, ``peaceman_rachford``,
         ``douglas_rachford``: ``1 / (1 − a_min)`` when ``a_min < 1`` (else 1), the largest
         step on which ``(1 − α) + α a_ii ≥ 0`` for every row.
+
+    Notes
+    -----
+    Per-unit steps, ``x_i ← x_i + α_i (σ(Ax + w)_i − x_i)``: row ``i`` of the Jacobian
+    ``(I − D_α) + D_α D A`` has ℓ∞ mass ``1 − α_i (1 − d_i μ_i)`` while
+    ``α_i ≤ 1 / (1 − min(0, a_ii))``, with ``μ_i = a_ii + Σ_{j≠i} |a_ij|`` the row's own
+    log-norm term; the largest such ``α_i`` gives the factor
+    ``max_i 1 − α_i (1 − max(0, μ_i))`` (:func:`contraction_factor`); when ``μ∞ ≤ 1`` it is
+    never above the single step's ``1 − α* (1 − max(0, μ∞))``, because ``α_i ≥ α*`` and
+    ``μ_i ≤ μ∞``. Rows whose self-loops are less negative than the most negative one take
+    longer steps.
     """
     _check_method(method)
-    if isinstance(A, Conv2d):
-        return optimal_alpha_from_diagonal(float(A.diagonal().min()), method)
-    A = as_square_matrix(A)
-    return optimal_alpha_from_diagonal(float(np.diagonal(A).min()), method)
+    conv = isinstance(A, Conv2d)
+    diagonal = A.diagonal() if conv else np.diagonal(as_square_matrix(A)).astype(np.float64)
+    if per_unit:
+        if method != "average":
+            raise ValueError(f"per-unit steps are derived for method='average' only, got method={method!r}")
+        return 1.0 / (1.0 - np.minimum(0.0, diagonal))
+    return optimal_alpha_from_diagonal(float(diagonal.min()), method)
 
 
 def optimal_alpha_from_diagonal(a_min: float, method: str = "average") -> float:
@@ -106,8 +123,11 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
     A : array_like, shape (n, n), or contraction.Conv2d
         A square convolution: every quantity from its kernel, per output channel
         (``eta`` then holds one weight per channel).
-    alpha : float, optional
-        Step size (default :func:`optimal_alpha` of ``method``; ignored for ``picard``).
+    alpha : float or array_like, optional
+        Step size (default :func:`optimal_alpha` of ``method``; ignored for ``picard``); for
+        ``average``, also one positive step per unit, shape (n,) (a convolution: one per
+        output channel, (C,), or one per unit, (C·H·W,)), as :func:`optimal_alpha` with
+        ``per_unit=True`` gives.
     method : str
         One of :data:`METHODS` (``anderson`` reports the factor of its ``average`` step).
     eta : array_like, shape (n,), optional
@@ -123,7 +143,8 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
     Notes
     -----
     Row ``i`` of ``(1 − α) I + α D S`` has ℓ1 mass ``|1 − α + α d_i s_ii| + α d_i Σ_{j≠i}|s_ij|``,
-    convex in ``d_i``, hence maximal at ``d_i ∈ {0, 1}`` (``S = diag(η)⁻¹ A diag(η)``).
+    convex in ``d_i``, hence maximal at ``d_i ∈ {0, 1}`` (``S = diag(η)⁻¹ A diag(η)``); with
+    per-unit steps, row ``i`` has its own ``α_i`` in the same expression.
     Forward-backward's Jacobian is ``D((1 − α) I + α S)``; Peaceman–Rachford's is
     ``(2M⁻¹ − I)(2D − I)`` whose sup is ``‖2M⁻¹ − I‖``; Douglas–Rachford averages it with I.
     """
@@ -134,9 +155,15 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
         eta = as_weights(eta, A.shape[0])
     if method == "picard" or alpha is None:
         alpha = optimal_alpha(A, method)
-    alpha = as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
+    per_unit = np.ndim(alpha) == 1
+    if per_unit:
+        alpha = _unit_steps(alpha, method, (A.out_channels, A.n) if conv else (A.shape[0],))
+    else:
+        alpha = as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
     if conv:  # the rows of a convolution, per output channel (contraction/_conv.py)
         diag, off = A.row_data(eta)
+        if per_unit and alpha.size == A.n:  # one step per unit: each channel's rows per pixel
+            diag, off = np.repeat(diag, A.pixels), np.repeat(off, A.pixels)
         if method in ("peaceman_rachford", "douglas_rachford"):
             if A.padding == "circular":  # per frequency (contraction/_conv_spectrum.py)
                 return splitting_factor(A, alpha, method, None if eta is None else np.asarray(eta, dtype=np.float64))
@@ -154,6 +181,23 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
     if method == "peaceman_rachford":
         return K_norm
     return 0.5 * (1.0 + K_norm)
+
+
+def _unit_steps(alpha, method: str, sizes: tuple) -> np.ndarray:
+    """``alpha`` as per-unit steps (float64), checked: ``average`` only, one of ``sizes``
+    entries, finite and positive."""
+    if method != "average":
+        raise ValueError(f"per-unit steps (an array alpha) are derived for method='average' only, got method={method!r}")
+    try:
+        steps = np.asarray(alpha, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a number or an array of per-unit steps, got {alpha!r}") from None
+    if steps.size not in sizes:
+        raise ValueError(f"alpha must hold one step per unit ({' or '.join(map(str, sizes))} entries), "
+                         f"got {steps.size}")
+    if not (np.isfinite(steps).all() and (steps > 0).all()):
+        raise ValueError("alpha must hold finite positive per-unit steps")
+    return steps
 
 
 #: Largest convolution (n = C·H·W) whose splitting factors are computed from its dense matrix.

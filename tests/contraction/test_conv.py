@@ -93,6 +93,24 @@ def test_step_sizes_and_factors_equal_the_dense_ones(rng, padding, method):
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+def test_per_unit_steps_and_factors_equal_the_dense_ones(rng, padding):
+    K = kernel(rng, 3, scale=0.25)
+    K[0, 0, 1, 1], K[2, 2, 1, 1] = -1.5, -0.4
+    op = Conv2d(K, (4, 3), padding)
+    D = op.to_dense()
+    steps = contraction.optimal_alpha(op, per_unit=True)
+    assert steps.shape == (3,)
+    np.testing.assert_allclose(np.repeat(steps, op.pixels), contraction.optimal_alpha(D, per_unit=True), rtol=1e-15)
+    for alpha in (steps, rng.uniform(0.1, 1.2, 3)):
+        want = contraction.contraction_factor(D, np.repeat(alpha, op.pixels))
+        assert contraction.contraction_factor(op, alpha) == pytest.approx(want, abs=1e-12)
+        units = np.repeat(alpha, op.pixels)  # one step per unit (C·H·W of them)
+        assert contraction.contraction_factor(op, units) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match=r"one step per unit \(3 or 36 entries\), got 4"):
+        contraction.contraction_factor(op, np.ones(4))
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 def test_lipschitz_bound_equals_the_dense_one(rng, padding):
     A = contraction.project_mu_inf(Conv2d(kernel(rng, 3), (4, 5), padding), 0.7)
     B = Conv2d(kernel(rng, 3, 2), (4, 5), padding)

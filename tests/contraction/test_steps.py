@@ -130,6 +130,69 @@ def test_factor_is_sup_over_sampled_jacobians(method, seed, n, weighted):
     assert at_vertices == pytest.approx(factor, abs=tol)
 
 
+def _instance(rng, n, weighted):
+    """``(A, η)``: a random matrix of random scale, self-loops perhaps strongly negative, and
+    random weights or ``None``."""
+    A = random_matrix(rng, n, float(np.exp(rng.uniform(-1.5, 1.5))), neg_diag=bool(rng.integers(2)))
+    return A, (random_weights(rng, n) if weighted else None)
+
+
+@PROPERTY
+@given(seed=seeds, n=small_sizes, weighted=st.booleans())
+def test_per_unit_factor_is_sup_over_sampled_jacobians(seed, n, weighted):
+    rng = np.random.default_rng(seed)
+    A, eta = _instance(rng, n, weighted)
+    # per-unit steps inside and outside each row's guaranteed range
+    alpha = c.optimal_alpha(A, per_unit=True) * np.exp(rng.uniform(-2.0, 1.0, n))
+    factor = c.contraction_factor(A, alpha, "average", eta=eta)
+    tol = 1e-10 * max(1.0, factor)
+
+    def jacobian(d):
+        return np.diag(1 - alpha) + np.diag(alpha * d) @ A
+
+    for d in rng.uniform(0.0, 1.0, (100, n)):
+        assert inf_norm(jacobian(d), eta) <= factor + tol
+    assert max(inf_norm(jacobian(d), eta) for d in vertices(n)) == pytest.approx(factor, abs=tol)
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, weighted=st.booleans())
+def test_optimal_per_unit_steps(seed, n, weighted):
+    A, eta = _instance(np.random.default_rng(seed), n, weighted)
+    steps = c.optimal_alpha(A, per_unit=True)
+    np.testing.assert_allclose(steps, 1 / (1 - np.minimum(0, np.diagonal(A))), rtol=1e-15)
+    assert steps.min() == pytest.approx(c.optimal_alpha(A), rel=1e-15)
+    # each row's own closed form
+    S = np.diag(1 / eta) @ A @ np.diag(eta) if weighted else A
+    mu_rows = np.diagonal(S) + np.abs(S).sum(axis=1) - np.abs(np.diagonal(S))
+    factor = c.contraction_factor(A, steps, "average", eta)
+    assert factor == pytest.approx(float((1 - steps * (1 - np.maximum(0, mu_rows))).max()), abs=1e-12)
+    if c.mu_inf(A, eta) <= 1:  # well-posed: never above the single step's factor
+        assert factor <= c.contraction_factor(A, None, "average", eta) + 1e-12
+    # a contracting row's factor decreases in its own step up to 1/(1 − min(0, a_ii))
+    for i in range(n if factor < 1 else 0):
+        shorter = steps.copy()
+        shorter[i] *= 0.5
+        assert c.contraction_factor(A, shorter, "average", eta) >= factor - 1e-12
+
+
+def test_per_unit_steps_reject_bad_input():
+    A = np.array([[-1.0, 0.5], [0.2, 0.3]])
+    # rows: max(|1 − 0.5|, |1 − 0.5 − 0.5| + 0.25) = 0.5 and max(0, |0.3| + 0.2) = 0.5
+    assert c.contraction_factor(A, np.array([0.5, 1.0])) == pytest.approx(0.5)
+    assert c.contraction_factor(A, np.array([0.25, 1.0])) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="method='average' only"):
+        c.optimal_alpha(A, "forward_backward", per_unit=True)
+    with pytest.raises(ValueError, match="method='average' only"):
+        c.contraction_factor(A, np.ones(2), "peaceman_rachford")
+    with pytest.raises(ValueError, match=r"one step per unit \(2 entries\), got 3"):
+        c.contraction_factor(A, np.ones(3))
+    with pytest.raises(ValueError, match="finite positive"):
+        c.contraction_factor(A, np.array([0.5, 0.0]))
+    with pytest.raises(ValueError, match="finite positive"):
+        c.contraction_factor(A, np.array([0.5, np.nan]))
+
+
 def test_factor_default_alpha_is_optimal_alpha():
     rng = np.random.default_rng(5)
     A, eta = _contractive(rng, 5, weighted=True, neg_diag=True)

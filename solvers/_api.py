@@ -22,7 +22,7 @@ from contraction import _conv_spectrum
 from ._activations import get_activation
 from ._engines.task import Task
 from ._engines.threads import blas_threads
-from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
+from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status, describe_alpha
 
 __all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
 
@@ -127,6 +127,10 @@ class _Facts:
         """The method's worst-case factor in ``‖·‖∞,η``."""
         return contraction.contraction_factor(self.A64, alpha, method, eta=eta)
 
+    def unit_steps(self) -> np.ndarray:
+        """The per-unit steps ``α_i = 1 / (1 − min(0, a_ii))`` (float64, (n,))."""
+        return contraction.optimal_alpha(self.A64, per_unit=True)
+
     def mu_2(self) -> float:
         return contraction.mu_2(self.A64)
 
@@ -182,6 +186,11 @@ class _ConvFacts:
             return _conv_spectrum.splitting_factor(self.A, alpha, method, eta)
         return contraction.contraction_factor(self.A, alpha, method, eta=eta)
 
+    def unit_steps(self) -> np.ndarray:
+        """The per-unit steps: each output channel's ``1 / (1 − min(0, K[c,c,p,p]))`` at each of
+        its pixels (float64, (n,))."""
+        return np.repeat(contraction.optimal_alpha(self.A, per_unit=True), self.A.pixels)
+
     def mu_2(self) -> float:
         # Only the splittings ask, and they run on circular padding only.
         return _conv_spectrum.conv_mu_2(self.A) if self.A.padding == "circular" else float("inf")
@@ -236,9 +245,32 @@ def _check_splitting(facts, method: str) -> None:
         )
 
 
-def _alpha(facts: _Facts, method, alpha, methods) -> float:
+#: ``alpha`` asking for one step per unit, ``α_i = 1 / (1 − min(0, a_ii))``.
+PER_UNIT = "per_unit"
+
+
+def _alpha(facts: _Facts, method, alpha, methods):
+    """The step: a float, or per-unit steps (float64, (n,)) for ``average``."""
     if not isinstance(method, str) or method not in methods:
         raise TypeError(f"unknown method {method!r}; choose from {methods}")
+    per_unit = (isinstance(alpha, str) and alpha == PER_UNIT) or np.ndim(alpha) == 1
+    if per_unit and method != "average":
+        raise ValueError(f"per-unit steps (alpha={PER_UNIT!r} or an array) are for method='average' only, "
+                         f"got method={method!r}")
+    if isinstance(alpha, str) and not per_unit:
+        raise ValueError(f"alpha must be a number, {PER_UNIT!r} or an array of per-unit steps, got {alpha!r}")
+    if per_unit:
+        if isinstance(alpha, str):
+            return facts.unit_steps()
+        try:
+            steps = np.asarray(alpha, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha must be a number, {PER_UNIT!r} or an array of per-unit steps, got {alpha!r}") from None
+        if steps.shape != (facts.n,):
+            raise ValueError(f"alpha must hold one step per unit, shape ({facts.n},), got shape {steps.shape}")
+        if not (np.isfinite(steps).all() and (steps > 0).all()):
+            raise ValueError("alpha must hold finite positive per-unit steps")
+        return steps
     if method == "picard":
         if alpha is not None and alpha != 1.0:
             raise ValueError(f"alpha must be 1 (or None) for picard, got {alpha}; use method='average'")
@@ -270,6 +302,8 @@ def _factor(facts: _Facts, method: str, alpha: float) -> float:
     μ∞ already known on the guaranteed step range, :func:`contraction.contraction_factor`
     elsewhere."""
     mu, a_min = facts.mu, facts.a_min
+    if np.ndim(alpha):
+        return facts.factor(alpha, method)
     if method in ("picard", "average", "anderson") and alpha <= 1.0 / (1.0 - min(0.0, a_min)):
         return 1.0 - alpha * (1.0 - max(0.0, mu))
     if method == "forward_backward" and a_min < 1.0 and alpha <= 1.0 / (1.0 - a_min):
@@ -291,7 +325,7 @@ def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
         return None
     best = min(factor, weighted)
     msg = (
-        f"method {method!r} with alpha={alpha:.4g} is not guaranteed to converge: its worst-case "
+        f"method {method!r} with {describe_alpha(alpha)} is not guaranteed to converge: its worst-case "
         f"l-inf contraction factor is {best:.4g} >= 1 (margin {1 - best:.3g})"
     )
     abscissa = facts.abscissa()
@@ -304,6 +338,8 @@ def _guarantee_message(facts: _Facts, method: str, alpha: float) -> str | None:
             f"(min a_ii = {facts.a_min:.4g}); use method='average' (alpha* = "
             f"{contraction.optimal_alpha_from_diagonal(facts.a_min):.4g})"
         )
+    elif np.ndim(alpha):
+        msg += "; the guaranteed per-unit steps are alpha_i <= 1/(1 - min(0, a_ii))"
     else:
         msg += f"; the guaranteed step is alpha <= {contraction.optimal_alpha_from_diagonal(facts.a_min, base):.4g}"
     if base in _SPLITTINGS:
@@ -372,6 +408,11 @@ def _error_bound(facts: _Facts, residual: np.ndarray) -> np.ndarray:
     return residual * (eta.max() / eta.min()) / (1.0 - max(0.0, mu_eta))
 
 
+def _task_alpha(alpha):
+    """The step as a task and a result hold it: a float, or the per-unit steps (float64)."""
+    return alpha if np.ndim(alpha) else float(alpha)
+
+
 def _prepare(A, rhs, rhs_name, method, alpha, methods, engine, atol, rtol, max_iter, memory, check):
     """What ``solve`` and ``solve_adjoint`` share: ``A``'s facts, the step, the engine, the
     right-hand side as a batch in the solve's dtype and the tolerances, all validated."""
@@ -415,8 +456,12 @@ def solve(
     method : {"average", "picard", "forward_backward", "peaceman_rachford",
               "douglas_rachford", "anderson"}
         The splittings need the resolvent: for a convolution, circular padding only.
-    alpha : float, optional
-        Step size; default :func:`contraction.optimal_alpha` of the method.
+    alpha : float, "per_unit" or array_like of shape (n,), optional
+        Step size; default :func:`contraction.optimal_alpha` of the method. For ``average``
+        also one step per unit, ``x_i ← x_i + α_i (σ(Ax + w)_i − x_i)``: ``"per_unit"``
+        takes ``α_i = 1 / (1 − min(0, a_ii))`` (for a convolution, per output channel), whose
+        guaranteed factor ``max_i 1 − α_i (1 − max(0, μ_i))`` is never above α*'s when
+        μ∞(A) ≤ 1 (:func:`contraction.optimal_alpha` with ``per_unit=True``).
     atol, rtol : float
         Stop a sample when ``‖σ(Ax + w) − x‖_∞ ≤ atol + rtol ‖x‖_∞`` (the same rule for
         every method, evaluated on the method's current equilibrium candidate).
@@ -462,7 +507,7 @@ def solve(
         _warn_if_not_guaranteed(facts, method, alpha, "")
     task = Task(
         kind="forward", op=facts.operator(dtype), rhs=Wb, D=None, x0=X0, method=method,
-        alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
+        alpha=_task_alpha(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
         memory=memory, accept=_anderson_accept(facts, method, alpha),
         resolvent=facts.resolvent(alpha, dtype) if method in _SPLITTINGS else None,
     )
@@ -473,7 +518,7 @@ def solve(
         status=_overall(codes),
         iterations=iters,
         residual=res,
-        alpha=float(alpha),
+        alpha=_task_alpha(alpha),
         method=method,
         engine=engine,
         activation=act.name,
@@ -562,7 +607,10 @@ def solve_adjoint(
     -----
     The averaged adjoint map has column-form Jacobian ``(1 − α) I + α Aᵀ D``, whose ℓ1 norm
     equals the ℓ∞ norm of ``(1 − α) I + α D A``: it contracts in ``‖·‖_1`` (the dual norm)
-    with the same factor and the same ``α*`` as the forward iteration.
+    with the same factor and the same ``α*`` as the forward iteration. Per-unit steps
+    (``alpha="per_unit"``, ``average``) give ``(I − D_α) + D_α Aᵀ D``, similar through ``D_α`` to
+    the transpose of the forward's ``(I − D_α) + D_α D A``: it contracts in ``‖D_α⁻¹ ·‖_1``
+    with the forward's per-unit factor.
     """
     act = get_activation(activation)
     facts, alpha, eng, dtype, Gb, was_1d, atol, rtol, max_iter, memory = _prepare(
@@ -576,7 +624,7 @@ def solve_adjoint(
         _warn_if_not_guaranteed(facts, method, alpha, "adjoint: ")
     task = Task(
         kind="adjoint", op=facts.operator(dtype), rhs=Gb, D=D, x0=L0, method=method,
-        alpha=float(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
+        alpha=_task_alpha(alpha), activation=act, atol=atol, rtol=rtol, max_iter=max_iter, record=bool(record),
         memory=memory, accept=_anderson_accept(facts, method, alpha),
     )
     lam, iters, res, codes, hist = eng.run(task)
@@ -585,7 +633,7 @@ def solve_adjoint(
         status=_overall(codes),
         iterations=iters,
         residual=res,
-        alpha=float(alpha),
+        alpha=_task_alpha(alpha),
         method=method,
         engine=engine,
         history=hist,

@@ -61,8 +61,8 @@ class FixedPointResult:
         Steps taken per sample (0 when ``x0`` already meets the tolerance).
     residual : ndarray, shape (batch,)
         Final ℓ∞ fixed-point residual per sample.
-    alpha : float
-        Step size used.
+    alpha : float or ndarray of shape (n,)
+        Step size used (per-unit steps: one per unit).
     method, engine, activation : str
     history : ndarray, shape (iterations + 1, batch) or None
         Residual per iteration (NaN after a sample stopped), when ``record=True``.
@@ -77,7 +77,7 @@ class FixedPointResult:
     status: Status
     iterations: np.ndarray
     residual: np.ndarray
-    alpha: float
+    alpha: float | np.ndarray
     method: str
     engine: str
     activation: str
@@ -98,8 +98,15 @@ class FixedPointResult:
         return (
             f"FixedPointResult(method={self.method!r}, engine={self.engine!r}, status={self.status.name}, "
             f"converged={int(self.converged.sum())}/{self.converged.size}, iterations mean {it.mean():.1f} "
-            f"max {it.max()}, residual max {self.residual.max():.3e}, alpha={self.alpha:.4g})"
+            f"max {it.max()}, residual max {self.residual.max():.3e}, {describe_alpha(self.alpha)})"
         )
+
+
+def describe_alpha(alpha) -> str:
+    """``alpha=0.5``, or the range of per-unit steps."""
+    if np.ndim(alpha):
+        return f"per-unit alpha in [{float(np.min(alpha)):.4g}, {float(np.max(alpha)):.4g}]"
+    return f"alpha={alpha:.4g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +117,7 @@ class AdjointResult:
     status: Status
     iterations: np.ndarray
     residual: np.ndarray
-    alpha: float
+    alpha: float | np.ndarray
     method: str
     engine: str
     history: np.ndarray | None

@@ -198,6 +198,12 @@ def _print_steps(A, B) -> None:
             continue
         bound = contraction.iteration_bound(factor, 1.0, 1e-8)
         print(f"{method:<18} {alpha:>10.4g} {factor:>10.4g} {bound!s:>24}")
+        if method == "average":  # one step per unit (per channel): alpha_i = 1/(1 - min(0, a_ii))
+            steps = contraction.optimal_alpha(A, per_unit=True)
+            factor = contraction.contraction_factor(A, steps)
+            bound = contraction.iteration_bound(factor, 1.0, 1e-8)
+            span = f"{steps.min():.2g}-{steps.max():.2g}"
+            print(f"{'average per unit':<18} {span:>10} {factor:>10.4g} {bound!s:>24}")
     if skipped:
         print(f"-: {skipped}")
     if B is not None:
@@ -298,6 +304,7 @@ def _check_convolution(args, K: np.ndarray, source: str) -> int:
 
 def cmd_solve(args) -> int:
     from . import solve
+    from ._result import describe_alpha
 
     if args.atol == 0 and args.rtol == 0:
         raise CLIError("--atol and --rtol cannot both be 0: no sample would ever stop (give --atol > 0)")
@@ -310,10 +317,12 @@ def cmd_solve(args) -> int:
                            f"got shape {W.shape}")
     else:
         W = np.random.default_rng(args.seed).standard_normal((args.batch, A.shape[0]))
-    result = solve(A, W, method=args.method, atol=args.atol, rtol=args.rtol, max_iter=args.max_iter,
-                   activation=args.activation, engine=args.engine)
+    if args.per_unit_steps and args.method != "average":
+        raise CLIError(f"--per-unit-steps is for --method average, got --method {args.method}")
+    result = solve(A, W, method=args.method, alpha="per_unit" if args.per_unit_steps else None, atol=args.atol,
+                   rtol=args.rtol, max_iter=args.max_iter, activation=args.activation, engine=args.engine)
     print(f"Matrix: {source}; inputs: {'file ' + args.W if args.W else f'{args.batch} Gaussian samples'}")
-    print(f"method {result.method} (alpha {result.alpha:.4g}), engine {result.engine}: {result.status.name}: "
+    print(f"method {result.method} ({describe_alpha(result.alpha)}), engine {result.engine}: {result.status.name}: "
           f"{result.status.message}")
     print(f"iterations: mean {result.iterations.mean():.1f}, max {result.iterations.max()}; "
           f"residual max {result.residual.max():.3e}; error bound max {result.error_bound.max():.3e}")
@@ -360,7 +369,8 @@ def train_config(args):
                        gamma=args.gamma, lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
                        interval_eps=args.interval_eps, interval_weight=args.interval_weight,
                        interval_ramp=args.interval_ramp, forward_method=args.forward_method or "",
-                       diag_min=args.diag_min, shift=args.shift, flip=args.flip)
+                       diag_min=args.diag_min, shift=args.shift, flip=args.flip,
+                       per_unit_steps=args.per_unit_steps)
 
 
 DEFAULT_CHECKPOINT = "out/model.npz"
@@ -387,7 +397,8 @@ RESUME_FIXED = {
     "val_fraction": lambda net, config, saved: saved.get("val_fraction"),
     **{name: _config_field(name) for name in (
         "batch_size", "lr", "optimizer", "schedule", "constraint", "gamma", "diag_min", "lipschitz_weight", "atol",
-        "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method", "shift", "flip")},
+        "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method", "shift", "flip",
+        "per_unit_steps")},
 }
 
 
@@ -459,7 +470,7 @@ def cmd_train(args) -> int:
           f"constraint {config.constraint} (gamma {config.gamma}"
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
           f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
-          f"{ramp}{_augment_words(config)}")
+          f"{ramp}{_augment_words(config)}{', per-unit steps' if config.per_unit_steps else ''}")
     certified = resolved.interval_eps > 0 and Xval is not None  # the epoch's certified validation accuracy
     if certified:
         print(f"val_cert: certified accuracy at the epoch's eps on the first {min(CERTIFIED_SAMPLES, len(Xval))} "
@@ -829,6 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--W", help="inputs w, one row per sample (.npy/.csv/text); default Gaussian")
     p.add_argument("--batch", type=positive_int, default=10, help="Gaussian samples when --W is not given")
     p.add_argument("--method", choices=METHODS, default="average", help="iteration scheme")
+    p.add_argument("--per-unit-steps", action="store_true",
+                   help="average only: one step per unit, 1/(1 - min(0, a_ii)), instead of the single alpha*")
     _add_solver_args(p, ENGINES, ACTIVATIONS)
     p.add_argument("--rtol", type=nonnegative_float, default=0.0,
                    help="relative tolerance: a sample stops when its residual <= atol + rtol * ||x||")
@@ -884,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forward-method", default=None, choices=METHODS,
                    help="forward (and embedded-network) solver; default the constraint's own (average; "
                         "peaceman_rachford for mon); anderson needs fewer iterations")
+    p.add_argument("--per-unit-steps", action="store_true",
+                   help="averaged solves take one step per unit, 1/(1 - min(0, a_ii)), instead of the single alpha*: "
+                        "the same guarantee, fewer iterations when the self-loops differ")
     p.add_argument("--shift", type=nonnegative_int, default=0, metavar="PIXELS",
                    help="augment: move each training image by a random offset of up to PIXELS each way, "
                         "anew every epoch (0: off)")

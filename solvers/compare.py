@@ -22,19 +22,24 @@ import contraction
 from ._api import METHODS, _check_int, solve
 from ._result import NotGuaranteedWarning, Status
 
-__all__ = ["FAMILIES", "MethodComparison", "compare_methods", "format_table", "instance", "plot_comparison"]
+__all__ = ["FAMILIES", "SCHEMES", "MethodComparison", "compare_methods", "format_table", "instance", "plot_comparison"]
 
 logger = logging.getLogger(__name__)
 
 #: Built-in random families (``contraction.example`` names) that are well-posed by construction.
 FAMILIES = ("random-nemon", "negative-diagonal", "mon", "paper-2x2")
 
-#: One colour per method, fixed across figures so that runs can be compared by eye.
-_COLOURS = dict(zip(METHODS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e")))
+#: The schemes compared: every method at its default step, and the averaged iteration with one
+#: step per unit (``solve(..., method="average", alpha="per_unit")``).
+PER_UNIT = "average_per_unit"
+SCHEMES = METHODS + (PER_UNIT,)
+
+#: One colour per scheme, fixed across figures so that runs can be compared by eye.
+_COLOURS = dict(zip(SCHEMES, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#17becf")))
 #: Margin to the right of the slowest converged method in the figure (fraction of its span).
 _X_MARGIN = 0.15
 #: One marker shape per method, and about how many markers a curve gets across the panel.
-_MARKER_SHAPES = dict(zip(METHODS, ("x", "o", "s", "^", "v", "D")))
+_MARKER_SHAPES = dict(zip(SCHEMES, ("x", "o", "s", "^", "v", "D", "P")))
 _MARKERS = 8
 #: Upper y-limit of the figure in multiples of the largest starting residual: a diverging
 #: method would otherwise squeeze every converging curve into the bottom of the panel.
@@ -48,8 +53,9 @@ class MethodComparison:
     Attributes
     ----------
     method : str
-    alpha : float
-        Step size used (the method's :func:`contraction.optimal_alpha`).
+    alpha : float or ndarray
+        Step size used (the method's :func:`contraction.optimal_alpha`; per unit for
+        ``average_per_unit``).
     iterations_mean, iterations_max : float, int
         Steps per sample, mean and maximum over the batch.
     seconds : float
@@ -73,7 +79,7 @@ class MethodComparison:
     """
 
     method: str
-    alpha: float
+    alpha: float | np.ndarray
     iterations_mean: float
     iterations_max: int
     seconds: float
@@ -94,13 +100,13 @@ class MethodComparison:
 
 def _methods(methods) -> tuple[str, ...]:
     if methods is None:
-        return METHODS
+        return SCHEMES
     if isinstance(methods, str):
         methods = (methods,)
     out = []
     for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"methods must be names from {METHODS}, got {m!r}")
+        if m not in SCHEMES:
+            raise ValueError(f"methods must be names from {SCHEMES}, got {m!r}")
         if m not in out:
             out.append(m)
     if not out:
@@ -177,7 +183,8 @@ def compare_methods(
     A : array_like, shape (n, n)
     W : array_like, shape (n,) or (batch, n)
     methods : sequence of str, optional
-        Names from :data:`solvers.METHODS` (default all of them, in that order).
+        Names from :data:`SCHEMES`: :data:`solvers.METHODS` and ``"average_per_unit"`` (the
+        averaged iteration with ``alpha="per_unit"``); default all of them, in that order.
     activation : str, (str, float) or Activation
     atol : float
         Absolute tolerance on the ℓ∞ fixed-point residual (``rtol = 0``).
@@ -212,9 +219,11 @@ def compare_methods(
     kwargs = dict(activation=activation, atol=atol, rtol=0.0, engine=engine)
     rows = []
     for method in names:
+        step = dict(alpha="per_unit") if method == PER_UNIT else {}
+        solver = "average" if method == PER_UNIT else method
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NotGuaranteedWarning)
-            warm = solve(A, W, method, max_iter=1, **kwargs)
+            warm = solve(A, W, solver, max_iter=1, **step, **kwargs)
         notes = [str(w.message) for w in caught if issubclass(w.category, NotGuaranteedWarning)]
         for w in caught:  # anything else is not ours to swallow
             if not issubclass(w.category, NotGuaranteedWarning):
@@ -222,11 +231,11 @@ def compare_methods(
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            result = solve(A, W, method, max_iter=max_iter, check=False, **kwargs)
+            result = solve(A, W, solver, max_iter=max_iter, check=False, **step, **kwargs)
             times.append(time.perf_counter() - start)
-        recorded = solve(A, W, method, max_iter=max_iter, check=False, record=True, **kwargs)
+        recorded = solve(A, W, solver, max_iter=max_iter, check=False, record=True, **step, **kwargs)
         history = _batch_max_history(recorded.history, np.atleast_1d(recorded.iterations))
-        base = "average" if method == "anderson" else method
+        base = "average" if solver == "anderson" else solver
         row = MethodComparison(
             method=method,
             alpha=warm.alpha,
@@ -251,6 +260,13 @@ def compare_methods(
     return rows
 
 
+def _step(alpha) -> str:
+    """A step for the table: ``0.3487``, or the range ``0.35-1`` of per-unit steps."""
+    if np.ndim(alpha):
+        return f"{np.min(alpha):.2g}-{np.max(alpha):.2g}"
+    return f"{alpha:.4g}"
+
+
 def format_table(rows) -> str:
     """A fixed-width text table of :func:`compare_methods` rows.
 
@@ -266,14 +282,14 @@ def format_table(rows) -> str:
     for r in rows:
         iters = f"{r.iterations_mean:.1f}/{r.iterations_max}"
         lines.append(
-            f"{r.method:<18} {r.alpha:>8.4g} {iters:>17} {1e3 * r.seconds:>9.3g} {r.final_residual:>9.2e} "
+            f"{r.method:<18} {_step(r.alpha):>8} {iters:>17} {1e3 * r.seconds:>9.3g} {r.final_residual:>9.2e} "
             f"{r.status:<9} {r.empirical_rate:>7.4f} {r.theoretical_factor:>7.4f} {'yes' if r.guaranteed else 'NO':>10}"
         )
     return "\n".join(lines)
 
 
 def _label(r: MethodComparison) -> str:
-    text = f"{r.method} (α={r.alpha:.3g}, {r.iterations_max} it., rate {r.empirical_rate:.3f} / factor {r.theoretical_factor:.3f})"
+    text = f"{r.method} (α={_step(r.alpha)}, {r.iterations_max} it., rate {r.empirical_rate:.3f} / factor {r.theoretical_factor:.3f})"
     if r.status != Status.SUCCESS.name:
         text += f" {r.status}"
     if not r.guaranteed:

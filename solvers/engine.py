@@ -35,6 +35,7 @@ from ._engines.numba_engine import (
     Adjoint,
     Anderson,
     Averaged,
+    AveragedUnits,
     DouglasRachford,
     Forward,
     ForwardBackward,
@@ -55,7 +56,7 @@ from ._engines.operators import Conv, Dense, conv, correlate, correlate_grad, de
 from ._engines.threads import SMALL_GEMM_WORK, blas_threads, blas_threads_for
 
 __all__ = [
-    "Adjoint", "Anderson", "Averaged", "Conv", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
+    "Adjoint", "Anderson", "Averaged", "AveragedUnits", "Conv", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
     "IDENTITY", "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "Output", "PRANGE_ONLY", "PeacemanRachford", "RUNNING",
     "SMALL_GEMM_WORK", "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy",
     "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "conv", "correlate", "correlate_grad", "dense",

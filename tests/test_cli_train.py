@@ -189,6 +189,23 @@ def test_train_augments_records_and_resumes_shift_and_flip(tmp_path):
     assert code == 2 and "--shift" in err and "Traceback" not in err
 
 
+def test_train_per_unit_steps_are_recorded_and_resumed(tmp_path):
+    code, out, err = run(*train_args(tmp_path, "p", 1, "--per-unit-steps", "--diag-min", "-1"))
+    assert code == 0, err
+    assert any(line.startswith("Training") and line.endswith(", per-unit steps") for line in out.splitlines())
+    net, history, _ = load_training(tmp_path / "p.npz")
+    assert history.config.per_unit_steps and history.solver.alpha == "per_unit"
+    assert net.solver.alpha == "per_unit"  # evaluate and certify solve as trained
+    code, out, err = run(*train_args(tmp_path, "p2", 2, "--resume", tmp_path / "p.npz"))
+    assert code == 0, err
+    assert load_training(tmp_path / "p2.npz")[1].config.per_unit_steps
+    code, _, err = run(*train_args(tmp_path, "p3", 2, "--resume", tmp_path / "p.npz", "--per-unit-steps"))
+    assert code == 0, err  # the same value as the checkpoint's: no conflict
+    code, _, err = run(*train_args(tmp_path, "mon", 1, "--per-unit-steps", "--constraint", "mon"))
+    assert code == 2
+    one_clean_line(err, "per_unit_steps needs the averaged forward solve")
+
+
 # -- resume -----------------------------------------------------------------------------------
 def test_resume_a_finished_checkpoint_with_more_epochs(trained, tmp_path):
     tmp = trained[0]

@@ -283,7 +283,7 @@ def _solver(product, resolvent):
     functions (one compiled kernel per operator; the loop is the same source)."""
 
     @cuda.jit
-    def solve(method, op, W, D, X, U, Z, Y, alpha, code, slope, atol, rtol, max_iter, norm,
+    def solve(method, op, W, D, X, U, Z, Y, alpha, steps, code, slope, atol, rtol, max_iter, norm,
               accept, record, iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, m):
         s = cuda.blockIdx.x
         t = cuda.threadIdx.x
@@ -334,8 +334,10 @@ def _solver(product, resolvent):
             if ctl[0] != RUNNING:
                 return
             if method < FORWARD_BACKWARD:
+                per_unit = steps.shape[0] > 0  # else one step for all units
                 for i in range(t, n, nt):
-                    v = X[s, i] + alpha * (act_value(code, slope, Z[s, i]) - X[s, i])
+                    a = steps[i] if per_unit else alpha
+                    v = X[s, i] + a * (act_value(code, slope, Z[s, i]) - X[s, i])
                     X[s, i] = 0.0 if abs(v) < FLUSH else v  # as the CPU engines (kernels.FLUSH)
             elif method == FORWARD_BACKWARD:
                 for i in range(t, n, nt):
@@ -483,6 +485,10 @@ def _launch(task: Task, op, dW, dD, dX, stream):
     def d(a):
         return cuda.to_device(a, stream=stream)
 
+    per_unit = np.ndim(task.alpha) > 0
+    alpha = float("nan") if per_unit else float(task.alpha)  # per-unit: only the averaged step reads them
+    steps = d(np.ascontiguousarray(task.alpha, dt) if per_unit else np.zeros(0, dt))
+
     dZ = cuda.device_array((batch, n), dt, stream=stream)
     dU = cuda.device_array((nb, n), dt, stream=stream)
     dY = cuda.device_array((nb, n), dt, stream=stream)
@@ -496,7 +502,7 @@ def _launch(task: Task, op, dW, dD, dX, stream):
     cnt, pos = d(np.zeros(na, np.int64)), d(np.zeros(na, np.int64))
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
     solve[batch, threads_per_block(n), stream](
-        mcode, op, dW, dD, dX, dU, dZ, dY, float(task.alpha), int(code), float(slope),
+        mcode, op, dW, dD, dX, dU, dZ, dY, alpha, steps, int(code), float(slope),
         float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
         bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
     )

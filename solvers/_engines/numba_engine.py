@@ -13,7 +13,7 @@ is made.
 
 Everything that varies is a namedtuple whose *type* numba specialises on: the operator
 (:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` with its activation, or
-:class:`Adjoint`), the step (:class:`Averaged`, :class:`ForwardBackward`,
+:class:`Adjoint`), the step (:class:`Averaged`, :class:`AveragedUnits`, :class:`ForwardBackward`,
 :class:`PeacemanRachford`, :class:`DouglasRachford`, :class:`Anderson`) and the dtype. A
 call compiles only its own combination (seconds, once, then cached on disk), and each method
 supplies its step through a few small ``@overload`` hooks: ``init_state``, ``candidate``,
@@ -57,7 +57,7 @@ from .operators import apply, apply_T, by_row, conv, dense, resolvent, rowwise, 
 from .task import Task
 
 __all__ = [
-    "Forward", "Adjoint", "Averaged", "ForwardBackward", "PeacemanRachford", "DouglasRachford",
+    "Forward", "Adjoint", "Averaged", "AveragedUnits", "ForwardBackward", "PeacemanRachford", "DouglasRachford",
     "Anderson", "Stopping", "Output", "activation", "step_of", "sigma", "dsigma", "prox", "solve_block",
     "solve_blocks", "block_of", "rows_of", "output_of", "run",
 ]
@@ -88,6 +88,8 @@ Adjoint = collections.namedtuple("Adjoint", ["G", "D"])
 
 #: ``x⁺ = (1 − α) x + α T(x)`` (picard: α = 1).
 Averaged = collections.namedtuple("Averaged", ["alpha"])
+#: ``x⁺_i = (1 − α_i) x_i + α_i T(x)_i``: one step per unit (``alpha`` (n,), the solve's dtype).
+AveragedUnits = collections.namedtuple("AveragedUnits", ["alpha"])
 #: ``x⁺ = prox_{αf}((1 − α) x + α (A x + w))``.
 ForwardBackward = collections.namedtuple("ForwardBackward", ["alpha"])
 #: ``u⁺ = 2y − v`` with ``x = prox_{αf}(u)``, ``v = 2x − u``, ``y = M⁻¹(v + α w)``.
@@ -106,7 +108,8 @@ Output = collections.namedtuple("Output", ["X", "iters", "res", "codes", "hist",
 
 _STEPS = {
     "picard": lambda t: Averaged(1.0),
-    "average": lambda t: Averaged(float(t.alpha)),
+    "average": lambda t: (AveragedUnits(np.ascontiguousarray(t.alpha, t.rhs.dtype)) if np.ndim(t.alpha)
+                          else Averaged(float(t.alpha))),
     "forward_backward": lambda t: ForwardBackward(float(t.alpha)),
     "peaceman_rachford": lambda t: PeacemanRachford(float(t.alpha)),
     "douglas_rachford": lambda t: DouglasRachford(float(t.alpha)),
@@ -407,6 +410,13 @@ def _row_step(step, act, state, g, x, t, z, r):
                 v = x[i] + a * (t[i] - x[i])
                 x[i] = 0.0 if abs(v) < FLUSH else v  # never subnormal (kernels.FLUSH); NaN stays
         return averaged
+    if kind is AveragedUnits:
+        def averaged_units(step, act, state, g, x, t, z, r):
+            a = step.alpha
+            for i in range(x.shape[0]):
+                v = x[i] + a[i] * (t[i] - x[i])
+                x[i] = 0.0 if abs(v) < FLUSH else v
+        return averaged_units
     if kind is ForwardBackward:
         def forward_backward(step, act, state, g, x, t, z, r):
             a = step.alpha

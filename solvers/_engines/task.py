@@ -34,7 +34,8 @@ class Task:
     x0 : ndarray or None
         The start (batch, n); ``None``: zeros.
     method : str
-    alpha : float
+    alpha : float or ndarray
+        The step, or per-unit steps (float64, (n,); ``average`` only).
     activation : Activation
     atol, rtol : float
     max_iter : int
@@ -57,7 +58,7 @@ class Task:
     D: np.ndarray | None
     x0: np.ndarray | None
     method: str
-    alpha: float
+    alpha: float | np.ndarray
     activation: Activation
     atol: float
     rtol: float

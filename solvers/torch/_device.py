@@ -44,6 +44,15 @@ def _facts(A: torch.Tensor, cfg):
     return op, float(diagonal.min()), contraction.mu_inf(op)
 
 
+def _alpha(op, a_min: float, method: str, solver):
+    """The step of a solve by ``method``: α*, or the per-unit steps (float64, one per unit) when
+    ``solver.alpha`` asks for them."""
+    if solver.step(method) != "per_unit":
+        return contraction.optimal_alpha_from_diagonal(a_min, method)
+    steps = contraction.optimal_alpha(op, per_unit=True)
+    return np.repeat(steps, op.pixels) if isinstance(op, contraction.Conv2d) else steps
+
+
 def _accept(op, method: str, alpha: float) -> float:
     """Anderson's safeguard ratio: the averaged factor when it contracts, else 1."""
     if method != "anderson":
@@ -81,7 +90,7 @@ def solve(A: torch.Tensor, W: torch.Tensor, cfg):
     """``(X, result)``: the forward solve of :func:`._ops.fixed_point` on the device."""
     s = cfg.solver
     op, a_min, mu = _facts(A, cfg)
-    alpha = contraction.optimal_alpha_from_diagonal(a_min, s.method)
+    alpha = _alpha(op, a_min, s.method, s)
     if cfg.check and mu >= 1.0:
         warnings.warn(f"method {s.method!r} is not guaranteed to converge: mu_inf(A) = {mu:.4g} >= 1 (margin "
                       f"{1 - mu:.3g}); project A onto {{mu_inf(A) <= gamma}} (layer.project_()) after every step",
@@ -106,7 +115,7 @@ def adjoint(A: torch.Tensor, Z: torch.Tensor, G: torch.Tensor, cfg):
     if s.adjoint_method == "direct":
         raise ValueError("adjoint_method='direct' runs on CPU tensors only; on CUDA use 'average' or 'anderson'")
     op, a_min, _ = _facts(A, cfg)
-    alpha = contraction.optimal_alpha_from_diagonal(a_min, s.adjoint_method)
+    alpha = _alpha(op, a_min, s.adjoint_method, s)
     G = G.detach().contiguous()
     _check_finite(G, "G")
     D = torch.empty_like(Z)

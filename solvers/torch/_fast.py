@@ -26,6 +26,7 @@ from solvers.engine import (
     SUCCESS,
     Adjoint,
     Averaged,
+    AveragedUnits,
     Forward,
     Output,
     Stopping,
@@ -57,8 +58,11 @@ def applies(cfg, method: str, atol: float, A: np.ndarray, dtype) -> tuple | None
     finite, a_min, mu = contraction.matrix_facts(A)
     if not finite or not mu < 1.0:  # the front door raises or checks the guarantee
         return None
-    alpha = contraction.optimal_alpha_from_diagonal(float(a_min))
-    return dense(A, forward=True, adjoint=True), Averaged(float(alpha)), float(mu)
+    if cfg.solver.alpha == "per_unit":
+        step = AveragedUnits(contraction.optimal_alpha(A, per_unit=True).astype(dtype))
+    else:
+        step = Averaged(float(contraction.optimal_alpha_from_diagonal(float(a_min))))
+    return dense(A, forward=True, adjoint=True), step, float(mu)
 
 
 @njit(cache=True, nogil=True)

@@ -184,8 +184,8 @@ def solve(A: torch.Tensor, W: torch.Tensor, cfg: SolveConfig):
         return _device.solve(A, W, cfg)
     with _torch_threads_kept():
         s = cfg.solver
-        result = solvers.solve(cfg.host_operator(_host(A)), _host(W), method=s.method, atol=s.atol,
-                               max_iter=s.max_iter, activation=cfg.act, engine=s.engine, check=cfg.check)
+        result = solvers.solve(cfg.host_operator(_host(A)), _host(W), method=s.method, alpha=s.step(s.method),
+                               atol=s.atol, max_iter=s.max_iter, activation=cfg.act, engine=s.engine, check=cfg.check)
     return torch.from_numpy(result.x), result
 
 
@@ -245,7 +245,7 @@ def fixed_point_adjoint(A: torch.Tensor, Z: torch.Tensor, G: torch.Tensor, confi
                     return V
         with _torch_threads_kept():
             lam, result = solvers.solve_adjoint(cfg.host_operator(_host(A)), Zh, Gh, method=s.adjoint_method,
-                                                atol=s.adjoint_atol, max_iter=s.max_iter, activation=cfg.act,
+                                                alpha=s.step(s.adjoint_method), atol=s.adjoint_atol, max_iter=s.max_iter, activation=cfg.act,
                                                 engine=s.engine, check=False)  # the forward solve checked A
         V = torch.from_numpy(lam * cfg.act.derivative(Zh))
     report(result, "adjoint solve", cfg.on_failure)

@@ -175,8 +175,8 @@ class ConvImplicitNetwork(ImplicitNetwork):
         U = self.as_inputs(U)
         Wb = self.injected(U)
         s = self.solver if solver is None else solver
-        res = solve(self.state_operator(), Wb, method=s.method, atol=s.atol, max_iter=s.max_iter,
-                    activation=self.activation, engine=s.engine, check=False)
+        res = solve(self.state_operator(), Wb, method=s.method, alpha=s.step(s.method), atol=s.atol,
+                    max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
         return U, Wb, res
 
     def _readout(self, X) -> np.ndarray:

@@ -11,7 +11,7 @@ pass over the whole batch. Here each thread block of the batch
 split and BLAS policy, and a ``prange`` over the blocks as in the engine) runs the
 whole step on its rows in one compiled call:
 
-    W = B u + b,   x = σ(A x + W) (averaged, α*),   Y = C features(x) + c,
+    W = B u + b,   x = σ(A x + W) (averaged, α* or per-unit steps),   Y = C features(x) + c,
     Z = A x + W (the forward solve's last product, not recomputed),
     dY = (softmax(Y) − onehot(y)) / batch,   G = features*(dY C),
     λ = G + Aᵀ (λ ⊙ σ'(Z)) (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
@@ -45,6 +45,7 @@ from solvers.engine import (
     SUCCESS,
     Adjoint,
     Averaged,
+    AveragedUnits,
     Forward,
     Output,
     Stopping,
@@ -363,6 +364,13 @@ def _layer(net, dt):
             ((C, C * k * k), (C, C_in * k * k), (q, features)), features)
 
 
+def _unit_steps(net, dt) -> np.ndarray:
+    """The per-unit steps ``1 / (1 − min(0, a_ii))`` of the layer's state units, in ``dt``."""
+    op = net.A if net.DENSE else net.state_operator()
+    steps = contraction.optimal_alpha(op, per_unit=True)
+    return (steps if net.DENSE else np.repeat(steps, op.pixels)).astype(dt)
+
+
 def fused_gradients(net, U, targets, rows, solver):
     """``(value, grads, stats)`` of the cross-entropy loss of the batch ``U[rows]``,
     ``targets[rows]`` for a :func:`fusable` ``solver``; ``U`` finite and C-contiguous in the
@@ -371,9 +379,11 @@ def fused_gradients(net, U, targets, rows, solver):
     batch = rows.shape[0]
     n, m, q = net.n_hidden, net.n_in, net.n_out
     op, params, diagonal_min, share_shapes, features = _layer(net, dt)
-    alpha = contraction.optimal_alpha_from_diagonal(diagonal_min)
     act = activation(net.activation.code, net.activation.slope)
-    step = Averaged(float(alpha))
+    if solver.alpha == "per_unit":  # one step per unit, for the forward and the adjoint solve
+        step = AveragedUnits(_unit_steps(net, dt))
+    else:
+        step = Averaged(float(contraction.optimal_alpha_from_diagonal(diagonal_min)))
     stop_f = Stopping(float(solver.atol), 0.0, int(solver.max_iter), False)
     stop_a = Stopping(float(solver.adjoint_atol), 0.0, int(solver.max_iter), False)
     e = np.empty

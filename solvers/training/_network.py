@@ -48,14 +48,27 @@ class SolverConfig:
     adjoint_atol: float = 1e-4
     max_iter: int = 1000
     engine: str = "numba"
+    #: The averaged solves' step: ``None``, the single ``α*``; ``"per_unit"``, one step per
+    #: unit (``solvers.solve``'s ``alpha="per_unit"``).
+    alpha: str | None = None
 
     def __post_init__(self):
         for name, allowed in (("method", METHODS), ("adjoint_method", ADJOINT_METHODS), ("engine", ENGINES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.alpha not in (None, "per_unit"):
+            raise ValueError(f"alpha must be None (alpha*) or 'per_unit', got {self.alpha!r}")
+        if self.alpha == "per_unit" and (self.method != "average" or self.adjoint_method not in ("average", "direct")):
+            raise ValueError(f"alpha='per_unit' needs method='average' and adjoint_method 'average' or 'direct', "
+                             f"got method={self.method!r}, adjoint_method={self.adjoint_method!r}")
         check_real(self.atol, "atol", 0)
         check_real(self.adjoint_atol, "adjoint_atol", 0)
         check_count(self.max_iter, "max_iter", 0)  # 0, as for solvers.solve: the start is returned
+
+    def step(self, method: str):
+        """``solvers.solve``'s ``alpha`` for a solve by ``method``: the per-unit steps for an
+        averaged solve when asked, else the method's default."""
+        return self.alpha if method == "average" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +234,7 @@ class ImplicitNetwork:
         U = self.as_inputs(U)
         W = self.injected(U)
         s = self.solver if solver is None else solver
-        res = solve(self.A, W, method=s.method, atol=s.atol, max_iter=s.max_iter,
+        res = solve(self.A, W, method=s.method, alpha=s.step(s.method), atol=s.atol, max_iter=s.max_iter,
                     activation=self.activation, engine=s.engine, check=False)
         X = res.x
         Z = X @ self.A.T + W
@@ -330,8 +343,8 @@ class ImplicitNetwork:
     def _backward(self, fp: ForwardPass, dY, solver=None):
         G = self._state_gradient(dY)
         s = self.solver if solver is None else solver
-        lam, res = solve_adjoint(self.state_operator(), fp.Z, G, method=s.adjoint_method, atol=s.adjoint_atol,
-                                 max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
+        lam, res = solve_adjoint(self.state_operator(), fp.Z, G, method=s.adjoint_method,
+                                 alpha=s.step(s.adjoint_method), atol=s.adjoint_atol, max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)
         if not res.success and s.adjoint_method != "direct":
             # Outside the averaged adjoint's guarantee: finish the failed samples exactly.
             bad = ~res.converged

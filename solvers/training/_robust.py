@@ -95,7 +95,7 @@ def _solve_embedded(net: ImplicitNetwork, U_lo, U_hi, atol=None, solver=None):
     # The embedded network contracts with the original's factor and alpha*: averaging, or
     # Anderson on top of it when the network is solved with Anderson.
     method = "anderson" if s.method == "anderson" else "average"
-    res = solve(AA, W2, method=method, atol=s.atol if atol is None else atol, max_iter=s.max_iter,
+    res = solve(AA, W2, method=method, alpha=s.step(method), atol=s.atol if atol is None else atol, max_iter=s.max_iter,
                 activation=net.activation, engine=s.engine, check=False)
     return AA, W2, U_c, U_r, res
 
@@ -361,8 +361,8 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     G2 = np.hstack([net.features_T(gF_hi), net.features_T(gF_lo)]).astype(dt)
     Z2 = net.state_product(AA, X) + W2
     s = net.solver if solver is None else solver
-    lam, _ = solve_adjoint(AA, Z2, G2, method="average", atol=s.adjoint_atol, max_iter=s.max_iter,
-                           activation=net.activation, engine=s.engine, check=False)
+    lam, _ = solve_adjoint(AA, Z2, G2, method="average", alpha=s.step("average"), atol=s.adjoint_atol,
+                           max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
     # The parameter-gradient products run in the network's dtype (float32 training stays float32).
     V = (lam.astype(np.float64) * net.activation.derivative(Z2)).astype(dt)
     grads = {**net.embedded_gradients(V, X.astype(dt), U_c, U_r), "C": gC, "c": gc}

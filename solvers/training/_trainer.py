@@ -52,6 +52,7 @@ class TrainConfig:
     diag_min: float | None = None
     shift: int = 0  # random translations of the training images, at most this many pixels
     flip: bool = False  # random left-right mirroring of the training images
+    per_unit_steps: bool = False  # the averaged solves take one step per unit (SolverConfig.alpha)
 
     def __post_init__(self):
         # Counts are integers: 2.7 epochs or batch_size=True is a mistake, not something to truncate.
@@ -59,8 +60,9 @@ class TrainConfig:
         check_count(self.batch_size, "batch_size")
         check_count(self.seed, "seed", 0)
         check_count(self.shift, "shift", 0)
-        if not isinstance(self.flip, (bool, np.bool_)):
-            raise ValueError(f"flip must be True or False, got {self.flip!r}")
+        for name in ("flip", "per_unit_steps"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.interval_ramp is not None:
             check_count(self.interval_ramp, "interval_ramp", 0)
         if self.constraint not in CONSTRAINTS:
@@ -74,7 +76,11 @@ class TrainConfig:
         check_real(self.gamma, "gamma")
         if self.diag_min is not None:
             check_real(self.diag_min, "diag_min")
-        self.make_constraint()  # gamma and diag_min against the constraint
+        con = self.make_constraint()  # gamma and diag_min against the constraint
+        if self.per_unit_steps and ((self.forward_method or con.forward_method) != "average"
+                                    or con.adjoint_method not in ("average", "direct")):
+            raise ValueError(f"per_unit_steps needs the averaged forward solve, got forward method "
+                             f"{self.forward_method or con.forward_method!r} (constraint {self.constraint!r})")
         check_real(self.interval_eps, "interval_eps", 0)
         if not 0 <= check_real(self.interval_weight, "interval_weight") <= 1:
             raise ValueError(f"interval_weight must be in [0, 1], got {self.interval_weight!r}")
@@ -107,7 +113,8 @@ class TrainConfig:
         """The solver training uses: ``base`` (the network's) with this run's methods and tolerances."""
         con = self.make_constraint()
         return dataclasses.replace(base, method=self.forward_method or con.forward_method,
-                                   adjoint_method=con.adjoint_method, atol=self.atol, adjoint_atol=self.atol)
+                                   adjoint_method=con.adjoint_method, atol=self.atol, adjoint_atol=self.atol,
+                                   alpha="per_unit" if self.per_unit_steps else None)
 
 
 @dataclasses.dataclass
@@ -273,6 +280,11 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         (:func:`augment_images`, drawn from ``default_rng([seed, e, 1])``: a resumed run sees
         the same images). Images are the network's ``in_shape`` (convolutional) or one square
         channel (dense). Validation and test inputs are never augmented.
+    per_unit_steps : bool
+        The averaged forward and adjoint solves (and the embedded network's) take one step per
+        unit, ``α_i = 1 / (1 − min(0, a_ii))`` (``solvers.solve``'s ``alpha="per_unit"``),
+        instead of the single ``α*``: the same guarantee, no more iterations in the worst case,
+        fewer when the self-loops spread out. Needs the averaged forward method.
     X_val, y_val : arrays, optional
         Evaluated after every epoch (passed to ``train``, not part of the config).
     progress : bool

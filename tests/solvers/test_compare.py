@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import contraction
-from solvers import METHODS
+from solvers import METHODS, solve
 from solvers.compare import (
     FAMILIES,
     MethodComparison,
@@ -36,7 +36,7 @@ def rows_by_family():
 @pytest.mark.parametrize("family", ["random-nemon", "negative-diagonal"])
 def test_one_row_per_method_and_guaranteed_methods_converge(rows_by_family, family):
     rows = rows_by_family[family]
-    assert [r.method for r in rows] == list(METHODS)
+    assert [r.method for r in rows] == [*METHODS, "average_per_unit"]
     for r in rows:
         assert isinstance(r, MethodComparison)
         assert r.history.shape == (r.iterations_max + 1,)
@@ -49,6 +49,22 @@ def test_one_row_per_method_and_guaranteed_methods_converge(rows_by_family, fami
         # The recorded history ends where the timed run ended.
         if r.status == "SUCCESS":
             assert r.history[-1] <= ATOL < r.history[-2]
+
+
+def test_per_unit_steps_row(rows_by_family):
+    """The averaged iteration with one step per unit: the steps, the factor and the iterations
+    of ``solve(..., alpha="per_unit")``, never more iterations than the single step here."""
+    A, W = instance("negative-diagonal", n=6, batch=3, seed=0)
+    rows = {r.method: r for r in rows_by_family["negative-diagonal"]}
+    row, single = rows["average_per_unit"], rows["average"]
+    np.testing.assert_array_equal(row.alpha, contraction.optimal_alpha(A, per_unit=True))
+    assert row.theoretical_factor == contraction.contraction_factor(A, row.alpha)
+    assert row.theoretical_factor <= single.theoretical_factor + 1e-12 and row.guaranteed
+    ref = solve(A, W, alpha="per_unit", atol=ATOL, engine="numpy")
+    assert row.iterations_max == ref.iterations.max() <= single.iterations_max
+    assert row.empirical_rate <= row.theoretical_factor + 1e-12
+    line = next(x for x in format_table(rows.values()).splitlines() if x.startswith("average_per_unit"))
+    assert f"{row.alpha.min():.2g}-{row.alpha.max():.2g}" in line
 
 
 def test_picard_outside_its_guarantee_still_runs(rows_by_family):
@@ -134,7 +150,7 @@ def test_batch_max_history_drops_stopped_samples_and_flags_non_finite():
 
 def test_format_table_names_every_method(rows_by_family):
     table = format_table(rows_by_family["negative-diagonal"])
-    for method in METHODS:
+    for method in (*METHODS, "average_per_unit"):
         assert method in table
     for column in ("alpha", "iters (mean/max)", "time ms", "residual", "status", "rate", "factor", "guaranteed"):
         assert column in table.splitlines()[0]

@@ -364,15 +364,19 @@ def interval_instance(activation, eps, seed=0):
     raise AssertionError("could not draw an instance away from the kinks")
 
 
-@pytest.mark.parametrize("method", ("average", "anderson"))
+@pytest.mark.parametrize("method", ("average", "anderson", "per_unit"))
 @pytest.mark.parametrize("activation", ("relu", "tanh"))
 def test_interval_loss_gradients_match_finite_differences(activation, method):
-    """Also with Anderson, which then solves the embedded network and its adjoint."""
+    """Also with Anderson, which then solves the embedded network and its adjoint, and with
+    per-unit steps in the averaged solves."""
     import dataclasses
 
     eps = 0.05
     net, U, labels = interval_instance(activation, eps)
-    net.solver = dataclasses.replace(net.solver, method=method)
+    if method == "per_unit":
+        net.solver = dataclasses.replace(net.solver, method="average", alpha="per_unit")
+    else:
+        net.solver = dataclasses.replace(net.solver, method=method)
     value, grads = interval_loss_and_grad(net, U, labels, eps)
     assert set(grads) == set(ImplicitNetwork.PARAMS)
 

@@ -173,6 +173,27 @@ def test_same_seed_same_result_different_seed_different_result(small):
     assert runs[0][1][0]["loss"] != runs[2][1][0]["loss"]
 
 
+def test_per_unit_steps_train_the_same_model_in_fewer_iterations(small):
+    """The per-unit steps change how the averaged solves reach each fixed point (to atol), not
+    which one: the trained parameters agree to the solves' tolerance, in fewer iterations."""
+    X, y = small
+    G = np.random.default_rng(2).standard_normal((12, 12)) / np.sqrt(12)
+    G[np.diag_indices(12)] = np.linspace(-2.0, 0.0, 12)  # self-loops that differ: so do the steps
+    runs = {}
+    for per_unit in (False, True):
+        net = ImplicitNetwork(64, 12, 10, seed=2)
+        net.A = contraction.project_mu_inf(G, 0.9)
+        h = train(net, X, y, epochs=2, batch_size=50, lr=1e-2, atol=1e-10, per_unit_steps=per_unit, progress=False)
+        assert h.solver.alpha == ("per_unit" if per_unit else None)
+        assert h.config.per_unit_steps is per_unit
+        runs[per_unit] = net, h
+    (single, hs), (units, hu) = runs[False], runs[True]
+    np.testing.assert_allclose(units.A, single.A, atol=1e-6)
+    np.testing.assert_allclose(units.C, single.C, atol=1e-6)
+    for e in range(2):
+        assert hu[e]["fwd_iters"] < hs[e]["fwd_iters"]
+
+
 def test_training_does_not_touch_the_data(small):
     X, y = small
     X0, y0 = X.copy(), y.copy()
@@ -367,6 +388,9 @@ def test_every_constraint_trains_one_epoch(name, digits):
         (dict(lr=np.nan), "lr"),
         (dict(constraint="spectral"), "constraint"),
         (dict(gamma=1.0), "gamma"),
+        (dict(per_unit_steps=1), "per_unit_steps must be True or False"),
+        (dict(per_unit_steps=True, constraint="mon"), "per_unit_steps needs the averaged forward solve"),
+        (dict(per_unit_steps=True, forward_method="anderson"), "per_unit_steps needs the averaged forward solve"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs, match, small):

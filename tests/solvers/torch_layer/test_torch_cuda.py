@@ -5,6 +5,8 @@ entry point (``run_device``) on simulator device arrays against the numpy specif
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -36,10 +38,16 @@ def _forward_backward(layer, u, R):
     (dense_layer, (2, 4), dict(activation="tanh")),
     (dense_layer, (1, 4), dict(method="peaceman_rachford", adjoint_method="anderson")),
     (conv_layer, (1, 1, 3, 4), dict(method="anderson", padding="zeros", image=(3, 4))),
-], ids=["dense-average", "dense-splitting", "conv-anderson"])
+    (dense_layer, (2, 4), dict(alpha="per_unit")),
+    (conv_layer, (1, 1, 3, 4), dict(alpha="per_unit", image=(3, 4))),
+], ids=["dense-average", "dense-splitting", "conv-anderson", "dense-per-unit", "conv-per-unit"])
 def test_cuda_path_equals_the_numpy_specification(make, shape, kw):
     u = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kw = dict(kw)
+    alpha = kw.pop("alpha", None)
     cpu, device = make(seed=9, engine="numpy", **QUICK, **kw), make(seed=9, engine="cuda", **QUICK, **kw)
+    for layer in (cpu, device):
+        layer.solver = dataclasses.replace(layer.solver, alpha=alpha)
     R = torch.randn(cpu(u).shape, dtype=torch.float64)
     for ours, reference in zip(_forward_backward(device, u, R), _forward_backward(cpu, u, R)):
         np.testing.assert_allclose(ours, reference, rtol=1e-7, atol=1e-8)

@@ -49,6 +49,19 @@ def test_gradcheck_conv(padding, stride):
     assert torch.autograd.gradcheck(_functional(layer), _inputs(layer, (2, 1, *layer.image_size)))
 
 
+@pytest.mark.parametrize("make, shape", [(dense_layer, (3, 4)), (conv_layer, (2, 1, 4, 5))], ids=["dense", "conv"])
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_per_unit_steps_keep_the_layer_and_its_gradients(make, shape, engine):
+    """``solver.alpha = "per_unit"``: the same equilibria and exact gradients (the numba engine
+    takes the dense layer's fast path, numpy the front door)."""
+    layer = make(engine=engine)
+    inputs = _inputs(layer, shape)
+    x_single = _functional(layer)(*inputs).detach()
+    layer.solver = dataclasses.replace(layer.solver, alpha="per_unit")
+    np.testing.assert_allclose(_functional(layer)(*inputs).detach(), x_single, rtol=0, atol=1e-9)
+    assert torch.autograd.gradcheck(_functional(layer), inputs)
+
+
 @pytest.mark.parametrize("method, adjoint_method, activation", [
     ("average", "average", "relu"),
     ("anderson", "anderson", "relu"),

@@ -8,7 +8,7 @@ One front door (:func:`solve`, :func:`solve_adjoint`), six methods, three engine
 import contraction  # noqa: F401  (first: it sets numba's cache folder before any kernel is defined)
 
 from ._activations import ACTIVATIONS, Activation, get_activation
-from ._api import ADJOINT_METHODS, ENGINES, METHODS, solve, solve_adjoint
+from ._api import ADJOINT_METHODS, ENGINES, METHODS, solve, solve_adjoint, unit_steps
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "get_activation",
     "solve",
     "solve_adjoint",
+    "unit_steps",
 ]

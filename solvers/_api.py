@@ -24,7 +24,7 @@ from ._engines.task import Task
 from ._engines.threads import blas_threads
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status, describe_alpha
 
-__all__ = ["solve", "solve_adjoint", "METHODS", "ADJOINT_METHODS", "ENGINES"]
+__all__ = ["solve", "solve_adjoint", "unit_steps", "METHODS", "ADJOINT_METHODS", "ENGINES"]
 
 METHODS = contraction.METHODS
 #: The adjoint equation is linear: the averaged iteration (and its accelerations) contract in
@@ -127,10 +127,6 @@ class _Facts:
         """The method's worst-case factor in ``‖·‖∞,η``."""
         return contraction.contraction_factor(self.A64, alpha, method, eta=eta)
 
-    def unit_steps(self) -> np.ndarray:
-        """The per-unit steps ``α_i = 1 / (1 − min(0, a_ii))`` (float64, (n,))."""
-        return contraction.optimal_alpha(self.A64, per_unit=True)
-
     def mu_2(self) -> float:
         return contraction.mu_2(self.A64)
 
@@ -185,11 +181,6 @@ class _ConvFacts:
         if method in _SPLITTINGS:
             return _conv_spectrum.splitting_factor(self.A, alpha, method, eta)
         return contraction.contraction_factor(self.A, alpha, method, eta=eta)
-
-    def unit_steps(self) -> np.ndarray:
-        """The per-unit steps: each output channel's ``1 / (1 − min(0, K[c,c,p,p]))`` at each of
-        its pixels (float64, (n,))."""
-        return np.repeat(contraction.optimal_alpha(self.A, per_unit=True), self.A.pixels)
 
     def mu_2(self) -> float:
         # Only the splittings ask, and they run on circular padding only.
@@ -249,6 +240,15 @@ def _check_splitting(facts, method: str) -> None:
 PER_UNIT = "per_unit"
 
 
+def unit_steps(A) -> np.ndarray:
+    """The steps ``alpha="per_unit"`` takes: ``α_i = 1 / (1 − min(0, a_ii))`` for every unit of
+    ``A``, float64, shape (n,). A square :class:`contraction.Conv2d` gives each output channel's
+    ``1 / (1 − min(0, K[c,c,p,p]))`` at each of its pixels (its units, row-major)."""
+    if isinstance(A, Conv2d):
+        return np.repeat(contraction.optimal_alpha(A, per_unit=True), A.pixels)
+    return contraction.optimal_alpha(A, per_unit=True)
+
+
 def _alpha(facts: _Facts, method, alpha, methods):
     """The step: a float, or per-unit steps (float64, (n,)) for ``average``."""
     if not isinstance(method, str) or method not in methods:
@@ -261,7 +261,7 @@ def _alpha(facts: _Facts, method, alpha, methods):
         raise ValueError(f"alpha must be a number, {PER_UNIT!r} or an array of per-unit steps, got {alpha!r}")
     if per_unit:
         if isinstance(alpha, str):
-            return facts.unit_steps()
+            return unit_steps(facts.A if isinstance(facts, _ConvFacts) else facts.A64)
         try:
             steps = np.asarray(alpha, dtype=np.float64)
         except (TypeError, ValueError):

@@ -49,8 +49,7 @@ def _alpha(op, a_min: float, method: str, solver):
     ``solver.alpha`` asks for them."""
     if solver.step(method) != "per_unit":
         return contraction.optimal_alpha_from_diagonal(a_min, method)
-    steps = contraction.optimal_alpha(op, per_unit=True)
-    return np.repeat(steps, op.pixels) if isinstance(op, contraction.Conv2d) else steps
+    return solvers.unit_steps(op)
 
 
 def _accept(op, method: str, alpha: float) -> float:

@@ -38,7 +38,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 import contraction
-from solvers import solve_adjoint
+from solvers import solve_adjoint, unit_steps
 from solvers.engine import (
     IDENTITY,
     PRANGE_ONLY,
@@ -364,13 +364,6 @@ def _layer(net, dt):
             ((C, C * k * k), (C, C_in * k * k), (q, features)), features)
 
 
-def _unit_steps(net, dt) -> np.ndarray:
-    """The per-unit steps ``1 / (1 − min(0, a_ii))`` of the layer's state units, in ``dt``."""
-    op = net.A if net.DENSE else net.state_operator()
-    steps = contraction.optimal_alpha(op, per_unit=True)
-    return (steps if net.DENSE else np.repeat(steps, op.pixels)).astype(dt)
-
-
 def fused_gradients(net, U, targets, rows, solver):
     """``(value, grads, stats)`` of the cross-entropy loss of the batch ``U[rows]``,
     ``targets[rows]`` for a :func:`fusable` ``solver``; ``U`` finite and C-contiguous in the
@@ -381,7 +374,7 @@ def fused_gradients(net, U, targets, rows, solver):
     op, params, diagonal_min, share_shapes, features = _layer(net, dt)
     act = activation(net.activation.code, net.activation.slope)
     if solver.alpha == "per_unit":  # one step per unit, for the forward and the adjoint solve
-        step = AveragedUnits(_unit_steps(net, dt))
+        step = AveragedUnits(unit_steps(net.state_operator()).astype(dt))
     else:
         step = Averaged(float(contraction.optimal_alpha_from_diagonal(diagonal_min)))
     stop_f = Stopping(float(solver.atol), 0.0, int(solver.max_iter), False)

@@ -39,6 +39,7 @@ def test_compiled_engines_match_numpy_on_a_matrix(rng, engine, activation):
     np.testing.assert_allclose(got.x, ref.x, rtol=0, atol=1e-12)
     np.testing.assert_allclose(got.history, ref.history, rtol=1e-6, atol=1e-13, equal_nan=True)
     np.testing.assert_array_equal(got.alpha, 1 / (1 - np.minimum(0, np.diagonal(A))))
+    np.testing.assert_array_equal(solvers.unit_steps(A), got.alpha)
     # the adjoint: the same steps on λ = G + (λ ⊙ σ'(Z)) A, ℓ1 residual
     Z = ref.x @ A.T + W
     G = rng.standard_normal(W.shape)
@@ -68,6 +69,7 @@ def test_compiled_engines_match_numpy_on_a_convolution(rng, engine, dtype, paddi
     # one step per output channel at every pixel of that channel
     steps = np.repeat(1 / (1 - np.minimum(0, op.diagonal())), op.pixels)
     np.testing.assert_allclose(got.alpha, steps, rtol=1e-15)
+    np.testing.assert_array_equal(solvers.unit_steps(op), got.alpha)
     Z = op.to_dense() @ ref.x.astype(np.float64).T
     Z = (Z.T + W).astype(dtype)
     G = rng.standard_normal(W.shape).astype(dtype)

@@ -42,9 +42,6 @@ SMALL = {
     "--out out/conv_interval.npz":
         ["--channels", "4", "--epochs", "2", "--interval-ramp", "1", "--train-samples", "1000", "--no-progress"],
     "nemon certify out/conv_interval.npz --eps 0.01,0.02,0.05,0.1 --samples 10000": ["--samples", "40"],
-    "nemon train --model conv --dataset fashion-mnist --channels 24 --stride 2 --pool 1 --interval-eps 0.11 "
-    "--diag-min -1 --per-unit-steps --out out/conv_units.npz":
-        ["--channels", "4", "--epochs", "2", "--interval-ramp", "1", "--train-samples", "1000", "--no-progress"],
     "nemon check kernel.npy --image 28x28": [],
     "nemon train --resume out/model.npz": ["--no-progress"],
     "nemon train --resume out/model.npz --epochs 25": ["--epochs", "3", "--no-progress"],

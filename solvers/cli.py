@@ -388,7 +388,7 @@ RESUME_FIXED = {
     "model": lambda net, config, saved: net.architecture()["kind"],
     **{dest: (lambda net, config, saved, key=key: net.architecture().get(key))
        for dest, key in (("channels", "channels"), ("kernel", "kernel_size"), ("pool", "pool"), ("padding", "padding"),
-                         ("stride", "stride"))},
+                         ("stride", "stride"), ("input_kernel", "input_kernel"))},
     "activation": lambda net, config, saved: net.activation.name,
     "dtype": lambda net, config, saved: net.dtype.name,
     "dataset": lambda net, config, saved: saved.get("dataset"),
@@ -525,18 +525,23 @@ def _new_network(args, n_in: int, n_out: int):
         raise CLIError(f"--constraint {args.constraint} is defined on matrices: --model conv trains with "
                        f"{', '.join(tr.CONV_CONSTRAINTS)}")
     side = math.isqrt(n_in)
+    if args.input_kernel is not None and args.input_kernel % 2 == 0:
+        raise CLIError(f"--input-kernel must be odd, got {args.input_kernel}")
     if side * side != n_in or side < args.kernel:
         raise CLIError(f"--model conv needs square one-channel images of at least {args.kernel}x{args.kernel} pixels; "
                        f"{args.dataset} has {n_in} features per sample")
     if side % args.stride:
         raise CLIError(f"--stride {args.stride} must divide the {side}x{side} images of {args.dataset}")
+    if args.input_kernel is not None and args.input_kernel > side:
+        raise CLIError(f"--input-kernel {args.input_kernel} is larger than the {side}x{side} images of {args.dataset}")
     state = side // args.stride
     if state % args.pool:
         raise CLIError(f"--pool {args.pool} must divide the {state}x{state} images of the state ({args.dataset}'s "
                        f"{side}x{side}" + (f" at stride {args.stride})" if args.stride > 1 else ")"))
     try:
         return tr.ConvImplicitNetwork((1, side, side), args.channels, args.kernel, n_out, args.pool,
-                                      padding=args.padding, stride=args.stride, **common)
+                                      padding=args.padding, stride=args.stride, input_kernel=args.input_kernel,
+                                      **common)
     except ValueError as exc:
         raise CLIError(f"--model conv: {exc}") from None
 
@@ -870,11 +875,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense: x = relu(Ax + Bu + b); conv: A and B convolutions over the image, then an average pool")
     p.add_argument("--hidden", type=positive_int, default=100, help="hidden units n (dense)")
     p.add_argument("--channels", type=positive_int, default=16, help="hidden channels (conv)")
-    p.add_argument("--kernel", type=positive_int, default=3, help="odd kernel size k of both convolutions (conv)")
+    p.add_argument("--kernel", type=positive_int, default=3, help="odd kernel size k of the implicit convolution A, and of B unless --input-kernel (conv)")
     p.add_argument("--pool", type=positive_int, default=4, help="average pool before the readout (conv)")
     p.add_argument("--padding", choices=("circular", "zeros"), default="circular", help="convolution padding (conv)")
     p.add_argument("--stride", type=positive_int, default=1,
                    help="stride of the input convolution (conv): 2 maps 28x28 images to a 14x14 state")
+    p.add_argument("--input-kernel", type=positive_int, default=None,
+                   help="odd kernel size of the input convolution (conv; default: --kernel)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own; may change on resume)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per step")

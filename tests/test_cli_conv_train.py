@@ -44,6 +44,11 @@ def test_conv_model_needs_square_images_and_a_dividing_pool(tmp_path):
     assert code == 2 and "--pool 3 must divide the 4x4 images of the state (digits's 8x8 at stride 2)" in err
     code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--stride", 3, "--out", tmp_path / "s.npz")
     assert code == 2 and "--stride 3 must divide the 8x8 images" in err
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--input-kernel", 4, "--out", tmp_path / "s.npz")
+    assert code == 2 and "--input-kernel must be odd, got 4" in err
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--input-kernel", 9, "--out", tmp_path / "s.npz")
+    assert code == 2 and "--input-kernel 9 is larger than the 8x8 images of digits" in err
+    assert not (tmp_path / "s.npz").exists()
     assert not np.any([p.exists() for p in (tmp_path / "f.npz", tmp_path / "p.npz")])
     code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--constraint", "mon", "--out", tmp_path / "m.npz")
     assert code == 2 and "--constraint mon is defined on matrices" in one_clean_line(err)
@@ -54,7 +59,8 @@ def test_conv_model_trains_with_intervals_then_certifies(tmp_path):
     """Interval training of a conv layer from the command line; ``certify`` reads it back."""
     ckpt = tmp_path / "robust.npz"
     code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 2,
-                         "--stride", 2, "--interval-eps", 0.05, "--lipschitz-weight", 1e-4, "--no-progress", "--out", ckpt)
+                         "--stride", 2, "--input-kernel", 5, "--interval-eps", 0.05, "--lipschitz-weight", 1e-4,
+                         "--no-progress", "--out", ckpt)
     assert code == 0, err
     _, history, _ = load_training(ckpt)
     assert history.config.interval_eps == 0.05 and history.config.lipschitz_weight == 1e-4
@@ -62,6 +68,9 @@ def test_conv_model_trains_with_intervals_then_certifies(tmp_path):
     assert 0.0 <= history.epochs[-1]["val_certified"] <= 1.0
     net = load_training(ckpt)[0]
     assert net.stride == 2 and net.state_shape == (4, 4) and net.n_hidden == 3 * 16
+    assert net.B.shape == (3, 1, 5, 5) and net.A.shape == (3, 3, 3, 3)
+    code, _, err = run("train", "--resume", ckpt, "--input-kernel", 3, "--epochs", 3)
+    assert code == 2 and "--input-kernel 3 (the checkpoint's: 5)" in err
     code, out, err = run("certify", ckpt, "--eps", "0.01,0.05", "--samples", 50, "--out", tmp_path / "c.png")
     assert code == 0, err
     assert (tmp_path / "c.png").exists()

@@ -173,7 +173,8 @@ def _network_from(path, header, arrays) -> ImplicitNetwork:
         kind = cfg.get("kind", "dense")
         if kind == "conv":
             net = ConvImplicitNetwork(tuple(cfg["in_shape"]), cfg["channels"], cfg["kernel_size"], cfg["n_out"],
-                                      cfg["pool"], padding=cfg["padding"], stride=cfg.get("stride", 1), **common)
+                                      cfg["pool"], padding=cfg["padding"], stride=cfg.get("stride", 1),
+                                      input_kernel=cfg.get("input_kernel"), **common)
         elif kind == "dense":
             net = ImplicitNetwork(cfg["n_in"], cfg["n_hidden"], cfg["n_out"], **common)
         else:

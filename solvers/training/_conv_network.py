@@ -33,7 +33,8 @@ class ConvImplicitNetwork(ImplicitNetwork):
     channels : int
         Channels of the hidden state (its size is ``channels·(H/stride)·(W/stride)``).
     kernel_size : int
-        Odd ``k`` of both convolutions; ``H, W ≥ k``.
+        Odd ``k`` of the implicit layer's convolution ``A`` (and of ``B`` unless
+        ``input_kernel`` is given); the state's images are at least ``k × k``.
     n_out : int
     pool : int
         Average pool of ``pool × pool`` blocks before the readout; divides the state's images.
@@ -41,6 +42,10 @@ class ConvImplicitNetwork(ImplicitNetwork):
     stride : int
         Stride of the input convolution ``B`` (1 by default; 2 downsamples 28×28 inputs to a
         14×14 state, four times cheaper to iterate); divides ``H`` and ``W``.
+    input_kernel : int, optional
+        Odd size of the input convolution ``B`` (default ``kernel_size``): a wider input kernel
+        (5 at stride 2) lets every state pixel see the whole neighbourhood it summarises, at the
+        cost of one convolution per forward pass, not one per iteration; ``H, W ≥`` it.
     activation, seed, dtype, solver
         As for :class:`ImplicitNetwork` (``dtype`` float32 by default).
 
@@ -57,7 +62,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
     DENSE = False
 
     def __init__(self, in_shape, channels, kernel_size, n_out, pool, padding="circular", activation="relu", seed=0,
-                 dtype=np.float32, solver=None, stride=1):
+                 dtype=np.float32, solver=None, stride=1, input_kernel=None):
         try:
             C_in, H, W = (check_count(v, name) for name, v in zip(("C_in", "H", "W"), in_shape))
             assert len(in_shape) == 3
@@ -67,6 +72,9 @@ class ConvImplicitNetwork(ImplicitNetwork):
         k = check_count(kernel_size, "kernel_size")
         if k % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {k}")
+        kb = k if input_kernel is None else check_count(input_kernel, "input_kernel")
+        if kb % 2 == 0:
+            raise ValueError(f"input_kernel must be odd, got {kb}")
         stride = check_count(stride, "stride")
         if H % stride or W % stride:
             raise ValueError(f"stride must divide the image size {H}x{W}, got {stride}")
@@ -79,12 +87,14 @@ class ConvImplicitNetwork(ImplicitNetwork):
         features = channels * (Hs // pool) * (Ws // pool)
         super().__init__(C_in * H * W, channels, n_out, activation=activation, seed=seed, dtype=dtype, solver=solver)
         self.in_shape, self.channels, self.kernel_size, self.pool, self.padding = (C_in, H, W), channels, k, pool, padding
-        self.stride, self.state_shape = stride, (Hs, Ws)
-        Conv2d(np.zeros((1, 1, k, k)), (Hs, Ws), padding)  # refuses images smaller than the kernel
+        self.stride, self.state_shape, self.input_kernel = stride, (Hs, Ws), kb
+        Conv2d(np.zeros((1, 1, k, k)), (Hs, Ws), padding)  # refuses images smaller than the kernels
+        if kb > min(H, W):
+            raise ValueError(f"input_kernel {kb} is larger than the {H}x{W} input images")
         rng = np.random.default_rng(self.seed)
         f = self.dtype
         self.A = (0.1 * rng.standard_normal((channels, channels, k, k)) / np.sqrt(channels * k * k)).astype(f)
-        self.B = (rng.standard_normal((channels, C_in, k, k)) / np.sqrt(C_in * k * k)).astype(f)
+        self.B = (rng.standard_normal((channels, C_in, kb, kb)) / np.sqrt(C_in * kb * kb)).astype(f)
         self.b = np.zeros(channels, f)
         self.C = (rng.standard_normal((self.n_out, features)) / np.sqrt(features)).astype(f)
         self.c = np.zeros(self.n_out, f)
@@ -106,7 +116,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
     def architecture(self) -> dict:
         return {"kind": "conv", "in_shape": list(self.in_shape), "channels": self.channels,
                 "kernel_size": self.kernel_size, "n_out": self.n_out, "pool": self.pool, "padding": self.padding,
-                "stride": self.stride}
+                "stride": self.stride, "input_kernel": self.input_kernel}
 
     def state_operator(self) -> Conv2d:
         """``A`` as the :class:`contraction.Conv2d` it defines on the hidden state."""
@@ -198,15 +208,18 @@ class ConvImplicitNetwork(ImplicitNetwork):
     def _state_gradient(self, dY) -> np.ndarray:
         return self._unpool(dY @ self.C.astype(np.float64)).astype(self.dtype)
 
-    def _kernel_gradient(self, V, X, channels_in: int, channels_out: int | None = None, shape=None) -> np.ndarray:
+    def _kernel_gradient(self, V, X, channels_in: int, channels_out: int | None = None, shape=None,
+                         k: int | None = None) -> np.ndarray:
         """``Σ_{batch, i, j} V[c, i, j] · x[c', i + di − p, j + dj − p]`` (the layer's padding),
         compiled (:func:`solvers.engine.correlate_grad`), in float64; ``channels_out`` those of
-        ``V`` (default: the layer's), images of ``shape`` (default: the state's)."""
+        ``V`` (default: the layer's), images of ``shape`` (default: the state's), kernel size
+        ``k`` (default: ``A``'s)."""
         H, W = self.state_shape if shape is None else shape
         c_out = self.channels if channels_out is None else channels_out
-        g = np.empty((c_out, channels_in, self.kernel_size, self.kernel_size))
+        k = self.kernel_size if k is None else k
+        g = np.empty((c_out, channels_in, k, k))
         correlate_grad(np.ascontiguousarray(V, dtype=np.float64), np.ascontiguousarray(X, dtype=np.float64),
-                       self.kernel_size, H, W, self.padding == "circular", g)
+                       k, H, W, self.padding == "circular", g)
         return g
 
     def _parameter_gradients(self, fp: ForwardPass, V, dYt) -> dict:
@@ -222,7 +235,8 @@ class ConvImplicitNetwork(ImplicitNetwork):
 
     def _input_kernel_gradient(self, V, U) -> np.ndarray:
         """``∂/∂B`` of ``Σ ⟨V, B ⋆ u⟩`` (the stride's adjoint spreads ``V`` onto the input grid)."""
-        return self._kernel_gradient(self._upsample(V), U, self.in_shape[0], shape=self.in_shape[1:])
+        return self._kernel_gradient(self._upsample(V), U, self.in_shape[0], shape=self.in_shape[1:],
+                                     k=self.input_kernel)
 
     def _input_product_T(self, V) -> np.ndarray:
         flipped = self.B.astype(np.float64)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # the transpose's kernel
@@ -309,5 +323,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
         C_in, H, W = self.in_shape
         return (f"ConvImplicitNetwork(in_shape=({C_in}, {H}, {W}), channels={self.channels}, "
                 f"kernel_size={self.kernel_size}, n_out={self.n_out}, pool={self.pool}, padding={self.padding!r}, "
-                + (f"stride={self.stride}, " if self.stride > 1 else "") + f"activation={self.activation.name!r}, dtype={self.dtype.name})")
+                + (f"stride={self.stride}, " if self.stride > 1 else "")
+                + (f"input_kernel={self.input_kernel}, " if self.input_kernel != self.kernel_size else "")
+                + f"activation={self.activation.name!r}, dtype={self.dtype.name})")
 

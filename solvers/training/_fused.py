@@ -69,10 +69,11 @@ __all__ = ["fusable", "fused_gradients"]
 #: ``C`` in float64 for ``G = dY C``).
 Params = collections.namedtuple("Params", ["BT", "b", "CT", "C64", "c"])
 #: A convolutional layer's (:class:`ConvImplicitNetwork`): the input kernel ``B`` (channels,
-#: C_in, k, k), ``b`` per channel, ``C64`` (n_out, features) in float64, ``c``; the input images
-#: ``Hin × Win``, the state's ``H × W``, the padding, the input convolution's stride and the pool.
+#: C_in, k_B, k_B), ``b`` per channel, ``C64`` (n_out, features) in float64, ``c``; the input
+#: images ``Hin × Win``, the state's ``H × W``, the padding, the input convolution's stride, the
+#: pool and the size ``k`` of the state's kernel ``A``.
 ConvParams = collections.namedtuple("ConvParams", ["B", "b", "C64", "c", "Hin", "Win", "H", "W", "circular",
-                                                   "stride", "pool"])
+                                                   "stride", "pool", "k"])
 #: Per-sample work and outputs of the step, batch-wide (each block writes its own rows); ``F``
 #: a convolutional layer's pooled features (float64; no columns for a dense layer).
 Work = collections.namedtuple("Work", ["U", "y", "W", "X", "Z", "Y", "dY", "dYt", "G", "D", "L", "V", "losses",
@@ -212,7 +213,8 @@ def _gradient_shares(params, work, lo, hi, shares, blk):
         return dense_layer
 
     def conv_layer(params, work, lo, hi, shares, blk):
-        C, C_in, k, _ = params.B.shape
+        C, C_in, kB, _ = params.B.shape
+        k = params.k
         V = work.V[lo:hi]
         correlate_grad(V, work.X[lo:hi], k, params.H, params.W, params.circular, shares.gA[blk].reshape(C, C, k, k))
         if params.stride > 1:  # the stride's adjoint: V spread onto the input grid, zeros between
@@ -225,8 +227,8 @@ def _gradient_shares(params, work, lo, hi, shares, blk):
                                 s, (c * params.H + i) * params.W + j]
         else:
             up = V
-        correlate_grad(up, work.U[lo:hi], k, params.Hin, params.Win, params.circular,
-                       shares.gB[blk].reshape(C, C_in, k, k))
+        correlate_grad(up, work.U[lo:hi], kB, params.Hin, params.Win, params.circular,
+                       shares.gB[blk].reshape(C, C_in, kB, kB))
         gC = shares.gC[blk]
         gC[:] = 0.0
         for s in range(lo, hi):
@@ -352,16 +354,17 @@ def _layer(net, dt):
         params = Params(net.B.T, net.b, net.C.T, net.C.astype(np.float64), net.c)  # transposed views: no copies
         return (dense(A, forward=True, adjoint=True), params, float(np.diagonal(A).min()),
                 ((n, n), (n, m), (q, n)), 0)
-    C, C_in, k, _ = net.B.shape
+    C, C_in, kB, _ = net.B.shape
+    k = A.shape[-1]
     _, Hin, Win = net.in_shape
     H, W = net.state_shape
     p = k // 2
     circular = net.padding == "circular"
     params = ConvParams(np.ascontiguousarray(net.B), net.b, net.C.astype(np.float64), net.c, Hin, Win, H, W,
-                        circular, net.stride, net.pool)
+                        circular, net.stride, net.pool, k)
     features = net.C.shape[1]
     return (conv(net.state_operator(), dt), params, float(A[np.arange(C), np.arange(C), p, p].min()),
-            ((C, C * k * k), (C, C_in * k * k), (q, features)), features)
+            ((C, C * k * k), (C, C_in * kB * kB), (q, features)), features)
 
 
 def fused_gradients(net, U, targets, rows, solver):

@@ -13,10 +13,12 @@ from solvers.training import ConvImplicitNetwork, ImplicitNetwork, SolverConfig,
 EXACT = dict(atol=1e-12, adjoint_atol=1e-12, max_iter=20000)
 
 
-def small(padding="circular", activation="tanh", engine="numpy", scale=3.0, dtype=np.float64, stride=1):
+def small(padding="circular", activation="tanh", engine="numpy", scale=3.0, dtype=np.float64, stride=1,
+          input_kernel=None):
     """A 3-channel layer on a 6x4 state (from 2-channel inputs of 6x4, or 12x8 with stride 2)."""
     net = ConvImplicitNetwork((2, 6 * stride, 4 * stride), 3, 3, 4, 2, padding=padding, activation=activation,
-                              dtype=dtype, solver=SolverConfig(engine=engine, **EXACT), seed=3, stride=stride)
+                              dtype=dtype, solver=SolverConfig(engine=engine, **EXACT), seed=3, stride=stride,
+                              input_kernel=input_kernel)
     net.A = (scale * net.A).astype(dtype)  # coupling strong enough to matter, mu_inf < 1
     net.A = contraction.project_mu_inf(net.state_operator(), 0.8).kernel.astype(dtype)
     net.b = np.linspace(-0.2, 0.3, 3).astype(dtype)
@@ -35,15 +37,21 @@ def dense_twin(net: ConvImplicitNetwork) -> ImplicitNetwork:
     return twin
 
 
+#: (stride, input_kernel) of the layers the exactness tests run on: the input convolution at
+#: stride 1 and 2 with the state's kernel size, and a 5x5 input kernel at stride 2.
+INPUT_CONVS = pytest.mark.parametrize("stride, input_kernel", [(1, None), (2, None), (2, 5)],
+                                      ids=["stride1", "stride2", "stride2-input5"])
+
+
 def inputs(net):
     rng = np.random.default_rng(0)
     return rng.uniform(0, 1, (5, net.n_in)), rng.integers(0, 4, 5)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+@INPUT_CONVS
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
-def test_outputs_and_input_gradients_equal_the_dense_twins(padding, stride):
-    net = small(padding, stride=stride)
+def test_outputs_and_input_gradients_equal_the_dense_twins(padding, stride, input_kernel):
+    net = small(padding, stride=stride, input_kernel=input_kernel)
     U, y = inputs(net)
     twin = dense_twin(net)
     np.testing.assert_allclose(net.forward(U), twin.forward(U), atol=1e-10)
@@ -52,11 +60,11 @@ def test_outputs_and_input_gradients_equal_the_dense_twins(padding, stride):
     assert net.lipschitz("paper") == pytest.approx(twin.lipschitz("paper"), rel=1e-10)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+@INPUT_CONVS
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_gradients_are_exact(padding, activation, stride):
-    net = small(padding, activation, stride=stride)
+def test_gradients_are_exact(padding, activation, stride, input_kernel):
+    net = small(padding, activation, stride=stride, input_kernel=input_kernel)
     U, y = inputs(net)
     value, grads = net.loss_and_grad(U, y)
     rng = np.random.default_rng(1)
@@ -106,13 +114,13 @@ def test_training_refuses_constraints_that_are_matrix_only():
 
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(padding, activation, stride):
+@INPUT_CONVS
+def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(padding, activation, stride, input_kernel):
     """The worst-case loss over pooled-feature bounds equals the dense twin's over the readout
     matrix (the pool is a non-negative average), and its gradients are the finite differences."""
     from solvers.training._robust import interval_loss_and_grad
 
-    net = small(padding, activation, stride=stride)
+    net = small(padding, activation, stride=stride, input_kernel=input_kernel)
     U, y = inputs(net)
     U = 0.2 + 0.6 * U  # inside the data range, so the clipped box is the full box
     eps = 0.05
@@ -142,6 +150,8 @@ def test_interval_loss_equals_the_dense_twins_and_its_gradients_are_exact(paddin
     (dict(in_shape=(1, 6, 6), channels=2, kernel_size=3, n_out=3, pool=1, stride=4), "stride must divide"),
     (dict(in_shape=(1, 12, 12), channels=2, kernel_size=3, n_out=3, pool=4, stride=2), "state's image size 6x6"),
     (dict(in_shape=(1, 2, 2), channels=2, kernel_size=3, n_out=3, pool=1), "smaller than"),
+    (dict(in_shape=(1, 6, 6), channels=2, kernel_size=3, n_out=3, pool=1, input_kernel=4), "input_kernel must be odd"),
+    (dict(in_shape=(1, 6, 6), channels=2, kernel_size=3, n_out=3, pool=1, input_kernel=7), "larger than the 6x6"),
     (dict(in_shape=(6, 6), channels=2, kernel_size=3, n_out=3, pool=1), "in_shape"),
     (dict(in_shape=(1, 6, 6), channels=0, kernel_size=3, n_out=3, pool=1), "channels"),
     (dict(in_shape=(1, 6, 6), channels=2, kernel_size=3, n_out=3, pool=1, padding="reflect"), "padding"),
@@ -158,7 +168,8 @@ def test_checkpoints_round_trip_with_the_training_state(tmp_path):
     rng = np.random.default_rng(5)
     X, y = rng.uniform(0, 1, (40, 192)), rng.integers(0, 2, 40)
     net = ConvImplicitNetwork((2, 12, 8), 3, 3, 2, 2, padding="zeros", dtype=np.float32,
-                              solver=SolverConfig(engine="numpy"), stride=2)
+                              solver=SolverConfig(engine="numpy"), stride=2, input_kernel=5)
+    assert net.B.shape == (3, 2, 5, 5) and net.A.shape == (3, 3, 3, 3)
     history = train(net, X, y, epochs=1, batch_size=20, progress=False)
     path = save(net, tmp_path / "conv.npz", history=history)
     back, hist, _ = load_training(path)
@@ -170,12 +181,12 @@ def test_checkpoints_round_trip_with_the_training_state(tmp_path):
     assert [r["epoch"] for r in more.epochs] == [1, 2]
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+@INPUT_CONVS
 @pytest.mark.parametrize("padding", contraction.PADDINGS)
-def test_interval_bounds_equal_the_dense_twins_and_are_sound(padding, stride):
+def test_interval_bounds_equal_the_dense_twins_and_are_sound(padding, stride, input_kernel):
     from solvers.training import certified_accuracy, interval_bounds
 
-    net = small(padding, "relu", stride=stride)
+    net = small(padding, "relu", stride=stride, input_kernel=input_kernel)
     net.solver = SolverConfig(engine="numba", **EXACT)
     twin = dense_twin(net)
     rng = np.random.default_rng(6)

@@ -79,14 +79,15 @@ def test_fused_step_equals_the_generic_path(activation, dtype, batch, blocks):
         assert stats["forward_iterations"] > 5
 
 
-def _conv_network(padding, activation, dtype, stride, seed=0):
+def _conv_network(padding, activation, dtype, stride, seed=0, input_kernel=None):
     """A 4-channel convolutional layer (6x4 state, pool 2) with strong, partly negative centre
     taps and a bias: samples finish at different iterations."""
     from contraction import Conv2d, project_mu_inf
     from solvers.training import ConvImplicitNetwork, SolverConfig
 
     net = ConvImplicitNetwork((2, 6 * stride, 4 * stride), 4, 3, 3, 2, padding=padding, activation=activation,
-                              dtype=dtype, seed=seed, stride=stride, solver=SolverConfig(engine="numba"))
+                              dtype=dtype, seed=seed, stride=stride, solver=SolverConfig(engine="numba"),
+                              input_kernel=input_kernel)
     rng = np.random.default_rng(seed)
     K = 0.4 * rng.standard_normal((4, 4, 3, 3))
     K[np.arange(4), np.arange(4), 1, 1] = rng.uniform(-2.0, 0.0, 4)
@@ -96,16 +97,19 @@ def _conv_network(padding, activation, dtype, stride, seed=0):
     return net
 
 
-CONV_CASES = [("circular", "relu", np.float32, 1), ("zeros", "tanh", np.float64, 1),
-              ("circular", "tanh", np.float64, 2), ("zeros", "relu", np.float32, 2)]
+CONV_CASES = [("circular", "relu", np.float32, 1, None), ("zeros", "tanh", np.float64, 1, None),
+              ("circular", "tanh", np.float64, 2, None), ("zeros", "relu", np.float32, 2, None),
+              ("circular", "relu", np.float64, 2, 5)]
 
 
-@pytest.mark.parametrize("padding, activation, dtype, stride", CONV_CASES,
-                         ids=[f"{p}-{a}-{d.__name__}-stride{s}" for p, a, d, s in CONV_CASES])
-def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, stride, blocks):
+@pytest.mark.parametrize("padding, activation, dtype, stride, input_kernel", CONV_CASES,
+                         ids=[f"{p}-{a}-{d.__name__}-stride{s}" + (f"-input{k}" if k else "")
+                              for p, a, d, s, k in CONV_CASES])
+def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, stride, input_kernel, blocks):
     """The convolutional layer's step (kernel gradients by correlation, pooled readout) in one
-    compiled call per block equals the generic path through the front door."""
-    net = _conv_network(padding, activation, dtype, stride, seed=stride)
+    compiled call per block equals the generic path through the front door (a 5x5 input kernel
+    beside the state's 3x3 in the last case)."""
+    net = _conv_network(padding, activation, dtype, stride, seed=stride, input_kernel=input_kernel)
     rng = np.random.default_rng(stride)
     U = rng.uniform(-1, 1, (50, net.n_in)) * np.logspace(-4, 0, 50)[:, None]
     y = rng.integers(0, net.n_out, 50)

@@ -875,7 +875,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense: x = relu(Ax + Bu + b); conv: A and B convolutions over the image, then an average pool")
     p.add_argument("--hidden", type=positive_int, default=100, help="hidden units n (dense)")
     p.add_argument("--channels", type=positive_int, default=16, help="hidden channels (conv)")
-    p.add_argument("--kernel", type=positive_int, default=3, help="odd kernel size k of the implicit convolution A, and of B unless --input-kernel (conv)")
+    p.add_argument("--kernel", type=positive_int, default=3,
+                   help="odd kernel size k of the implicit convolution A, and of B unless --input-kernel (conv)")
     p.add_argument("--pool", type=positive_int, default=4, help="average pool before the readout (conv)")
     p.add_argument("--padding", choices=("circular", "zeros"), default="circular", help="convolution padding (conv)")
     p.add_argument("--stride", type=positive_int, default=1,

@@ -43,9 +43,9 @@ class ConvImplicitNetwork(ImplicitNetwork):
         Stride of the input convolution ``B`` (1 by default; 2 downsamples 28×28 inputs to a
         14×14 state, four times cheaper to iterate); divides ``H`` and ``W``.
     input_kernel : int, optional
-        Odd size of the input convolution ``B`` (default ``kernel_size``): a wider input kernel
-        (5 at stride 2) lets every state pixel see the whole neighbourhood it summarises, at the
-        cost of one convolution per forward pass, not one per iteration; ``H, W ≥`` it.
+        Odd size of the input convolution ``B`` (default ``kernel_size``), for example 5 at
+        stride 2 beside a 3 × 3 ``A``: ``B`` runs once per forward pass, not once per iteration,
+        so a wider one costs little; ``H, W ≥`` it.
     activation, seed, dtype, solver
         As for :class:`ImplicitNetwork` (``dtype`` float32 by default).
 

@@ -389,6 +389,7 @@ RESUME_FIXED = {
     **{dest: (lambda net, config, saved, key=key: net.architecture().get(key))
        for dest, key in (("channels", "channels"), ("kernel", "kernel_size"), ("pool", "pool"), ("padding", "padding"),
                          ("stride", "stride"), ("input_kernel", "input_kernel"))},
+    "readout_hidden": lambda net, config, saved: getattr(net, "readout_hidden", 0),
     "activation": lambda net, config, saved: net.activation.name,
     "dtype": lambda net, config, saved: net.dtype.name,
     "dataset": lambda net, config, saved: saved.get("dataset"),
@@ -520,7 +521,12 @@ def _new_network(args, n_in: int, n_out: int):
     common = dict(activation=args.activation, seed=args.seed, dtype=np.dtype(args.dtype),
                   solver=tr.SolverConfig(engine=args.engine))
     if args.model == "dense":
+        if args.readout_hidden:
+            raise CLIError(f"--readout-hidden {args.readout_hidden} needs --model conv (a dense network reads out "
+                           "linearly)")
         return tr.ImplicitNetwork(n_in, args.hidden, n_out, **common)
+    if args.readout_hidden and args.lipschitz_weight > 0:
+        raise CLIError("--lipschitz-weight penalises a linear readout's ||C||: use it without --readout-hidden")
     if args.constraint not in tr.CONV_CONSTRAINTS:
         raise CLIError(f"--constraint {args.constraint} is defined on matrices: --model conv trains with "
                        f"{', '.join(tr.CONV_CONSTRAINTS)}")
@@ -541,7 +547,7 @@ def _new_network(args, n_in: int, n_out: int):
     try:
         return tr.ConvImplicitNetwork((1, side, side), args.channels, args.kernel, n_out, args.pool,
                                       padding=args.padding, stride=args.stride, input_kernel=args.input_kernel,
-                                      **common)
+                                      readout_hidden=args.readout_hidden, **common)
     except ValueError as exc:
         raise CLIError(f"--model conv: {exc}") from None
 
@@ -883,6 +889,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stride of the input convolution (conv): 2 maps 28x28 images to a 14x14 state")
     p.add_argument("--input-kernel", type=positive_int, default=None,
                    help="odd kernel size of the input convolution (conv; default: --kernel)")
+    p.add_argument("--readout-hidden", type=nonnegative_int, default=0, metavar="H",
+                   help="a hidden ReLU layer of H units in the readout, C relu(D pool(x) + d) + c (conv; default 0: "
+                        "linear)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own; may change on resume)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per step")

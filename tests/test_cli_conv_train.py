@@ -12,6 +12,16 @@ from solvers.training import ConvImplicitNetwork, load_training
 
 
 
+def _attack_never_beats_a_certificate(ckpt, tmp_path):
+    """``nemon attack`` on the checkpoint: at each radius, certified <= PGD <= clean."""
+    code, out, err = run("attack", ckpt, "--samples", 40, "--steps", 3, "--eps", "0.01,0.1", "--out", tmp_path / "a.png")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("0.01", "0.1")]
+    assert len(rows) == 2
+    for eps, clean, interval, lip, lip_paper, fgsm, pgd in rows:
+        assert max(float(interval), float(lip)) <= float(pgd) <= float(clean)  # a certificate never exceeds an attack
+
+
 def test_conv_model_trains_certifies_and_resumes(tmp_path):
     ckpt = tmp_path / "conv.npz"
     code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 1,
@@ -21,12 +31,7 @@ def test_conv_model_trains_certifies_and_resumes(tmp_path):
     net, history, _ = load_training(ckpt)
     assert isinstance(net, ConvImplicitNetwork) and net.pool == 2 and net.padding == "circular"
     assert contraction.mu_inf(net.state_operator()) <= 0.9 + 1e-6
-    code, out, err = run("attack", ckpt, "--samples", 40, "--steps", 3, "--eps", "0.01,0.1", "--out", tmp_path / "a.png")
-    assert code == 0, err
-    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("0.01", "0.1")]
-    assert len(rows) == 2
-    for eps, clean, interval, lip, lip_paper, fgsm, pgd in rows:
-        assert max(float(interval), float(lip)) <= float(pgd) <= float(clean)  # a certificate never exceeds an attack
+    _attack_never_beats_a_certificate(ckpt, tmp_path)
     code, _, err = run("train", "--resume", ckpt, "--channels", 5, "--epochs", 2)
     assert code == 2 and "--channels 5 (the checkpoint's: 3)" in err
     code, _, err = run("train", "--resume", ckpt, "--epochs", 2, "--no-progress")
@@ -74,3 +79,31 @@ def test_conv_model_trains_with_intervals_then_certifies(tmp_path):
     code, out, err = run("certify", ckpt, "--eps", "0.01,0.05", "--samples", 50, "--out", tmp_path / "c.png")
     assert code == 0, err
     assert (tmp_path / "c.png").exists()
+
+
+def test_conv_model_with_a_hidden_readout_layer_trains_certifies_and_attacks(tmp_path):
+    """``--readout-hidden H``: ``C relu(D pool(x) + d) + c``, through training with intervals,
+    the checkpoint, ``certify`` and ``attack``; and what it refuses."""
+    ckpt = tmp_path / "hidden.npz"
+    code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 2,
+                         "--readout-hidden", 8, "--interval-eps", 0.05, "--no-progress", "--out", ckpt)
+    assert code == 0, err
+    assert "readout_hidden=8" in out and "||C|| ||D|| ||B||" in out
+    net, history, _ = load_training(ckpt)
+    assert net.readout_hidden == 8 and net.D.shape == (8, 3 * 4 * 4) and net.C.shape == (10, 8)
+    assert all(r["mu_inf"] <= 0.9 + 1e-6 for r in history.epochs)
+    _attack_never_beats_a_certificate(ckpt, tmp_path)
+    code, _, err = run("train", "--resume", ckpt, "--readout-hidden", 4, "--epochs", 3)
+    assert code == 2 and "--readout-hidden 4 (the checkpoint's: 8)" in err
+    code, _, err = run("train", "--resume", ckpt, "--epochs", 3, "--no-progress")
+    assert code == 0, err
+    assert [r["epoch"] for r in load_training(ckpt)[1].epochs] == [1, 2, 3]
+    code, _, err = run("train", "--dataset", "digits", "--readout-hidden", 8, "--out", tmp_path / "d.npz")
+    assert code == 2 and "--readout-hidden 8 needs --model conv" in err
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--readout-hidden", 8, "--lipschitz-weight",
+                       1e-4, "--out", tmp_path / "l.npz")
+    assert code == 2 and "--lipschitz-weight penalises a linear readout" in one_clean_line(err)
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--readout-hidden", -1, "--out",
+                       tmp_path / "n.npz")
+    assert code == 2 and "--readout-hidden" in err
+    assert not any((tmp_path / f).exists() for f in ("d.npz", "l.npz", "n.npz"))

@@ -174,7 +174,8 @@ def _network_from(path, header, arrays) -> ImplicitNetwork:
         if kind == "conv":
             net = ConvImplicitNetwork(tuple(cfg["in_shape"]), cfg["channels"], cfg["kernel_size"], cfg["n_out"],
                                       cfg["pool"], padding=cfg["padding"], stride=cfg.get("stride", 1),
-                                      input_kernel=cfg.get("input_kernel"), **common)
+                                      input_kernel=cfg.get("input_kernel"),
+                                      readout_hidden=cfg.get("readout_hidden", 0), **common)
         elif kind == "dense":
             net = ImplicitNetwork(cfg["n_in"], cfg["n_hidden"], cfg["n_out"], **common)
         else:
@@ -203,7 +204,7 @@ def _check_training_arrays(path, net, con, raw, m, v):
     if sorted(raw) != sorted(template):
         raise CheckpointError(f"{path}: constraint {con.name} expects parameters {sorted(template)}, got {sorted(raw)}")
     shapes = {k: a.shape for k, a in template.items()}
-    shapes.update({k: getattr(net, k).shape for k in ("B", "b", "C", "c")})
+    shapes.update({k: getattr(net, k).shape for k in net.PARAMS if k != "A"})
     if sorted(m) != sorted(shapes) or sorted(v) != sorted(shapes):
         raise CheckpointError(f"{path}: optimiser moments for {sorted(m)}, expected {sorted(shapes)}")
     for label, group in (("raw", raw), ("opt_m", m), ("opt_v", v)):

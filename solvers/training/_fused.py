@@ -19,11 +19,14 @@ whole step on its rows in one compiled call:
 with the engine's block solver (:func:`solvers.engine.solve_block`, so the iterations and
 the stopping rule are the engine's, sample by sample), then its block's share of the
 gradients of ``A``, ``B`` and ``C``; the shares are summed at the end. What differs between
-the layers is four hooks on the layer's parameters (:class:`Params`, :class:`ConvParams`):
+the layers is four hooks on the layer's parameters (:class:`Params`, :class:`ConvParams`, and
+:class:`HiddenConvParams` for a convolutional layer read out through a hidden ReLU layer,
+``Y = C relu(D f + d) + c``, whose products with ``D`` are BLAS calls on the block's rows):
 :func:`inject` (``W``), :func:`readout` (``Y``), :func:`state_gradient` (``G``) and
 :func:`gradient_shares`. The loss and ``dY`` are computed in float64 as in the generic path,
-and so are a convolutional layer's features, readout, state gradient and kernel gradients;
-everything else in the network's dtype. Samples whose adjoint misses its tolerance are
+and so are a convolutional layer's features, readout, state gradient and kernel gradients
+(a hidden readout layer's pre-activations too; its backward products, as the generic path's,
+in the network's dtype); everything else in the network's dtype. Samples whose adjoint misses its tolerance are
 finished with a dense solve, as in the generic path. Tested against the generic path in
 ``tests/training/test_fused.py``.
 """
@@ -74,13 +77,22 @@ Params = collections.namedtuple("Params", ["BT", "b", "CT", "C64", "c"])
 #: pool and the size ``k`` of the state's kernel ``A``.
 ConvParams = collections.namedtuple("ConvParams", ["B", "b", "C64", "c", "Hin", "Win", "H", "W", "circular",
                                                    "stride", "pool", "k"])
+#: A convolutional layer whose readout has a hidden ReLU layer, ``C relu(D f + d) + c``: the
+#: fields of :class:`ConvParams` (``C64`` then (n_out, hidden)), ``DT64`` = ``Dᵀ`` (features,
+#: hidden) in float64 for the forward product, ``D`` (hidden, features) in the network's dtype
+#: for the backward ones (as the generic path), ``d`` (hidden,).
+HiddenConvParams = collections.namedtuple("HiddenConvParams", ConvParams._fields + ("DT64", "D", "d"))
 #: Per-sample work and outputs of the step, batch-wide (each block writes its own rows); ``F``
-#: a convolutional layer's pooled features (float64; no columns for a dense layer).
+#: a convolutional layer's pooled features (float64; no columns for a dense layer); ``P`` and
+#: ``dP`` a hidden readout layer's pre-activations (float64) and their gradients (the network's
+#: dtype; no columns without one).
 Work = collections.namedtuple("Work", ["U", "y", "W", "X", "Z", "Y", "dY", "dYt", "G", "D", "L", "V", "losses",
-                                       "iters_f", "res_f", "codes_f", "iters_a", "res_a", "codes_a", "hist", "F"])
-#: Each block's share of the gradients of ``A``, ``B`` and ``C``: (blocks, rows, columns), a
-#: kernel's share as (channels, C_in·k·k).
-Shares = collections.namedtuple("Shares", ["gA", "gB", "gC"])
+                                       "iters_f", "res_f", "codes_f", "iters_a", "res_a", "codes_a", "hist", "F",
+                                       "P", "dP"])
+#: Each block's share of the gradients of ``A``, ``B``, ``C`` and a hidden readout layer's
+#: ``D``: (blocks, rows, columns), a kernel's share as (channels, C_in·k·k) (``gD`` with no
+#: rows without a hidden layer).
+Shares = collections.namedtuple("Shares", ["gA", "gB", "gC", "gD"])
 
 
 # -- what differs between the layers ------------------------------------------------------------
@@ -90,14 +102,15 @@ def inject(params, U, W):
     raise NotImplementedError("inject runs in compiled code only")
 
 
-def readout(params, X, F, Y):
+def readout(params, X, F, Y, P):
     """``Y = C features(x) + c`` for the rows of ``X`` (``F``: the features where the layer keeps
-    them; compiled code only)."""
+    them; ``P``: a hidden readout layer's pre-activations; compiled code only)."""
     raise NotImplementedError("readout runs in compiled code only")
 
 
-def state_gradient(params, dY, G):
-    """``G = features*(dY C)`` for the rows of ``dY`` (compiled code only)."""
+def state_gradient(params, dY, G, P, dP):
+    """``G = features*(dY C)`` for the rows of ``dY`` (through a hidden readout layer at its
+    pre-activations ``P``, keeping their gradients in ``dP``; compiled code only)."""
     raise NotImplementedError("state_gradient runs in compiled code only")
 
 
@@ -108,6 +121,43 @@ def gradient_shares(params, work, lo, hi, shares, blk):
 
 def _dense_layer(params) -> bool:
     return getattr(params, "instance_class", None) is Params
+
+
+def _hidden_layer(params) -> bool:
+    return getattr(params, "instance_class", None) is HiddenConvParams
+
+
+@njit(cache=True, nogil=True)
+def _pool_rows(params, X, F):
+    """``F = pool(x)`` (float64 block means, channel-major) for the rows of ``X``."""
+    p = params.pool
+    h, w = params.H // p, params.W // p
+    channels = X.shape[1] // (params.H * params.W)
+    for s in range(X.shape[0]):
+        f = F[s]
+        f[:] = 0.0
+        for c in range(channels):
+            for i in range(params.H):
+                row = X[s, (c * params.H + i) * params.W:(c * params.H + i + 1) * params.W]
+                out = f[(c * h + i // p) * w:(c * h + i // p + 1) * w]
+                for j in range(params.W):
+                    out[j // p] += row[j]
+        for e in range(f.shape[0]):
+            f[e] /= p * p
+
+
+@njit(cache=True, nogil=True)
+def _unpool_rows(params, g, G, s):
+    """Row ``s`` of ``G``: the feature gradients ``g`` spread over their blocks, over ``pool²``."""
+    p = params.pool
+    h, w = params.H // p, params.W // p
+    channels = G.shape[1] // (params.H * params.W)
+    for c in range(channels):
+        for i in range(params.H):
+            src = g[(c * h + i // p) * w:(c * h + i // p + 1) * w]
+            row = G[s, (c * params.H + i) * params.W:(c * params.H + i + 1) * params.W]
+            for j in range(params.W):
+                row[j] = src[j // p] / (p * p)
 
 
 @overload(inject)
@@ -141,30 +191,34 @@ def _inject(params, U, W):
 
 
 @overload(readout)
-def _readout(params, X, F, Y):
+def _readout(params, X, F, Y, P):
     if _dense_layer(params):
-        def dense_layer(params, X, F, Y):
+        def dense_layer(params, X, F, Y, P):
             np.dot(X, params.CT, Y)
             for s in range(Y.shape[0]):
                 for j in range(Y.shape[1]):
                     Y[s, j] += params.c[j]
         return dense_layer
 
-    def conv_layer(params, X, F, Y):
-        p = params.pool
-        h, w = params.H // p, params.W // p
-        channels = X.shape[1] // (params.H * params.W)
+    if _hidden_layer(params):
+        def hidden_layer(params, X, F, Y, P):
+            _pool_rows(params, X, F)
+            P[:] = np.dot(F, params.DT64)  # D f, a BLAS product over the block's rows
+            for s in range(X.shape[0]):
+                for u in range(P.shape[1]):
+                    P[s, u] += params.d[u]
+                for j in range(Y.shape[1]):
+                    y = 0.0
+                    for u in range(P.shape[1]):
+                        if P[s, u] > 0.0:
+                            y += params.C64[j, u] * P[s, u]
+                    Y[s, j] = y + params.c[j]
+        return hidden_layer
+
+    def conv_layer(params, X, F, Y, P):
+        _pool_rows(params, X, F)
         for s in range(X.shape[0]):
             f = F[s]
-            f[:] = 0.0
-            for c in range(channels):
-                for i in range(params.H):
-                    row = X[s, (c * params.H + i) * params.W:(c * params.H + i + 1) * params.W]
-                    out = f[(c * h + i // p) * w:(c * h + i // p + 1) * w]
-                    for j in range(params.W):
-                        out[j // p] += row[j]
-            for e in range(f.shape[0]):
-                f[e] /= p * p
             for j in range(Y.shape[1]):  # C f + c: a few dozen dot products (no BLAS call to compile)
                 y = 0.0
                 for e in range(f.shape[0]):
@@ -174,19 +228,30 @@ def _readout(params, X, F, Y):
 
 
 @overload(state_gradient)
-def _state_gradient(params, dY, G):
+def _state_gradient(params, dY, G, P, dP):
     if _dense_layer(params):
-        def dense_layer(params, dY, G):
+        def dense_layer(params, dY, G, P, dP):
             G64 = np.dot(dY, params.C64)  # G = dY C in float64, as the generic path
             for s in range(G.shape[0]):
                 for i in range(G.shape[1]):
                     G[s, i] = G64[s, i]
         return dense_layer
 
-    def conv_layer(params, dY, G):
-        p = params.pool
-        h, w = params.H // p, params.W // p
-        channels = G.shape[1] // (params.H * params.W)
+    if _hidden_layer(params):
+        def hidden_layer(params, dY, G, P, dP):
+            for s in range(G.shape[0]):
+                for u in range(P.shape[1]):
+                    g = 0.0
+                    if P[s, u] > 0.0:
+                        for j in range(dY.shape[1]):
+                            g += dY[s, j] * params.C64[j, u]
+                    dP[s, u] = g
+            dF = np.dot(dP, params.D)  # in the network's dtype, as the generic path
+            for s in range(G.shape[0]):
+                _unpool_rows(params, dF[s], G, s)
+        return hidden_layer
+
+    def conv_layer(params, dY, G, P, dP):
         g = np.empty(params.C64.shape[1])  # dY C of one row, in float64
         for s in range(G.shape[0]):
             g[:] = 0.0
@@ -194,12 +259,7 @@ def _state_gradient(params, dY, G):
                 d = dY[s, j]
                 for e in range(g.shape[0]):
                     g[e] += d * params.C64[j, e]
-            for c in range(channels):
-                for i in range(params.H):
-                    src = g[(c * h + i // p) * w:(c * h + i // p + 1) * w]
-                    row = G[s, (c * params.H + i) * params.W:(c * params.H + i + 1) * params.W]
-                    for j in range(params.W):
-                        row[j] = src[j // p] / (p * p)
+            _unpool_rows(params, g, G, s)
     return conv_layer
 
 
@@ -212,31 +272,50 @@ def _gradient_shares(params, work, lo, hi, shares, blk):
             np.dot(work.dYt[lo:hi].T, work.X[lo:hi], shares.gC[blk])
         return dense_layer
 
+    if _hidden_layer(params):
+        def hidden_layer(params, work, lo, hi, shares, blk):
+            _kernel_shares(params, work, lo, hi, shares, blk)
+            _readout_share(work.dYt[lo:hi], np.maximum(work.P[lo:hi], 0.0), shares.gC[blk])
+            # gD = dPᵀ F, in the network's dtype (as the generic path)
+            shares.gD[blk][:] = np.dot(work.dP[lo:hi].T, work.F[lo:hi].astype(work.dP.dtype))
+        return hidden_layer
+
     def conv_layer(params, work, lo, hi, shares, blk):
-        C, C_in, kB, _ = params.B.shape
-        k = params.k
-        V = work.V[lo:hi]
-        correlate_grad(V, work.X[lo:hi], k, params.H, params.W, params.circular, shares.gA[blk].reshape(C, C, k, k))
-        if params.stride > 1:  # the stride's adjoint: V spread onto the input grid, zeros between
-            up = np.zeros((hi - lo, C * params.Hin * params.Win), V.dtype)
-            for s in range(hi - lo):
-                for c in range(C):
-                    for i in range(params.H):
-                        for j in range(params.W):
-                            up[s, (c * params.Hin + i * params.stride) * params.Win + j * params.stride] = V[
-                                s, (c * params.H + i) * params.W + j]
-        else:
-            up = V
-        correlate_grad(up, work.U[lo:hi], kB, params.Hin, params.Win, params.circular,
-                       shares.gB[blk].reshape(C, C_in, kB, kB))
-        gC = shares.gC[blk]
-        gC[:] = 0.0
-        for s in range(lo, hi):
-            for j in range(gC.shape[0]):
-                d = float(work.dYt[s, j])
-                for e in range(gC.shape[1]):
-                    gC[j, e] += d * work.F[s, e]
+        _kernel_shares(params, work, lo, hi, shares, blk)
+        _readout_share(work.dYt[lo:hi], work.F[lo:hi], shares.gC[blk])
     return conv_layer
+
+
+@njit(cache=True, nogil=True)
+def _readout_share(dY, H, gC):
+    """``gC = dYᵀ H`` (float64 sums) of the readout ``C h + c`` over a block's rows."""
+    gC[:] = 0.0
+    for s in range(dY.shape[0]):
+        for j in range(gC.shape[0]):
+            d = float(dY[s, j])
+            for e in range(gC.shape[1]):
+                gC[j, e] += d * H[s, e]
+
+
+@njit(cache=True, nogil=True)
+def _kernel_shares(params, work, lo, hi, shares, blk):
+    """A convolutional layer's shares of the gradients of the kernels ``A`` and ``B``."""
+    C, C_in, kB, _ = params.B.shape
+    k = params.k
+    V = work.V[lo:hi]
+    correlate_grad(V, work.X[lo:hi], k, params.H, params.W, params.circular, shares.gA[blk].reshape(C, C, k, k))
+    if params.stride > 1:  # the stride's adjoint: V spread onto the input grid, zeros between
+        up = np.zeros((hi - lo, C * params.Hin * params.Win), V.dtype)
+        for s in range(hi - lo):
+            for c in range(C):
+                for i in range(params.H):
+                    for j in range(params.W):
+                        up[s, (c * params.Hin + i * params.stride) * params.Win + j * params.stride] = V[
+                            s, (c * params.H + i) * params.W + j]
+    else:
+        up = V
+    correlate_grad(up, work.U[lo:hi], kB, params.Hin, params.Win, params.circular,
+                   shares.gB[blk].reshape(C, C_in, kB, kB))
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -257,7 +336,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
     solve_block(op, Forward(work.W[lo:hi]), act, step, stop_f, none,
                 Output(work.X[lo:hi], work.iters_f[lo:hi], work.res_f[lo:hi], work.codes_f[lo:hi],
                        work.hist[lo:hi], work.Z[lo:hi]))  # Z = A x + W from the solver's last product
-    readout(params, work.X[lo:hi], work.F[lo:hi], work.Y[lo:hi])
+    readout(params, work.X[lo:hi], work.F[lo:hi], work.Y[lo:hi], work.P[lo:hi])
     for s in range(lo, hi):
         for i in range(n):
             work.D[s, i] = dsigma(act, work.Z[s, i])
@@ -275,7 +354,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
                 g -= 1.0
             work.dY[s, j] = g / batch
             work.dYt[s, j] = work.dY[s, j]
-    state_gradient(params, work.dY[lo:hi], work.G[lo:hi])
+    state_gradient(params, work.dY[lo:hi], work.G[lo:hi], work.P[lo:hi], work.dP[lo:hi])
     solve_block(op, Adjoint(work.G[lo:hi], work.D[lo:hi]), identity, step, stop_a, none,
                 Output(work.L[lo:hi], work.iters_a[lo:hi], work.res_a[lo:hi], work.codes_a[lo:hi],
                        work.hist[lo:hi], none))
@@ -300,7 +379,11 @@ def _step_blocks(bounds, data, labels, rows, op, params, act, identity, step, st
 @njit(cache=True, parallel=PRANGE_ONLY)
 def _sum_shares(shares):
     """``shares.gX[0] += shares.gX[k]`` for every block ``k > 0``, rows in parallel."""
-    gA, gB, gC = shares
+    gA, gB, gC, gD = shares
+    for i in prange(gD.shape[1]):
+        for k in range(1, gD.shape[0]):
+            for j in range(gD.shape[2]):
+                gD[0, i, j] += gD[k, i, j]
     for i in prange(gA.shape[1]):
         for k in range(1, gA.shape[0]):
             for j in range(gA.shape[2]):
@@ -353,18 +436,26 @@ def _layer(net, dt):
     if net.DENSE:
         params = Params(net.B.T, net.b, net.C.T, net.C.astype(np.float64), net.c)  # transposed views: no copies
         return (dense(A, forward=True, adjoint=True), params, float(np.diagonal(A).min()),
-                ((n, n), (n, m), (q, n)), 0)
+                ((n, n), (n, m), (q, n), (0, 0)), 0)
     C, C_in, kB, _ = net.B.shape
     k = A.shape[-1]
     _, Hin, Win = net.in_shape
     H, W = net.state_shape
     p = k // 2
     circular = net.padding == "circular"
-    params = ConvParams(np.ascontiguousarray(net.B), net.b, net.C.astype(np.float64), net.c, Hin, Win, H, W,
-                        circular, net.stride, net.pool, k)
-    features = net.C.shape[1]
+    fields = (np.ascontiguousarray(net.B), net.b, net.C.astype(np.float64), net.c, Hin, Win, H, W, circular,
+              net.stride, net.pool, k)
+    hidden = getattr(net, "readout_hidden", 0)
+    if hidden:
+        params = HiddenConvParams(*fields, np.ascontiguousarray(net.D.T, dtype=np.float64),
+                                  np.ascontiguousarray(net.D), net.d.astype(np.float64))
+        features = net.D.shape[1]
+    else:
+        params = ConvParams(*fields)
+        features = net.C.shape[1]
     return (conv(net.state_operator(), dt), params, float(A[np.arange(C), np.arange(C), p, p].min()),
-            ((C, C * k * k), (C, C_in * kB * kB), (q, features)), features)
+            ((C, C * k * k), (C, C_in * kB * kB), (q, net.C.shape[1]), (hidden, features if hidden else 0)),
+            features)
 
 
 def fused_gradients(net, U, targets, rows, solver):
@@ -375,6 +466,7 @@ def fused_gradients(net, U, targets, rows, solver):
     batch = rows.shape[0]
     n, m, q = net.n_hidden, net.n_in, net.n_out
     op, params, diagonal_min, share_shapes, features = _layer(net, dt)
+    hidden = share_shapes[3][0]
     act = activation(net.activation.code, net.activation.slope)
     if solver.alpha == "per_unit":  # one step per unit, for the forward and the adjoint solve
         step = AveragedUnits(unit_steps(net.state_operator()).astype(dt))
@@ -387,7 +479,8 @@ def fused_gradients(net, U, targets, rows, solver):
                 e((batch, q), dt), e((batch, q)), e((batch, q), dt), e((batch, n), dt), e((batch, n), dt),
                 e((batch, n), dt), e((batch, n), dt), e(batch), np.zeros(batch, np.int64), np.zeros(batch),
                 np.full(batch, -1, np.int8), np.zeros(batch, np.int64), np.zeros(batch),
-                np.full(batch, -1, np.int8), e((batch, 0)), e((batch, features)))
+                np.full(batch, -1, np.int8), e((batch, 0)), e((batch, features)), e((batch, hidden)),
+                e((batch, hidden), dt))
     bounds = block_bounds(batch)
     k_blocks = len(bounds)
     # a dense layer's shares in its dtype (BLAS products), a convolution's in float64 (sums)
@@ -398,7 +491,7 @@ def fused_gradients(net, U, targets, rows, solver):
     args = (bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
     variant = ("fused step", type(params).__name__, net.activation.code, dt.char)
     parallel = use_blocks(variant, k_blocks, _step_blocks, args)
-    with blas_policy(k_blocks if parallel else 1, batch * n * n if net.DENSE else 0):
+    with blas_policy(k_blocks if parallel else 1, batch * n * n if net.DENSE else batch * features * hidden):
         if parallel:
             loss, gb, gc, iters_f, iters_a, ok_f, ok_a = _step_blocks(*args)
         else:  # the same blocks one after the other: the same products, the same results
@@ -412,6 +505,8 @@ def fused_gradients(net, U, targets, rows, solver):
                 loss, gb, gc, iters_f, iters_a, ok_f, ok_a = _summary(work)
     grads = {"A": shares.gA[0].reshape(net.A.shape), "B": shares.gB[0].reshape(net.B.shape), "b": gb,
              "C": shares.gC[0], "c": gc}
+    if hidden:
+        grads.update(D=shares.gD[0], d=work.dP.sum(axis=0, dtype=np.float64))
     if ok_a < batch:  # outside the averaged adjoint's guarantee: finish the failed samples exactly
         bad = work.codes_a != SUCCESS
         lam = work.L.copy()
@@ -420,7 +515,7 @@ def fused_gradients(net, U, targets, rows, solver):
         V = (lam.astype(np.float64) * net.activation.derivative(work.Z)).astype(dt)
         from ._network import ForwardPass  # (_network imports this module)
 
-        fp = ForwardPass(work.U, work.X, work.Z, work.Y, work.iters_f, work.codes_f == SUCCESS)
+        fp = ForwardPass(work.U, work.X, work.Z, work.Y, work.iters_f, work.codes_f == SUCCESS, work.F, work.P)
         exact = net._parameter_gradients(fp, V, work.dYt)
         grads.update(A=exact["A"], B=exact["B"], b=exact["b"])
     elif not net.DENSE:  # Σ V per channel (the sums per state unit, summed over the pixels)

@@ -95,6 +95,10 @@ class ForwardPass:
     Y: np.ndarray
     iterations: np.ndarray
     converged: np.ndarray
+    #: A readout with a hidden layer: its features and pre-activations (float64), kept for the
+    #: backward pass.
+    features: np.ndarray | None = None
+    hidden: np.ndarray | None = None
 
 
 class ImplicitNetwork:
@@ -297,8 +301,9 @@ class ImplicitNetwork:
             dY = 2.0 * diff / self.n_out
         return float(value), dY * scale
 
-    def _state_gradient(self, dY) -> np.ndarray:
-        """``G = ∂L/∂X`` from ``dY = ∂L/∂Y`` (float64 products, the network's dtype)."""
+    def _state_gradient(self, dY, fp: ForwardPass) -> np.ndarray:
+        """``G = ∂L/∂X`` from ``dY = ∂L/∂Y`` at the forward pass ``fp`` (float64 products, the
+        network's dtype)."""
         return (dY @ self.C.astype(np.float64)).astype(self.dtype)
 
     def _parameter_gradients(self, fp: ForwardPass, V, dYt) -> dict:
@@ -318,6 +323,31 @@ class ImplicitNetwork:
     def features_T(self, G) -> np.ndarray:
         """The adjoint of :meth:`features`: feature gradients taken back to the states."""
         return G
+
+    def hidden_bounds(self, F_lo, F_hi, dtype=np.float64) -> tuple:
+        """``(H_lo, H_hi)``: bounds of the last linear layer's input ``h`` (``Y = C h + c``)
+        from bounds of the features. Here ``h`` is the features themselves; a readout with a
+        hidden layer takes the bounds through it (its products in ``dtype``)."""
+        return F_lo, F_hi
+
+    def hidden_bounds_T(self, F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, dtype=np.float64) -> tuple:
+        """The adjoint of :meth:`hidden_bounds` at ``(H_lo, H_hi)`` (what it returned for
+        ``(F_lo, F_hi)``): ``(gF_lo, gF_hi, gradients)`` from the gradients of the bounds,
+        ``gradients`` those of the hidden layer's parameters."""
+        return gH_lo, gH_hi, {}
+
+    def margin_readout(self, eta=None) -> tuple:
+        """``(M, κ)`` for Lipschitz margins: logits are ``M h + c`` with
+        ``‖h − h'‖∞ ≤ κ ‖x − x'‖_{∞,η}``, so ``|(M_k − M_j)(h − h')| ≤ ‖M_k − M_j‖₁ κ ‖x − x'‖_{∞,η}``.
+        For a linear readout ``M = C diag(η)`` on the state and ``κ = 1``."""
+        C = self.readout_matrix()
+        if eta is not None:
+            C = C * self.state_weights(eta)[None, :]
+        return C, 1.0
+
+    def state_weights(self, eta) -> np.ndarray:
+        """``eta`` (one weight per unit; per channel for a convolution) as one per state entry."""
+        return np.asarray(eta, dtype=np.float64)
 
     def state_product(self, op, X) -> np.ndarray:
         """``op x`` for every row of ``X``, ``op`` a matrix as :meth:`embedded_system` returns
@@ -341,7 +371,7 @@ class ImplicitNetwork:
                 "b": (gW_hi + gW_lo).sum(axis=0)}
 
     def _backward(self, fp: ForwardPass, dY, solver=None):
-        G = self._state_gradient(dY)
+        G = self._state_gradient(dY, fp)
         s = self.solver if solver is None else solver
         lam, res = solve_adjoint(self.state_operator(), fp.Z, G, method=s.adjoint_method,
                                  alpha=s.step(s.adjoint_method), atol=s.adjoint_atol, max_iter=s.max_iter, activation=self.activation, engine=s.engine, check=False)

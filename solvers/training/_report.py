@@ -44,6 +44,7 @@ def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> di
         "forward_iterations_max": int(iters.max()),
         "unconverged": unconverged,
         "parameters": net.parameter_count(),
+        "readout_hidden": getattr(net, "readout_hidden", 0),
         "method": s.method,
         "atol": s.atol,
     }
@@ -51,14 +52,15 @@ def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> di
 
 def format_report(metrics: dict, title: str = "Report") -> str:
     m = metrics
+    norms = "||C|| ||D|| ||B||" if m.get("readout_hidden") else "||C|| ||B||"  # D: a hidden readout layer
     lines = [
         title,
         "-" * len(title),
         f"test accuracy               {m['accuracy']:.4f}  ({m['samples']} samples)",
         f"mu_inf(A)                   {m['mu_inf']:.4f}  (best diagonal weights: {m['mu_inf_weighted']:.4f})",
         f"alpha* = 1/(1 - min(0, a_min)) {m['alpha_star']:.4f}",
-        f"Lipschitz bound (tight)     {m['lipschitz_tight']:.4g}  = ||C|| ||B|| / (1 - mu)",
-        f"Lipschitz bound (paper)     {m['lipschitz_paper']:.4g}  = ||C|| ||B|| / (1 - max(0, mu))",
+        f"Lipschitz bound (tight)     {m['lipschitz_tight']:.4g}  = {norms} / (1 - mu)",
+        f"Lipschitz bound (paper)     {m['lipschitz_paper']:.4g}  = {norms} / (1 - max(0, mu))",
         f"forward iterations          mean {m['forward_iterations_mean']:.1f}, max {m['forward_iterations_max']} "
         f"({m['method']}, atol {m['atol']:g}; {m['unconverged']} unconverged)",
         f"parameters                  {m['parameters']}",

@@ -104,7 +104,9 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     """Bounds over the box ``[U_lo, U_hi]``: ``(X_lo, X_hi, Y_lo, Y_hi)``.
 
     The embedded fixed point is solved with :func:`solvers.solve` (averaged iteration at the
-    original network's ``α*``). ``Y`` bounds are ``C⁺ x_hi + C⁻ x_lo + c`` and vice versa.
+    original network's ``α*``). ``Y`` bounds are ``C⁺ h_hi + C⁻ h_lo + c`` and vice versa, ``h``
+    the readout's features (:meth:`ImplicitNetwork.hidden_bounds`: the states for a dense
+    layer, pooled features, or a hidden readout layer's outputs).
     """
     U_lo, U_hi = np.atleast_2d(U_lo), np.atleast_2d(U_hi)
     m = net.n_in
@@ -127,26 +129,30 @@ def interval_bounds(net: ImplicitNetwork, U_lo, U_hi):
     # sound and stops the widening from costing certificates (ReLU lower bounds sat ~1e-5 below 0).
     low, high = net.activation.range
     X_hi, X_lo = np.minimum(X[:, :n] + err, high), np.maximum(X[:, n:] - err, low)
-    C = net.readout_matrix()
+    # The readout over the feature bounds (exact: each state enters one feature with a
+    # non-negative weight), through its hidden layer when it has one.
+    H_lo, H_hi = net.hidden_bounds(net.features(X_lo), net.features(X_hi))
+    C = net.C.astype(np.float64)
     Cp, Cm = np.maximum(C, 0), np.minimum(C, 0)
     with np.errstate(invalid="ignore"):  # inf · 0 where no certificate: the bound is infinite
-        Y_hi = np.nan_to_num(X_hi @ Cp.T + X_lo @ Cm.T + net.c, nan=np.inf)
-        Y_lo = np.nan_to_num(X_lo @ Cp.T + X_hi @ Cm.T + net.c, nan=-np.inf)
+        Y_hi = np.nan_to_num(H_hi @ Cp.T + H_lo @ Cm.T + net.c, nan=np.inf)
+        Y_lo = np.nan_to_num(H_lo @ Cp.T + H_hi @ Cm.T + net.c, nan=-np.inf)
     return X_lo, X_hi, Y_lo, Y_hi
 
 
 def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
-    """Lower bound of ``(C_k − C_j) x + c_k − c_j`` over the box, ``(batch, q)`` (0 at ``j = k``).
+    """Lower bound of ``(C_k − C_j) h + c_k − c_j`` over the box, ``(batch, q)`` (0 at ``j = k``).
 
     Taken over the readout's feature bounds (:meth:`ImplicitNetwork.features`, exact: each
     state enters one feature with a non-negative weight), which for a convolutional layer are
-    ``pool²`` times fewer than its states."""
+    ``pool²`` times fewer than its states, and through a hidden readout layer when there is
+    one (:meth:`ImplicitNetwork.hidden_bounds`): ``h`` is the last linear layer's input."""
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
-    F_lo, F_hi = net.features(X_lo), net.features(X_hi)
+    H_lo, H_hi = net.hidden_bounds(net.features(X_lo), net.features(X_hi))
     D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, features)
     with np.errstate(invalid="ignore"):
-        low = (np.maximum(D, 0) * F_lo[:, None, :] + np.minimum(D, 0) * F_hi[:, None, :]).sum(axis=2)
+        low = (np.maximum(D, 0) * H_lo[:, None, :] + np.minimum(D, 0) * H_hi[:, None, :]).sum(axis=2)
     low = np.nan_to_num(low, nan=-np.inf) + (c[labels][:, None] - c[None, :])
     low[np.arange(len(labels)), labels] = 0.0
     return low
@@ -181,16 +187,14 @@ def certified_by_lipschitz(net: ImplicitNetwork, U, labels, eps: float, form: st
     logits = np.concatenate([fp.Y for fp in passes])
     # The computed state is within err of x* (in the norm of L_x), so a radius shrinks by err / L_x.
     A64 = A
-    eta_state = None if eta is None else (np.repeat(eta, A.pixels) if conv else eta)
+    eta_state = None if eta is None else net.state_weights(eta)
     scale = 1.0 if eta is None else eta_state[None, :]
     residual = np.concatenate([(np.abs(net.activation(fp.Z.astype(np.float64)) - fp.X) / scale).max(axis=1)
                                for fp in passes])
     err = contraction.error_bound(A64, residual, eta=eta)
-    C = net.readout_matrix()
-    if eta is not None:
-        # Bound in ‖·‖_{∞,η}: |(C_k − C_j) δx| ≤ ‖(C_k − C_j) diag(η)‖_1 ‖δx‖_{∞,η}.
-        C = C * eta_state[None, :]
-    radius, pred = contraction.certified_radius(logits.astype(np.float64), C, L_x)
+    # Logits are M h + c with ‖δh‖∞ ≤ κ ‖δx‖_{∞,η}: |(M_k − M_j) δh| ≤ ‖M_k − M_j‖_1 κ ‖δx‖_{∞,η}.
+    M, kappa = net.margin_readout(eta)
+    radius, pred = contraction.certified_radius(logits.astype(np.float64), M, L_x * kappa)
     return (pred == labels) & (radius - err / L_x > eps)
 
 
@@ -344,10 +348,11 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     # Margins over the readout's feature bounds: exact, since the features are a non-negative
     # combination of the states (each state in one feature).
     F_hi, F_lo = net.features(X[:, :n]), net.features(X[:, n:])
+    H_lo, H_hi = net.hidden_bounds(F_lo, F_hi, net.dtype)  # through a hidden readout layer, if any
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
     rows = np.arange(batch)
-    z = -_margin_low(F_lo, F_hi, C, c, y)
+    z = -_margin_low(H_lo, H_hi, C, c, y)
     zs = z - z.max(axis=1, keepdims=True)
     logp = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
     value = float(-logp[rows, y].mean())
@@ -355,7 +360,8 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     dz[rows, y] -= 1.0
     dz /= batch
     dz[rows, y] = 0.0  # z_y is the constant 0
-    gF_lo, gF_hi, gC, gc = _margin_low_grad(F_lo, F_hi, C, y, -dz)
+    gH_lo, gH_hi, gC, gc = _margin_low_grad(H_lo, H_hi, C, y, -dz)
+    gF_lo, gF_hi, head = net.hidden_bounds_T(F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, net.dtype)
     # Adjoint of the embedded equilibrium.
     dt = net.dtype
     G2 = np.hstack([net.features_T(gF_hi), net.features_T(gF_lo)]).astype(dt)
@@ -365,7 +371,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
                            max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
     # The parameter-gradient products run in the network's dtype (float32 training stays float32).
     V = (lam.astype(np.float64) * net.activation.derivative(Z2)).astype(dt)
-    grads = {**net.embedded_gradients(V, X.astype(dt), U_c, U_r), "C": gC, "c": gc}
+    grads = {**net.embedded_gradients(V, X.astype(dt), U_c, U_r), **head, "C": gC, "c": gc}
     return value, {k: np.asarray(v).astype(net.dtype) for k, v in grads.items()}
 
 

@@ -197,6 +197,12 @@ def lipschitz_penalty(A, B, C):
     return float(value), {"A": gA.reshape(shape_A), "B": gB.reshape(shape_B), "C": gC}
 
 
+def _free_parameters(net) -> dict:
+    """The parameters the optimiser updates in place: all but ``A`` (which the constraint
+    parametrises)."""
+    return {k: getattr(net, k) for k in net.PARAMS if k != "A"}
+
+
 @contextlib.contextmanager
 def _interrupt_flag():
     """Turn SIGINT into a flag checked between batches (so no update is half-applied); while
@@ -336,6 +342,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     if not net.DENSE and con.name not in CONV_CONSTRAINTS:
         raise ValueError(f"{type(net).__name__} trains with constraint {' or '.join(map(repr, CONV_CONSTRAINTS))} "
                          f"(the others are defined on matrices), got constraint={con.name!r}")
+    if cfg.lipschitz_weight > 0 and "D" in net.PARAMS:
+        raise ValueError("lipschitz_weight > 0 penalises ||C|| ||B|| / (1 - mu) of a linear readout; this network's "
+                         f"readout has a hidden layer (readout_hidden={net.readout_hidden}): use lipschitz_weight=0")
     X, y = _check_data(X, y, net.n_in, "X")
     if X_val is not None:
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
@@ -356,7 +365,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         state, records = resume.state, list(resume.epochs)
     else:
         raw = con.init(net.A, np.random.default_rng([cfg.seed, 10**6]))
-        params = {**raw, "B": net.B, "b": net.b, "C": net.C, "c": net.c}
+        params = {**raw, **_free_parameters(net)}
         state = TrainerState(0, 0, raw, make_optimizer_state(params), _new_partial())
         records = []
     net.A = con.matrix(state.raw).astype(net.dtype)
@@ -395,7 +404,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                     for k, g in rgrads.items():
                         grads[k] = grads[k] + (cfg.lipschitz_weight * g).astype(net.dtype)
                 raw_grads = con.pullback(state.raw, grads.pop("A").astype(np.float64))
-                params = {**state.raw, "B": net.B, "b": net.b, "C": net.C, "c": net.c}
+                params = {**state.raw, **_free_parameters(net)}
                 step(opt_cfg, state.optimizer, params, {**raw_grads, **grads}, sched.factor(state.optimizer.t))
                 con.project(state.raw)
                 net.A = con.matrix(state.raw).astype(net.dtype)

@@ -79,7 +79,7 @@ def test_fused_step_equals_the_generic_path(activation, dtype, batch, blocks):
         assert stats["forward_iterations"] > 5
 
 
-def _conv_network(padding, activation, dtype, stride, seed=0, input_kernel=None):
+def _conv_network(padding, activation, dtype, stride, seed=0, input_kernel=None, readout_hidden=0):
     """A 4-channel convolutional layer (6x4 state, pool 2) with strong, partly negative centre
     taps and a bias: samples finish at different iterations."""
     from contraction import Conv2d, project_mu_inf
@@ -87,7 +87,9 @@ def _conv_network(padding, activation, dtype, stride, seed=0, input_kernel=None)
 
     net = ConvImplicitNetwork((2, 6 * stride, 4 * stride), 4, 3, 3, 2, padding=padding, activation=activation,
                               dtype=dtype, seed=seed, stride=stride, solver=SolverConfig(engine="numba"),
-                              input_kernel=input_kernel)
+                              input_kernel=input_kernel, readout_hidden=readout_hidden)
+    if readout_hidden:  # biases of both signs: some hidden units active, some not
+        net.d = np.linspace(-0.5, 0.5, readout_hidden).astype(dtype)
     rng = np.random.default_rng(seed)
     K = 0.4 * rng.standard_normal((4, 4, 3, 3))
     K[np.arange(4), np.arange(4), 1, 1] = rng.uniform(-2.0, 0.0, 4)
@@ -117,6 +119,24 @@ def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, str
     assert stats["forward_iterations"] > 5
 
 
+HIDDEN_CASES = [("circular", "relu", np.float32, 2), ("zeros", "tanh", np.float64, 1)]
+
+
+@pytest.mark.parametrize("padding, activation, dtype, stride", HIDDEN_CASES,
+                         ids=[f"{p}-{a}-{d.__name__}-stride{s}" for p, a, d, s in HIDDEN_CASES])
+def test_fused_conv_step_with_a_hidden_readout_layer_equals_the_generic_path(padding, activation, dtype, stride,
+                                                                              blocks):
+    """``readout_hidden=h``: the compiled step reads out through ``C relu(D f + d) + c`` and
+    returns the gradients of ``D`` and ``d`` as the generic path does."""
+    net = _conv_network(padding, activation, dtype, stride, seed=stride, readout_hidden=7)
+    rng = np.random.default_rng(stride)
+    U = rng.uniform(-1, 1, (50, net.n_in))
+    y = rng.integers(0, net.n_out, 50)
+    want = net.compute_gradients(U, y, fused=False)
+    assert {"D", "d"} <= set(want.grads) and np.abs(want.grads["D"]).max() > 0
+    _compare(net, U, y, rtol=1e-10 if dtype == np.float64 else 2e-4)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fused_step_with_per_unit_steps_equals_the_generic_path(dtype, blocks):
     """``SolverConfig(alpha="per_unit")``: both layers' compiled steps take the per-unit steps
@@ -132,8 +152,9 @@ def test_fused_step_with_per_unit_steps_equals_the_generic_path(dtype, blocks):
         assert stats["forward_iterations"] < single["forward_iterations"]
 
 
-def test_fused_conv_step_finishes_failed_adjoints_densely(blocks):
-    net = _conv_network("circular", "relu", np.float64, 1, seed=7)
+@pytest.mark.parametrize("readout_hidden", [0, 5])
+def test_fused_conv_step_finishes_failed_adjoints_densely(blocks, readout_hidden):
+    net = _conv_network("circular", "relu", np.float64, 1, seed=7, readout_hidden=readout_hidden)
     net.solver = dataclasses.replace(net.solver, max_iter=2)
     rng = np.random.default_rng(7)
     U = rng.uniform(-1, 1, (40, net.n_in))

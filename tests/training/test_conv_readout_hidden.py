@@ -1,0 +1,204 @@
+"""``ConvImplicitNetwork(readout_hidden=h)``: the readout ``C relu(D pool(x) + d) + c``.
+
+Gradients against finite differences (clean and interval losses), interval bounds against an
+independent computation and against sampled and attacked inputs, the Lipschitz bound against
+the network's own quotients, the reduction to the linear readout, checkpoints and training
+(issue 14)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import contraction
+from solvers.training import (ConvImplicitNetwork, SolverConfig, TrainConfig, interval_bounds, load_training,
+                              pgd_attack, save, train)
+from solvers.training._robust import certified_by_interval, certified_by_lipschitz, interval_loss_and_grad
+
+EXACT = dict(atol=1e-12, adjoint_atol=1e-12, max_iter=20000)
+
+
+def small(activation="relu", padding="circular", stride=1, hidden=5, engine="numpy", dtype=np.float64):
+    """A 3-channel layer on a 6x4 state with a hidden readout layer; biases so that some hidden
+    units are active and some are not."""
+    net = ConvImplicitNetwork((2, 6 * stride, 4 * stride), 3, 3, 4, 2, padding=padding, activation=activation,
+                              dtype=dtype, solver=SolverConfig(engine=engine, **EXACT), seed=3, stride=stride,
+                              readout_hidden=hidden)
+    net.A = contraction.project_mu_inf(Conv2d_of(net, 3.0), 0.8).kernel.astype(dtype)
+    net.b = np.linspace(-0.2, 0.3, 3).astype(dtype)
+    net.d = np.linspace(-0.3, 0.3, hidden).astype(dtype)
+    net.c = np.linspace(-0.1, 0.1, 4).astype(dtype)
+    return net
+
+
+def Conv2d_of(net, scale):
+    return contraction.Conv2d(scale * net.A.astype(np.float64), net.state_shape, net.padding)
+
+
+def inputs(net, batch=5):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0.2, 0.8, (batch, net.n_in)), rng.integers(0, 4, batch)
+
+
+def _check_fd(f, net, grads, atol, rng, per_param=3):
+    for name in net.PARAMS:
+        P = getattr(net, name)
+        assert grads[name].shape == P.shape and grads[name].dtype == P.dtype, name
+        # The sign splits are kinks at 0, where the projection leaves many taps of A: away from them.
+        smooth = np.argwhere(np.abs(P) > 1e-3) if name == "A" else np.argwhere(np.ones(P.shape, bool))
+        for row in rng.choice(len(smooth), min(per_param, len(smooth)), replace=False):
+            idx = tuple(int(i) for i in smooth[row])
+            old, h = P[idx], 1e-6
+            P[idx] = old + h
+            up = f()
+            P[idx] = old - h
+            down = f()
+            P[idx] = old
+            assert grads[name][idx] == pytest.approx((up - down) / (2 * h), abs=atol), (name, idx)
+
+
+def test_parameters_shapes_and_repr():
+    net = small(hidden=7)
+    assert net.PARAMS == ("A", "B", "b", "D", "d", "C", "c")
+    assert net.D.shape == (7, 3 * 3 * 2) and net.d.shape == (7,) and net.C.shape == (4, 7)
+    assert net.parameter_count() == sum(getattr(net, k).size for k in net.PARAMS)
+    assert "readout_hidden=7" in repr(net) and net.architecture()["readout_hidden"] == 7
+    linear = ConvImplicitNetwork((2, 6, 4), 3, 3, 4, 2)
+    assert "D" not in linear.PARAMS and "readout_hidden" not in repr(linear)
+    with pytest.raises(ValueError, match="readout_hidden"):
+        ConvImplicitNetwork((2, 6, 4), 3, 3, 4, 2, readout_hidden=-1)
+    with pytest.raises(ValueError, match="hidden layer of 7 units"):
+        net.readout_matrix()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gradients_are_exact(activation, stride):
+    net = small(activation, stride=stride)
+    U, y = inputs(net)
+    value, grads = net.loss_and_grad(U, y)
+    _check_fd(lambda: net.loss_and_grad(U, y)[0], net, grads, 1e-7, np.random.default_rng(1))
+    # The input gradient too (what FGSM and PGD use), one sample at a time.
+    g = net.input_gradient(U[:1], y[:1])
+    rng = np.random.default_rng(2)
+    for j in rng.choice(net.n_in, 4, replace=False):
+        e = np.zeros_like(U[:1])
+        e[0, j] = 1e-6
+        up = net._output_grad(net.forward(U[:1] + e), y[:1], "cross_entropy", "sum")[0]
+        down = net._output_grad(net.forward(U[:1] - e), y[:1], "cross_entropy", "sum")[0]
+        assert g[0, j] == pytest.approx((up - down) / 2e-6, abs=1e-7)
+
+
+def test_a_hidden_layer_that_is_the_identity_reduces_to_the_linear_readout():
+    """``D = I`` and ``d`` large enough that every unit is active: ``C relu(f + d) + c =
+    C f + (C d + c)``; outputs, interval bounds, the interval loss and certificates agree."""
+    net = small(hidden=18)
+    linear = ConvImplicitNetwork((2, 6, 4), 3, 3, 4, 2, dtype=np.float64, solver=net.solver, seed=3)
+    linear.A, linear.B, linear.b, linear.C = net.A, net.B, net.b, net.C
+    net.D = np.eye(18)
+    net.d = np.full(18, 10.0)
+    linear.c = net.C @ net.d + net.c
+    U, y = inputs(net)
+    np.testing.assert_allclose(net.forward(U), linear.forward(U), atol=1e-10)
+    lo, hi = U - 0.05, U + 0.05
+    for got, want in zip(interval_bounds(net, lo, hi), interval_bounds(linear, lo, hi)):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    assert interval_loss_and_grad(net, U, y, 0.05)[0] == pytest.approx(interval_loss_and_grad(linear, U, y, 0.05)[0])
+    np.testing.assert_array_equal(certified_by_interval(net, U, y, 0.02), certified_by_interval(linear, U, y, 0.02))
+    assert net.lipschitz() == pytest.approx(linear.lipschitz() * 1.0)  # ||D|| = 1, ||C|| the same
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("padding", contraction.PADDINGS)
+def test_interval_loss_is_the_worst_case_bound_and_its_gradients_are_exact(activation, padding):
+    net = small(activation, padding, stride=2)
+    U, y = inputs(net)
+    eps = 0.05
+    value, grads = interval_loss_and_grad(net, U, y, eps)
+    # Independently: state bounds, pooled features, D⁺/D⁻ through the hidden layer, then the
+    # margins (C_y − C_j) h over the hidden box, entry by entry.
+    X_lo, X_hi, _, _ = interval_bounds(net, np.clip(U - eps, 0, 1), np.clip(U + eps, 0, 1))
+    F_lo, F_hi = net._pool(X_lo), net._pool(X_hi)
+    Dp, Dm = np.maximum(net.D, 0), np.minimum(net.D, 0)
+    H_hi = np.maximum(F_hi @ Dp.T + F_lo @ Dm.T + net.d, 0)
+    H_lo = np.maximum(F_lo @ Dp.T + F_hi @ Dm.T + net.d, 0)
+    want = 0.0
+    for b in range(len(y)):
+        diff = net.C[y[b]] - net.C
+        z = -(np.where(diff >= 0, diff * H_lo[b], diff * H_hi[b]).sum(axis=1) + net.c[y[b]] - net.c)
+        z[y[b]] = 0.0
+        want += np.log(np.exp(z).sum())  # z_y = 0
+    # interval_bounds solves at the certificate tolerance, the loss at the network's (also tight).
+    assert value == pytest.approx(want / len(y), rel=1e-8)
+    assert value > net.loss_and_grad(U, y)[0]
+    _check_fd(lambda: interval_loss_and_grad(net, U, y, eps)[0], net, grads, 2e-7, np.random.default_rng(7), 4)
+
+
+def test_interval_bounds_hold_for_sampled_and_attacked_inputs_and_certificates_are_sound():
+    net = small("relu", "zeros", stride=2, hidden=6, engine="numba")
+    rng = np.random.default_rng(6)
+    U = rng.uniform(0.1, 0.9, (6, net.n_in))
+    eps = 0.03
+    lo, hi = U - eps, U + eps
+    _, _, Y_lo, Y_hi = interval_bounds(net, lo, hi)
+    assert np.all(Y_lo <= Y_hi) and np.all(np.isfinite(Y_lo))
+    samples = [rng.uniform(lo, hi) for _ in range(30)] + [lo, hi]
+    y = net.predict(U)
+    samples.append(pgd_attack(net, U, y, eps, steps=10))
+    for V in samples:
+        Y = net.forward(V)
+        assert np.all(Y >= Y_lo - 1e-9) and np.all(Y <= Y_hi + 1e-9)
+    attacked = net.predict(samples[-1])
+    for ok in (certified_by_interval(net, U, y, eps), certified_by_lipschitz(net, U, y, eps)):
+        assert np.all(attacked[ok] == y[ok])  # a certified sample is never broken
+    assert np.all(certified_by_interval(net, U, y, 0.0))
+
+
+def test_lipschitz_bound_is_the_product_of_norms_and_bounds_the_quotients():
+    net = small("relu", stride=2)
+    A, B = net.state_operator(), net.input_operator()
+    L_x = contraction.lipschitz_bound(A, B)
+    C_norm = np.abs(net.C).sum(axis=1).max()
+    D_norm = np.abs(net.D).sum(axis=1).max()
+    assert net.lipschitz() == pytest.approx(L_x * C_norm * D_norm)
+    eta = np.array([1.0, 2.0, 0.5])
+    mu_w = contraction.mu_inf(A, eta)
+    if mu_w < 1:  # the weighted bound uses the weighted norm of D's columns
+        Dw = (np.abs(net.D) * np.repeat(eta, 6)).sum(axis=1).max()
+        assert net.lipschitz(eta=eta) == pytest.approx(contraction.lipschitz_bound(A, B, eta=eta) * C_norm * Dw)
+    rng = np.random.default_rng(3)
+    U = rng.uniform(0, 1, (20, net.n_in))
+    V = np.clip(U + rng.uniform(-0.05, 0.05, U.shape), 0, 1)
+    quotient = np.abs(net.forward(U) - net.forward(V)).max(axis=1) / np.abs(U - V).max(axis=1)
+    assert quotient.max() <= net.lipschitz()
+
+
+def test_training_with_intervals_learns_and_checkpoints_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 120)
+    X = rng.uniform(0, 0.5, (120, 48))  # the class's half is brighter by 0.4
+    X[:, :24] += 0.4 * (y == 1)[:, None]
+    X[:, 24:] += 0.4 * (y == 0)[:, None]
+    net = ConvImplicitNetwork((2, 6, 4), 3, 3, 2, 2, dtype=np.float32, solver=SolverConfig(engine="numba"),
+                              readout_hidden=8)
+    cfg = TrainConfig(epochs=1, batch_size=30, lr=2e-2, gamma=0.5, interval_eps=0.01)
+    history = train(net, X, y, cfg, X_val=X, y_val=y, progress=False)
+    assert contraction.mu_inf(net.state_operator()) <= 0.5 + 1e-6
+    path = save(net, tmp_path / "hidden.npz", history=history)
+    back, hist, _ = load_training(path)
+    assert repr(back) == repr(net) and back.readout_hidden == 8
+    for name in net.PARAMS:
+        np.testing.assert_array_equal(getattr(back, name), getattr(net, name))
+    more = train(back, X, y, cfg.__class__(**{**cfg.__dict__, "epochs": 4}), X_val=X, y_val=y, resume=hist,
+                 progress=False)
+    assert [r["epoch"] for r in more.epochs] == [1, 2, 3, 4]
+    assert more.epochs[-1]["loss"] < more.epochs[0]["loss"]
+    assert more.epochs[-1]["val_acc"] > 0.9  # chance is 0.5
+    assert certified_by_interval(back, X[:40], y[:40], 0.01).mean() > 0.5
+
+
+def test_training_refuses_what_needs_a_linear_readout():
+    net = ConvImplicitNetwork((1, 4, 4), 2, 3, 2, 2, solver=SolverConfig(engine="numpy"), readout_hidden=3)
+    X, y = np.zeros((4, 16)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"lipschitz_weight > 0 .*\(readout_hidden=3\)"):
+        train(net, X, y, epochs=1, progress=False, lipschitz_weight=1e-3)

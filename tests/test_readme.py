@@ -37,10 +37,11 @@ SMALL = {
     "nemon train --model conv --dataset fashion-mnist --channels 32 --kernel 5 --stride 2 --pool 1 --epochs 10 --flip "
     "--out out/conv_fm.npz": ["--channels", "4", "--kernel", "3", "--epochs", "1", "--train-samples", "1000",
                               "--no-progress"],
-    "nemon train --model conv --dataset fashion-mnist --channels 24 --stride 2 --pool 1 --epochs 18 --batch-size 50 "
-    "--interval-eps 0.11 --interval-weight 0.8 --diag-min -1 --lr 2e-3 --interval-ramp 6 --per-unit-steps "
-    "--out out/conv_interval.npz":
-        ["--channels", "4", "--epochs", "2", "--interval-ramp", "1", "--train-samples", "1000", "--no-progress"],
+    "nemon train --model conv --dataset fashion-mnist --channels 24 --stride 2 --pool 1 --readout-hidden 512 "
+    "--epochs 16 --batch-size 50 --interval-eps 0.11 --interval-weight 0.8 --diag-min -1 --lr 2e-3 --interval-ramp 5 "
+    "--per-unit-steps --out out/conv_interval.npz":
+        ["--channels", "4", "--readout-hidden", "16", "--epochs", "2", "--interval-ramp", "2", "--train-samples",
+         "1000", "--no-progress"],
     "nemon certify out/conv_interval.npz --eps 0.01,0.02,0.05,0.1 --samples 10000": ["--samples", "40"],
     "nemon check kernel.npy --image 28x28": [],
     "nemon train --resume out/model.npz": ["--no-progress"],

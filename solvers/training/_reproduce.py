@@ -54,6 +54,8 @@ class ModelSpec:
     dtype: str = "float32"
     full_epochs: int | None = None  # epochs of the full run when it differs from the others
     conv: bool = False  # a ConvImplicitNetwork of CONV_ARCH (QUICK_CHANNELS channels with --quick)
+    #: ``(name, value)`` pairs that replace CONV_ARCH's for this model (a conv model's own layer).
+    arch: tuple = ()
 
     @property
     def interval(self) -> bool:
@@ -83,6 +85,8 @@ class ModelSpec:
 CONV_ARCH = {"channels": 16, "kernel_size": 3, "pool": 2, "padding": "circular", "stride": 2}
 #: Channels of the convolutional rows in a quick run.
 QUICK_CHANNELS = 8
+#: The hidden readout layer's width in a quick run (for the models that have one).
+QUICK_READOUT_HIDDEN = 16
 #: The seed authors' conv layer's margin m (the default of their code): it claims mu_inf <= m.
 SEED_CONV_MARGIN = 0.05
 
@@ -115,6 +119,12 @@ def model_specs(hidden: int = 100, n_in: int = 784, n_out: int = 10) -> list:
         ModelSpec("conv mu_inf", run(constraint="mu_inf"), conv=True),
         ModelSpec("conv mu_inf + interval", run(constraint="mu_inf", interval_eps=0.11, interval_weight=0.65,
                                                 diag_min=-1.0, lr=2e-3), conv=True),
+        # The README's interval command: 24 channels, the whole 14x14 state read out through a
+        # hidden ReLU layer of 512 units, batch 50, per-unit steps, 16 epochs.
+        ModelSpec("conv mu_inf + interval, hidden readout",
+                  run(constraint="mu_inf", interval_eps=0.11, interval_weight=0.8, diag_min=-1.0, lr=2e-3,
+                      batch_size=50, per_unit_steps=True),
+                  conv=True, full_epochs=16, arch=(("channels", 24), ("pool", 1), ("readout_hidden", 512))),
         # The seed authors' convolutional layer; the table's mu_inf column shows its true value.
         ModelSpec("conv nemon_param", run(constraint="nemon_param", gamma=SEED_CONV_MARGIN), conv=True),
     ]
@@ -427,12 +437,16 @@ def _network(spec: ModelSpec, n_in: int, n_out: int, quick: bool, **common):
     """The untrained network of a model: dense, or a conv layer on square one-channel images."""
     if not spec.conv:
         return ImplicitNetwork(n_in, spec.hidden, n_out, **common)
+    arch = {**CONV_ARCH, **dict(spec.arch)}
+    if quick:
+        arch["channels"] = QUICK_CHANNELS
+        if arch.get("readout_hidden"):
+            arch["readout_hidden"] = QUICK_READOUT_HIDDEN
     side = int(round(np.sqrt(n_in)))
-    step = CONV_ARCH["pool"] * CONV_ARCH["stride"]
+    step = arch["pool"] * arch["stride"]
     if side * side != n_in or side % step:
         raise ValueError(f"model '{spec.name}' needs square one-channel images whose side {step} (stride times "
                          f"pool) divides; the data set has {n_in} features per sample")
-    arch = {**CONV_ARCH, "channels": QUICK_CHANNELS} if quick else CONV_ARCH
     return ConvImplicitNetwork((1, side, side), n_out=n_out, **arch, **common)
 
 

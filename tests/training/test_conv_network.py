@@ -315,17 +315,20 @@ def test_the_seed_authors_conv_layer_trains_and_reports_its_true_mu_inf():
 
 def test_reproduce_has_the_conv_rows_and_reports_the_seed_layers_true_mu_inf(tmp_path):
     from solvers.training import reproduce
-    from solvers.training._reproduce import QUICK_CHANNELS, SEED_CONV_MARGIN
+    from solvers.training._reproduce import QUICK_CHANNELS, QUICK_READOUT_HIDDEN, SEED_CONV_MARGIN
 
-    names = ["conv mu_inf", "conv mu_inf + interval", "conv nemon_param"]
+    names = ["conv mu_inf", "conv mu_inf + interval", "conv mu_inf + interval, hidden readout", "conv nemon_param"]
     rows, figures = reproduce(quick=True, dataset="digits", out_dir=tmp_path, epochs=1, eval_samples=40,
                               pgd_steps=2, eps=(0.05,), models=names, engine="numba", workers=0)
     by_name = {r["model"]: r for r in rows}
     assert list(by_name) == names
-    for name in names[:2]:
+    for name in names[:3]:
         assert by_name[name]["stats"]["mu_inf"][0] <= 0.9 + 1e-6  # projected
     assert by_name["conv nemon_param"]["stats"]["mu_inf"][0] > SEED_CONV_MARGIN  # its claim, not kept
     net, history, _ = load_training(by_name["conv mu_inf"]["checkpoints"][0])
     assert isinstance(net, ConvImplicitNetwork) and net.channels == QUICK_CHANNELS and net.state_shape == (4, 4)
     assert history.config.constraint == "mu_inf"
+    net, history, _ = load_training(by_name["conv mu_inf + interval, hidden readout"]["checkpoints"][0])
+    assert (net.channels, net.readout_hidden, net.state_shape) == (QUICK_CHANNELS, QUICK_READOUT_HIDDEN, (4, 4))
+    assert net.pool == 1 and history.config.per_unit_steps and history.config.batch_size == 50
     assert {p.name for p in figures} == {"robustness.png", "iterations.png"}

@@ -329,6 +329,40 @@ class ConvImplicitNetwork(ImplicitNetwork):
         grads = {"D": g_mid.T @ F_c + np.sign(D) * (g_rad.T @ F_r), "d": g_mid.sum(axis=0, dtype=np.float64)}
         return (0.5 * (g_c - g_r)).astype(np.float64), (0.5 * (g_c + g_r)).astype(np.float64), grads
 
+    def relaxed_margins(self, F_lo, F_hi, labels, chunk: int = 64):
+        """:meth:`ImplicitNetwork.relaxed_margins` through the hidden ReLU layer.
+
+        Its pre-activations ``z = D f + d`` have exact bounds ``[l, u]`` over the feature box.
+        For the margin ``m (relu(z)) + c_k − c_j``, ``m = C_k − C_j``, each unit's ReLU is
+        replaced by a line below it (where ``m_i ≥ 0``) or above it (``m_i < 0``) on
+        ``[l_i, u_i]``: ``z`` where ``l ≥ 0``, ``0`` where ``u ≤ 0``, and on the units that
+        change sign the chord ``s (z − l)``, ``s = u / (u − l)``, above and ``0`` below. The
+        margin is then at least ``g f + e``, linear in the features, whose minimum over the
+        box is ``g f_c − |g| f_r + e``: exact in the dependence the interval bound drops (every
+        unit reads the same features). Rows with an unbounded feature get ``−inf``."""
+        if not self.readout_hidden:
+            return None
+        D, d = self.D.astype(np.float64), self.d.astype(np.float64)
+        C, c = self.C.astype(np.float64), self.c.astype(np.float64)
+        labels = np.asarray(labels)
+        out = np.full((len(labels), C.shape[0]), -np.inf)
+        for s in range(0, len(labels), chunk):
+            F_c, F_r = (F_hi[s : s + chunk] + F_lo[s : s + chunk]) * 0.5, (F_hi[s : s + chunk] - F_lo[s : s + chunk]) * 0.5
+            ok = np.isfinite(F_c).all(axis=1) & np.isfinite(F_r).all(axis=1)
+            F_c, F_r, k = F_c[ok], F_r[ok], labels[s : s + chunk][ok]
+            z_c, z_r = F_c @ D.T + d, F_r @ np.abs(D).T
+            lo, hi = z_c - z_r, z_c + z_r
+            sign_change = (lo < 0) & (hi > 0)
+            slope = np.where(sign_change, hi / np.where(sign_change, hi - lo, 1.0), 0.0)
+            M = C[k][:, None, :] - C[None, :, :]  # (batch, q, h)
+            above = sign_change[:, None, :] & (M < 0)
+            a = np.where(above, M * slope[:, None, :], M * (lo >= 0)[:, None, :])
+            e = np.where(above, -M * (slope * lo)[:, None, :], 0.0).sum(axis=2) + a @ d + (c[k][:, None] - c[None, :])
+            g = a @ D  # (batch, q, features)
+            low = np.einsum("bqf,bf->bq", g, F_c) - np.einsum("bqf,bf->bq", np.abs(g), F_r) + e
+            out[np.flatnonzero(ok) + s] = low
+        return out
+
     def margin_readout(self, eta=None) -> tuple:
         """:meth:`ImplicitNetwork.margin_readout`; with a hidden layer ``M = C`` and
         ``κ = ‖D diag(η_f)‖∞`` (ReLU is 1-Lipschitz; a pooled feature of channel ``c`` moves

@@ -336,6 +336,13 @@ class ImplicitNetwork:
         ``gradients`` those of the hidden layer's parameters."""
         return gH_lo, gH_hi, {}
 
+    def relaxed_margins(self, F_lo, F_hi, labels):
+        """Lower bounds of the margins ``y_k − y_j`` (``k = labels[b]``; ``(batch, q)``) over
+        the feature box by a linear relaxation of the readout, which :func:`margin_lower_bounds`
+        takes beside the interval bound; ``None`` where the readout is linear in the features,
+        as here (the interval bound is then exact)."""
+        return None
+
     def margin_readout(self, eta=None) -> tuple:
         """``(M, κ)`` for Lipschitz margins: logits are ``M h + c`` with
         ``‖h − h'‖∞ ≤ κ ‖x − x'‖_{∞,η}``, so ``|(M_k − M_j)(h − h')| ≤ ‖M_k − M_j‖₁ κ ‖x − x'‖_{∞,η}``.

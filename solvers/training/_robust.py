@@ -146,14 +146,20 @@ def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
     Taken over the readout's feature bounds (:meth:`ImplicitNetwork.features`, exact: each
     state enters one feature with a non-negative weight), which for a convolutional layer are
     ``pool²`` times fewer than its states, and through a hidden readout layer when there is
-    one (:meth:`ImplicitNetwork.hidden_bounds`): ``h`` is the last linear layer's input."""
+    one (:meth:`ImplicitNetwork.hidden_bounds`): ``h`` is the last linear layer's input. A
+    hidden layer's linear relaxation (:meth:`ImplicitNetwork.relaxed_margins`) is taken too,
+    and the larger of the two sound bounds kept."""
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
-    H_lo, H_hi = net.hidden_bounds(net.features(X_lo), net.features(X_hi))
+    F_lo, F_hi = net.features(X_lo), net.features(X_hi)
+    H_lo, H_hi = net.hidden_bounds(F_lo, F_hi)
     D = C[labels][:, None, :] - C[None, :, :]  # (batch, q, features)
     with np.errstate(invalid="ignore"):
         low = (np.maximum(D, 0) * H_lo[:, None, :] + np.minimum(D, 0) * H_hi[:, None, :]).sum(axis=2)
     low = np.nan_to_num(low, nan=-np.inf) + (c[labels][:, None] - c[None, :])
+    relaxed = net.relaxed_margins(F_lo, F_hi, labels)
+    if relaxed is not None:
+        low = np.maximum(low, relaxed)
     low[np.arange(len(labels)), labels] = 0.0
     return low
 

@@ -154,6 +154,56 @@ def test_interval_bounds_hold_for_sampled_and_attacked_inputs_and_certificates_a
     assert np.all(certified_by_interval(net, U, y, 0.0))
 
 
+def _margins(net, F, labels):
+    """The true margins ``y_k − y_j`` of features ``F`` (batch, features)."""
+    Y = np.maximum(F @ net.D.T + net.d, 0) @ net.C.T + net.c
+    return Y[np.arange(len(labels)), labels][:, None] - Y
+
+
+def test_relaxed_margins_are_sound_and_exact_where_every_unit_is_linear():
+    net = small(stride=2, hidden=6)
+    rng = np.random.default_rng(4)
+    n_f = net.D.shape[1]
+    F_lo = rng.uniform(0, 0.5, (7, n_f))
+    F_hi = F_lo + rng.uniform(0, 0.4, (7, n_f))
+    labels = rng.integers(0, 4, 7)
+    relaxed = net.relaxed_margins(F_lo, F_hi, labels, chunk=3)
+    assert relaxed.shape == (7, 4) and np.all(np.isfinite(relaxed))
+    z_lo = F_lo @ np.maximum(net.D, 0).T + F_hi @ np.minimum(net.D, 0).T + net.d
+    z_hi = F_hi @ np.maximum(net.D, 0).T + F_lo @ np.minimum(net.D, 0).T + net.d
+    assert np.any((z_lo < 0) & (z_hi > 0))  # units that change sign: the relaxation is at work
+    # Sound: below every margin of sampled features, the box's corners, and minimised ones.
+    samples = [rng.uniform(F_lo, F_hi) for _ in range(200)] + [F_lo, F_hi]
+    samples += [np.where(rng.random(F_lo.shape) < 0.5, F_lo, F_hi) for _ in range(200)]
+    for F in samples:
+        assert np.all(_margins(net, F, labels) >= relaxed - 1e-12)
+    for j in range(4):  # projected gradient descent on each margin
+        F = rng.uniform(F_lo, F_hi)
+        for _ in range(100):
+            active = (F @ net.D.T + net.d > 0).astype(float)
+            grad = ((net.C[labels] - net.C[j]) * active) @ net.D
+            F = np.clip(F - 0.05 * grad, F_lo, F_hi)
+        assert np.all(_margins(net, F, labels)[:, j] >= relaxed[:, j] - 1e-12)
+    # Where every unit is active the margin is linear in the features: the bound is its minimum,
+    # attained at the box's corner that the margin's gradient picks, and tighter than the intervals.
+    net.d = net.d + 20.0
+    relaxed = net.relaxed_margins(F_lo, F_hi, labels)
+    for j in range(4):
+        g = (net.C[labels] - net.C[j]) @ net.D
+        corner = np.where(g >= 0, F_lo, F_hi)
+        np.testing.assert_allclose(relaxed[:, j], _margins(net, corner, labels)[:, j], atol=1e-10)
+    H_lo, H_hi = net.hidden_bounds(F_lo, F_hi)
+    M = net.C[labels][:, None, :] - net.C[None, :, :]
+    ibp = (np.maximum(M, 0) * H_lo[:, None, :] + np.minimum(M, 0) * H_hi[:, None, :]).sum(axis=2)
+    ibp += net.c[labels][:, None] - net.c[None, :]
+    off = np.arange(4)[None, :] != labels[:, None]
+    assert np.all(relaxed[off] >= ibp[off] - 1e-10) and np.any(relaxed[off] > ibp[off] + 1e-6)
+    # No certificate for a row with an unbounded feature; a linear readout has no relaxation.
+    F_hi[2, 0] = np.inf
+    assert np.all(net.relaxed_margins(F_lo, F_hi, labels)[2] == -np.inf)
+    assert ConvImplicitNetwork((2, 6, 4), 3, 3, 4, 2).relaxed_margins(F_lo, F_hi, labels) is None
+
+
 def test_lipschitz_bound_is_the_product_of_norms_and_bounds_the_quotients():
     net = small("relu", stride=2)
     A, B = net.state_operator(), net.input_operator()

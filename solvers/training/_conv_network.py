@@ -308,13 +308,19 @@ class ConvImplicitNetwork(ImplicitNetwork):
         bad = ~(np.isfinite(F_lo).all(axis=1) & np.isfinite(F_hi).all(axis=1))
         if bad.any():
             F_lo, F_hi = np.where(bad[:, None], 0, F_lo), np.where(bad[:, None], 0, F_hi)
+        Z_lo, Z_hi = self._preactivation_bounds(F_lo, F_hi, dtype)
+        H_lo = np.maximum(Z_lo, 0).astype(np.float64)
+        H_hi = np.maximum(Z_hi, 0).astype(np.float64)
+        H_lo[bad], H_hi[bad] = 0.0, np.inf
+        return H_lo, H_hi
+
+    def _preactivation_bounds(self, F_lo, F_hi, dtype) -> tuple:
+        """Exact bounds of the hidden layer's ``D f + d`` over a finite feature box: ``D f_c + d
+        ± |D| f_r`` (centre and radius), products in ``dtype``."""
         D = self.D.astype(dtype, copy=False)
         mid = ((F_hi + F_lo) * 0.5) @ D.T + self.d.astype(dtype, copy=False)
         rad = ((F_hi - F_lo) * 0.5) @ np.abs(D).T
-        H_lo = np.maximum(mid - rad, 0).astype(np.float64)
-        H_hi = np.maximum(mid + rad, 0).astype(np.float64)
-        H_lo[bad], H_hi[bad] = 0.0, np.inf
-        return H_lo, H_hi
+        return mid - rad, mid + rad
 
     def hidden_bounds_T(self, F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, dtype=np.float64) -> tuple:
         if not self.readout_hidden:
@@ -347,11 +353,11 @@ class ConvImplicitNetwork(ImplicitNetwork):
         labels = np.asarray(labels)
         out = np.full((len(labels), C.shape[0]), -np.inf)
         for s in range(0, len(labels), chunk):
-            F_c, F_r = (F_hi[s : s + chunk] + F_lo[s : s + chunk]) * 0.5, (F_hi[s : s + chunk] - F_lo[s : s + chunk]) * 0.5
-            ok = np.isfinite(F_c).all(axis=1) & np.isfinite(F_r).all(axis=1)
-            F_c, F_r, k = F_c[ok], F_r[ok], labels[s : s + chunk][ok]
-            z_c, z_r = F_c @ D.T + d, F_r @ np.abs(D).T
-            lo, hi = z_c - z_r, z_c + z_r
+            f_lo, f_hi = np.asarray(F_lo[s : s + chunk], np.float64), np.asarray(F_hi[s : s + chunk], np.float64)
+            ok = np.isfinite(f_lo).all(axis=1) & np.isfinite(f_hi).all(axis=1)
+            f_lo, f_hi, k = f_lo[ok], f_hi[ok], labels[s : s + chunk][ok]
+            F_c, F_r = (f_hi + f_lo) * 0.5, (f_hi - f_lo) * 0.5
+            lo, hi = self._preactivation_bounds(f_lo, f_hi, np.float64)
             sign_change = (lo < 0) & (hi > 0)
             slope = np.where(sign_change, hi / np.where(sign_change, hi - lo, 1.0), 0.0)
             M = C[k][:, None, :] - C[None, :, :]  # (batch, q, h)

@@ -337,14 +337,15 @@ def _margin_low_grad(X_lo, X_hi, C, y, dlow):
     return gX_lo, gX_hi, gC, gc
 
 
-def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
+def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, stats: bool = False):
     """Cross-entropy of the worst-case logits over the ε-box and its gradients.
 
     Worst-case logits: ``z_j = −lower((C_y − C_j) x + c_y − c_j)`` for ``j ≠ y`` and
     ``z_y = 0``; their cross-entropy upper-bounds the worst-case cross-entropy in the box.
     The embedded fixed point is differentiated with its own adjoint (``solve_adjoint`` on
     ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
-    ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``.
+    ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``. With ``stats=True`` a third
+    item gives the embedded solves' mean ``forward_iterations`` and ``adjoint_iterations``.
     """
     y = np.asarray(y)
     lo, hi = _box(U, _radius(eps))
@@ -373,12 +374,16 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None):
     G2 = np.hstack([net.features_T(gF_hi), net.features_T(gF_lo)]).astype(dt)
     Z2 = net.state_product(AA, X) + W2
     s = net.solver if solver is None else solver
-    lam, _ = solve_adjoint(AA, Z2, G2, method="average", alpha=s.step("average"), atol=s.adjoint_atol,
+    lam, ares = solve_adjoint(AA, Z2, G2, method="average", alpha=s.step("average"), atol=s.adjoint_atol,
                            max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)
     # The parameter-gradient products run in the network's dtype (float32 training stays float32).
     V = (lam.astype(np.float64) * net.activation.derivative(Z2)).astype(dt)
     grads = {**net.embedded_gradients(V, X.astype(dt), U_c, U_r), **head, "C": gC, "c": gc}
-    return value, {k: np.asarray(v).astype(net.dtype) for k, v in grads.items()}
+    grads = {k: np.asarray(v).astype(net.dtype) for k, v in grads.items()}
+    if stats:
+        return value, grads, {"forward_iterations": float(res.iterations.mean()),
+                              "adjoint_iterations": float(ares.iterations.mean())}
+    return value, grads
 
 
 def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True, eta=None, pgd_steps: int = 20,

@@ -303,7 +303,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         Interval-bound (robust) training: the loss becomes
         ``(1 − κ) CE(clean) + κ CE(worst-case logits over the ε-box)`` with
         ``κ = interval_weight``, the box bounds from the embedded network, and ε ramped
-        linearly from 0 to ``interval_eps`` over the first ``interval_ramp`` epochs.
+        linearly from 0 to ``interval_eps`` over the first ``interval_ramp`` epochs. At
+        ``κ = 1`` the clean gradient is not computed (a forward solve still gives the training
+        accuracy), and ``adj_iters`` counts the embedded network's adjoint iterations.
     forward_method : str
         The forward solver (and the embedded network's, in interval training): one of
         :data:`solvers.METHODS`; ``""`` (default) the constraint's guaranteed choice (``average``, or
@@ -383,16 +385,21 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             while state.batch < n_batches:
                 t0 = time.perf_counter()
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
+                robust_only = cfg.interval_eps > 0 and cfg.interval_weight == 1
                 flag["gradient"] = True
                 try:
-                    step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
+                    if robust_only:  # the clean loss has weight 0: its gradient is not computed
+                        value, grads, stats = _robust_step(net, Xe[idx], y[idx], _ramped_eps(
+                            cfg, state.epoch, state.batch, n_batches), solver)
+                    else:
+                        step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
+                        value, grads, stats = step_result.value, step_result.grads, step_result.stats
                 except KeyboardInterrupt:  # raised by the handler while compiling: no update made
                     break
                 finally:
                     flag["gradient"] = False
-                value, grads, stats = step_result.value, step_result.grads, step_result.stats
                 recent.add(stats["logits"])
-                if cfg.interval_eps > 0:
+                if cfg.interval_eps > 0 and not robust_only:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
                     k = cfg.interval_weight
                     rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver)
@@ -443,6 +450,18 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 history.interrupted = True
                 break
     return history
+
+
+def _robust_step(net, U, y, eps, solver):
+    """Loss, gradients and statistics of a step whose loss is the worst-case one alone
+    (``interval_weight = 1``): the interval loss's gradients, the clean outputs from a forward
+    solve (for the training accuracy and the collapse check) and, as ``adjoint_iterations``,
+    the embedded adjoint's (the only adjoint solve the step makes)."""
+    fp = net.forward_pass(U, solver)
+    value, grads, rstats = interval_loss_and_grad(net, U, y, eps, solver=solver, stats=True)
+    stats = {"forward_iterations": float(fp.iterations.mean()), "adjoint_iterations": rstats["adjoint_iterations"],
+             "forward_converged": float(fp.converged.mean()), "logits": fp.Y}
+    return value, grads, stats
 
 
 class TrainingCollapsed(RuntimeError):

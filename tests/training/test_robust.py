@@ -565,6 +565,38 @@ def test_ramped_eps_grows_linearly_to_interval_eps():
     assert {_ramped_eps(no_ramp, e, b, n_batches) for e, b in steps} == {0.1}
 
 
+@pytest.mark.parametrize("model", ("dense", "conv"))
+def test_interval_weight_one_skips_the_clean_gradient_and_trains_the_same(model):
+    """At interval_weight = 1 the trainer skips the clean gradient (weight 0); the parameters
+    and the epoch records match those of the mixed loss at a weight just below 1, where the
+    clean gradient is computed and weighted by 1e-9."""
+    from solvers.training import ConvImplicitNetwork
+
+    rng = np.random.default_rng(3)
+    if model == "dense":
+        make = lambda: ImplicitNetwork(16, 12, 3, seed=0, solver=SolverConfig(engine="numba"))  # noqa: E731
+        X = rng.uniform(0.0, 1.0, (40, 16))
+    else:
+        make = lambda: ConvImplicitNetwork(in_shape=(1, 6, 6), channels=3, kernel_size=3, n_out=3,  # noqa: E731
+                                           pool=2, seed=0)
+        X = rng.uniform(0.0, 1.0, (40, 36)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    nets, records = [], []
+    for weight in (1.0, 1.0 - 1e-9):
+        net = make()
+        h = train(net, X, y, epochs=2, batch_size=10, lr=1e-2, seed=0, progress=False, interval_eps=0.1,
+                  interval_ramp=1, interval_weight=weight)
+        nets.append(net)
+        records.append(h.epochs)
+    for name in type(nets[0]).PARAMS:
+        a, b = (np.asarray(getattr(n, name), dtype=np.float64) for n in nets)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+    for r1, r2 in zip(*records):
+        assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-4)
+        assert r1["train_acc"] == r2["train_acc"] and r1["fwd_iters"] == r2["fwd_iters"]
+        assert r1["adj_iters"] > 0  # the embedded adjoint's iterations
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(interval_eps=0.05, interval_weight=1.5), "interval_weight"),
     (dict(interval_eps=0.05, interval_weight=-0.1), "interval_weight"),

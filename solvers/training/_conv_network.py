@@ -336,38 +336,62 @@ class ConvImplicitNetwork(ImplicitNetwork):
         return (0.5 * (g_c - g_r)).astype(np.float64), (0.5 * (g_c + g_r)).astype(np.float64), grads
 
     def relaxed_margins(self, F_lo, F_hi, labels, chunk: int = 64):
-        """:meth:`ImplicitNetwork.relaxed_margins` through the hidden ReLU layer.
-
-        Its pre-activations ``z = D f + d`` have exact bounds ``[l, u]`` over the feature box.
-        For the margin ``m (relu(z)) + c_k − c_j``, ``m = C_k − C_j``, each unit's ReLU is
-        replaced by a line below it (where ``m_i ≥ 0``) or above it (``m_i < 0``) on
-        ``[l_i, u_i]``: ``z`` where ``l ≥ 0``, ``0`` where ``u ≤ 0``, and on the units that
-        change sign the chord ``s (z − l)``, ``s = u / (u − l)``, above and ``0`` below. The
-        margin is then at least ``g f + e``, linear in the features, whose minimum over the
-        box is ``g f_c − |g| f_r + e``: exact in the dependence the interval bound drops (every
-        unit reads the same features). Rows with an unbounded feature get ``−inf``."""
+        """:meth:`ImplicitNetwork.relaxed_margins` through the hidden ReLU layer: the largest
+        minimum over the feature box (``g f_c − |g| f_r + e``) of the lines of
+        :meth:`margin_lines`, exact in the dependence the interval bound drops (every unit
+        reads the same features). Rows with an unbounded feature get ``−inf``."""
         if not self.readout_hidden:
             return None
-        D, d = self.D.astype(np.float64), self.d.astype(np.float64)
-        C, c = self.C.astype(np.float64), self.c.astype(np.float64)
         labels = np.asarray(labels)
-        out = np.full((len(labels), C.shape[0]), -np.inf)
+        q = self.n_out
+        out = np.full((len(labels), q), -np.inf)
         for s in range(0, len(labels), chunk):
             f_lo, f_hi = np.asarray(F_lo[s : s + chunk], np.float64), np.asarray(F_hi[s : s + chunk], np.float64)
-            ok = np.isfinite(f_lo).all(axis=1) & np.isfinite(f_hi).all(axis=1)
-            f_lo, f_hi, k = f_lo[ok], f_hi[ok], labels[s : s + chunk][ok]
-            F_c, F_r = (f_hi + f_lo) * 0.5, (f_hi - f_lo) * 0.5
-            lo, hi = self._preactivation_bounds(f_lo, f_hi, np.float64)
-            sign_change = (lo < 0) & (hi > 0)
-            slope = np.where(sign_change, hi / np.where(sign_change, hi - lo, 1.0), 0.0)
-            M = C[k][:, None, :] - C[None, :, :]  # (batch, q, h)
-            above = sign_change[:, None, :] & (M < 0)
-            a = np.where(above, M * slope[:, None, :], M * (lo >= 0)[:, None, :])
-            e = np.where(above, -M * (slope * lo)[:, None, :], 0.0).sum(axis=2) + a @ d + (c[k][:, None] - c[None, :])
-            g = a @ D  # (batch, q, features)
-            low = np.einsum("bqf,bf->bq", g, F_c) - np.einsum("bqf,bf->bq", np.abs(g), F_r) + e
-            out[np.flatnonzero(ok) + s] = low
+            ok = np.flatnonzero(np.isfinite(f_lo).all(axis=1) & np.isfinite(f_hi).all(axis=1))
+            rows = np.repeat(ok, q)  # every (sample, class) pair of the finite rows
+            F_c, F_r = (f_hi[rows] + f_lo[rows]) * 0.5, (f_hi[rows] - f_lo[rows]) * 0.5
+            low = np.full(len(rows), -np.inf)
+            for g, e in self.margin_lines(f_lo[rows], f_hi[rows], labels[s + rows], np.tile(np.arange(q), len(ok))):
+                low = np.maximum(low, np.einsum("rf,rf->r", g, F_c) - np.einsum("rf,rf->r", np.abs(g), F_r) + e)
+            out[s + ok] = low.reshape(len(ok), q)
         return out
+
+    def margin_lines(self, F_lo, F_hi, k, j) -> list:
+        """:meth:`ImplicitNetwork.margin_lines` through the hidden ReLU layer. Its
+        pre-activations ``z = D f + d`` have exact bounds ``[l, u]`` over the (finite) feature
+        box. For the margin ``m relu(z) + c_k − c_j``, ``m = C_k − C_j``, each unit's ReLU is
+        replaced by a line below it (where ``m_i ≥ 0``) or above it (``m_i < 0``) on
+        ``[l_i, u_i]``: ``z`` where ``l ≥ 0``, ``0`` where ``u ≤ 0``, and on the units that
+        change sign the chord ``s (z − l)``, ``s = u / (u − l)``, above and ``λ z`` below,
+        ``0 ≤ λ ≤ 1``: one candidate for each of ``λ = 0``, ``λ = s`` and ``λ = [u ≥ −l]``."""
+        if not self.readout_hidden:
+            return super().margin_lines(F_lo, F_hi, k, j)
+        D, d = self.D.astype(np.float64), self.d.astype(np.float64)
+        C, c = self.C.astype(np.float64), self.c.astype(np.float64)
+        lo, hi = self._preactivation_bounds(np.asarray(F_lo, np.float64), np.asarray(F_hi, np.float64), np.float64)
+        sign_change = (lo < 0) & (hi > 0)
+        slope = np.where(sign_change, hi / np.where(sign_change, hi - lo, 1.0), 0.0)
+        M = C[k] - C[j]  # (rows, h)
+        above = sign_change & (M < 0)
+        shift = np.where(above, -M * slope * lo, 0.0).sum(axis=1) + c[k] - c[j]
+        lines = []
+        for lower_slope in (0.0, slope, hi >= -lo):
+            a = M * np.where(above, slope, np.where(sign_change, lower_slope, lo >= 0))
+            lines.append((a @ D, a @ d + shift))
+        return lines
+
+    def state_product_T(self, V) -> np.ndarray:
+        """``Aᵀ v``: the correlation with the transposed, flipped kernel (the layer's padding)."""
+        flipped = self.A.astype(np.float64)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        return self._correlate(flipped, np.asarray(V, dtype=np.float64), self.channels, np.float64)
+
+    def bias_vector(self) -> np.ndarray:
+        return np.repeat(self.b.astype(np.float64), self._pixels())
+
+    def state_diagonal(self) -> np.ndarray:
+        """Each channel's centre tap on its own channel, per pixel."""
+        p, C = self.kernel_size // 2, self.channels
+        return np.repeat(self.A[np.arange(C), np.arange(C), p, p].astype(np.float64), self._pixels())
 
     def margin_readout(self, eta=None) -> tuple:
         """:meth:`ImplicitNetwork.margin_readout`; with a hidden layer ``M = C`` and

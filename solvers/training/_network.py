@@ -343,6 +343,27 @@ class ImplicitNetwork:
         as here (the interval bound is then exact)."""
         return None
 
+    def margin_lines(self, F_lo, F_hi, k, j) -> list:
+        """Linear lower bounds ``g f + e`` of the margins ``y_k − y_j`` over the feature box,
+        one per row ``r`` (the box of row ``r`` of ``F_lo``, ``F_hi``; classes ``k[r]``,
+        ``j[r]``): a list of candidates ``(g, e)``, ``g`` (rows, features), ``e`` (rows,),
+        each sound. Here the readout is linear: the margin itself."""
+        C, c = self.C.astype(np.float64), self.c.astype(np.float64)
+        return [(C[k] - C[j], c[k] - c[j])]
+
+    def state_product_T(self, V) -> np.ndarray:
+        """``Aᵀ v`` for every row of ``V`` (float64): state coefficients taken back through
+        ``A``."""
+        return np.asarray(V, dtype=np.float64) @ self.A.astype(np.float64)
+
+    def bias_vector(self) -> np.ndarray:
+        """The bias ``b`` as one entry per state (float64)."""
+        return self.b.astype(np.float64)
+
+    def state_diagonal(self) -> np.ndarray:
+        """The diagonal of ``A`` (the self-loops), one entry per state (float64)."""
+        return np.diag(self.A).astype(np.float64)
+
     def margin_readout(self, eta=None) -> tuple:
         """``(M, κ)`` for Lipschitz margins: logits are ``M h + c`` with
         ``‖h − h'‖∞ ≤ κ ‖x − x'‖_{∞,η}``, so ``|(M_k − M_j)(h − h')| ≤ ‖M_k − M_j‖₁ κ ‖x − x'‖_{∞,η}``.

@@ -28,6 +28,7 @@ from solvers.training._robust import (
     margin_lower_bounds,
     pgd_attack,
     robust_accuracy,
+    substituted_margins,
 )
 from solvers.training._trainer import _ramped_eps
 from _training_helpers import central_difference
@@ -291,7 +292,7 @@ def test_lipschitz_certificate_tight_and_paper_forms_by_hand():
     assert not certified_by_lipschitz(net, u, [0], eps, form="paper")[0]
 
 
-def test_interval_certificate_by_hand():
+def test_interval_certificate_by_hand(monkeypatch):
     """A ≥ 0 and B ≥ 0: the map is monotone, so x_lo, x_hi are the equilibria at u_lo, u_hi.
     A = [[0.2, 0.3], [0.1, 0.4]], B = [1, 0.5]ᵀ, b = [0.1, −0.1]: w(u) = [u + 0.1, 0.5u − 0.1];
     both units active, (I − A)⁻¹ = [[0.6, 0.3], [0.1, 0.8]] / 0.45, so
@@ -300,7 +301,15 @@ def test_interval_certificate_by_hand():
     C = [[1, −1], [0, 0.5]], c = [0, 0.1]: label 0, D = C_0 − C_1 = [1, −1.5], c_0 − c_1 = −0.1;
     the interval lower bound of the margin at radius ε is
     x_lo,0 − 1.5 x_hi,1 − 0.1 = 0.2 − ε (5/3 + 1.5·10/9) = 0.2 − (10/3) ε:
-    certified for ε < 0.06 (0.05: lower bound 1/30), not at ε = 0.1 (lower bound −2/15)."""
+    certified for ε < 0.06 (0.05: lower bound 1/30), not at ε = 0.1 (lower bound −2/15).
+    The true margin is 0.2 for every u (5/3 − 1.5·10/9 = 0), and one substitution of the
+    equilibrium proves it positive at ε = 0.1: with the self-loops out, x = r / (1 − a_ii),
+    r = (A − diag a) x + B u + b (both units active on the box), the margin is
+    h·r − 0.1 with h = [1/0.8, −1.5/0.6] = [1.25, −2.5]: Bᵀh = 0 (the input cancels),
+    h·b − 0.1 = 0.275, and (A − diag a)ᵀh = [−0.25, 0.375] over the state box gives
+    −0.25·0.48/0.45 + 0.375·0.13/0.45, so the bound is 7/60."""
+    import solvers.training._robust as robust
+
     net = hand_net([[0.2, 0.3], [0.1, 0.4]], [[1.0], [0.5]], [0.1, -0.1], [[1.0, -1.0], [0.0, 0.5]], [0.0, 0.1])
     u = np.array([[0.5]])
     X_lo, X_hi, Y_lo, Y_hi = interval_bounds(net, u - 0.1, u + 0.1)
@@ -312,11 +321,16 @@ def test_interval_certificate_by_hand():
     np.testing.assert_allclose(Y_lo[0], [x_lo[0] - x_hi[1], 0.5 * x_lo[1] + 0.1], atol=1e-10)
     low = margin_lower_bounds(net, X_lo, X_hi, np.array([0]))
     np.testing.assert_allclose(low[0], [0.0, 0.2 - 0.1 * 10 / 3], atol=1e-10)
-    for eps, expected_low, certified in ((0.05, 1 / 30, True), (0.1, -2 / 15, False)):
+    for eps, expected_low in ((0.05, 1 / 30), (0.1, -2 / 15)):
         X_lo, X_hi, _, _ = interval_bounds(net, u - eps, u + eps)
         assert margin_lower_bounds(net, X_lo, X_hi, np.array([0]))[0, 1] == pytest.approx(expected_low, abs=1e-10)
-        assert certified_by_interval(net, u, [0], eps)[0] == certified
-        assert certified_accuracy(net, u, [0], eps) == float(certified)
+        assert certified_by_interval(net, u, [0], eps)[0]
+        assert certified_accuracy(net, u, [0], eps) == 1.0
+    X_lo, X_hi, _, _ = interval_bounds(net, u - 0.1, u + 0.1)
+    one = substituted_margins(net, X_lo, X_hi, u - 0.1, u + 0.1, [0], [0], [1], steps=1)
+    assert one[0] == pytest.approx(7 / 60, abs=1e-10)
+    monkeypatch.setattr(robust, "SUBSTITUTION_STEPS", 0)  # the state box alone
+    assert not certified_by_interval(net, u, [0], 0.1)[0]
     # The Lipschitz certificate of the same network: L_x = 1 / (1 − 0.5) = 2, ‖D‖_1 = 2.5,
     # margin 0.2, radius 0.2 / 5 = 0.04: certified at 0.03, not at 0.05 (where the interval one is).
     assert certified_by_lipschitz(net, u, [0], 0.03)[0]

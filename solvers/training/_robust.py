@@ -166,7 +166,7 @@ def margin_lower_bounds(net: ImplicitNetwork, X_lo, X_hi, labels):
 
 #: Substitutions of the equilibrium equation behind a margin's linear bound
 #: (:func:`substituted_margins`); each gives a sound bound and the largest is kept.
-SUBSTITUTION_STEPS = 3
+SUBSTITUTION_STEPS = 6
 #: Margins bounded per call of :func:`substituted_margins` (memory: a few state vectors each).
 SUBSTITUTION_CHUNK = 256
 

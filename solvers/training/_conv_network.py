@@ -348,15 +348,19 @@ class ConvImplicitNetwork(ImplicitNetwork):
         for s in range(0, len(labels), chunk):
             f_lo, f_hi = np.asarray(F_lo[s : s + chunk], np.float64), np.asarray(F_hi[s : s + chunk], np.float64)
             ok = np.flatnonzero(np.isfinite(f_lo).all(axis=1) & np.isfinite(f_hi).all(axis=1))
-            rows = np.repeat(ok, q)  # every (sample, class) pair of the finite rows
-            F_c, F_r = (f_hi[rows] + f_lo[rows]) * 0.5, (f_hi[rows] - f_lo[rows]) * 0.5
-            low = np.full(len(rows), -np.inf)
-            for g, e in self.margin_lines(f_lo[rows], f_hi[rows], labels[s + rows], np.tile(np.arange(q), len(ok))):
-                low = np.maximum(low, np.einsum("rf,rf->r", g, F_c) - np.einsum("rf,rf->r", np.abs(g), F_r) + e)
-            out[s + ok] = low.reshape(len(ok), q)
+            f_lo, f_hi = f_lo[ok], f_hi[ok]
+            F_c, F_r = (f_hi + f_lo) * 0.5, (f_hi - f_lo) * 0.5
+            # Every (sample, class) pair of the finite rows; the boxes stay one per sample.
+            sample = np.repeat(np.arange(len(ok)), q)
+            low = np.full((len(ok), q), -np.inf)
+            for g, e in self.margin_lines(f_lo, f_hi, labels[s + ok][sample], np.tile(np.arange(q), len(ok)), sample):
+                g = g.reshape(len(ok), q, -1)
+                bound = np.einsum("bqf,bf->bq", g, F_c) - np.einsum("bqf,bf->bq", np.abs(g), F_r)
+                low = np.maximum(low, bound + e.reshape(len(ok), q))
+            out[s + ok] = low
         return out
 
-    def margin_lines(self, F_lo, F_hi, k, j) -> list:
+    def margin_lines(self, F_lo, F_hi, k, j, sample=None) -> list:
         """:meth:`ImplicitNetwork.margin_lines` through the hidden ReLU layer. Its
         pre-activations ``z = D f + d`` have exact bounds ``[l, u]`` over the (finite) feature
         box. For the margin ``m relu(z) + c_k − c_j``, ``m = C_k − C_j``, each unit's ReLU is
@@ -365,10 +369,12 @@ class ConvImplicitNetwork(ImplicitNetwork):
         change sign the chord ``s (z − l)``, ``s = u / (u − l)``, above and ``λ z`` below,
         ``0 ≤ λ ≤ 1``: one candidate for each of ``λ = 0``, ``λ = s`` and ``λ = [u ≥ −l]``."""
         if not self.readout_hidden:
-            return super().margin_lines(F_lo, F_hi, k, j)
+            return super().margin_lines(F_lo, F_hi, k, j, sample)
         D, d = self.D.astype(np.float64), self.d.astype(np.float64)
         C, c = self.C.astype(np.float64), self.c.astype(np.float64)
         lo, hi = self._preactivation_bounds(np.asarray(F_lo, np.float64), np.asarray(F_hi, np.float64), np.float64)
+        if sample is not None:  # once per box, then one row per margin
+            lo, hi = lo[sample], hi[sample]
         sign_change = (lo < 0) & (hi > 0)
         slope = np.where(sign_change, hi / np.where(sign_change, hi - lo, 1.0), 0.0)
         M = C[k] - C[j]  # (rows, h)

@@ -343,11 +343,11 @@ class ImplicitNetwork:
         as here (the interval bound is then exact)."""
         return None
 
-    def margin_lines(self, F_lo, F_hi, k, j) -> list:
+    def margin_lines(self, F_lo, F_hi, k, j, sample=None) -> list:
         """Linear lower bounds ``g f + e`` of the margins ``y_k − y_j`` over the feature box,
-        one per row ``r`` (the box of row ``r`` of ``F_lo``, ``F_hi``; classes ``k[r]``,
-        ``j[r]``): a list of candidates ``(g, e)``, ``g`` (rows, features), ``e`` (rows,),
-        each sound. Here the readout is linear: the margin itself."""
+        one per row ``r`` (the box of row ``sample[r]`` of ``F_lo``, ``F_hi``, by default row
+        ``r``; classes ``k[r]``, ``j[r]``): a list of candidates ``(g, e)``, ``g`` (rows,
+        features), ``e`` (rows,), each sound. Here the readout is linear: the margin itself."""
         C, c = self.C.astype(np.float64), self.c.astype(np.float64)
         return [(C[k] - C[j], c[k] - c[j])]
 

@@ -416,6 +416,19 @@ class ConvImplicitNetwork(ImplicitNetwork):
         layer's images), in ``X``'s dtype."""
         return self._correlate(op.kernel, X, op.kernel.shape[0], X.dtype)
 
+    def embedded_product(self, op, X2) -> np.ndarray:
+        """``op ⋆ [x_hi, x_lo]`` for the embedded operator of :meth:`embedded_system` (kernel
+        ``[[M, N], [N, M]]``), in ``X2``'s dtype, as two ``channels``-channel correlations:
+        ``(M + N) ⋆ x_c ± (M − N) ⋆ x_r`` with ``x_c, x_r`` the centre and radius of the pair, half
+        the multiply-adds of one ``2·channels`` pass (as the solver's split product)."""
+        C, n = self.channels, self.n_hidden
+        K = op.kernel
+        X2 = np.asarray(X2)
+        hi, lo = X2[:, :n], X2[:, n:]
+        S = self._correlate(K[:C, :C] + K[:C, C:], (hi + lo) * 0.5, C, X2.dtype)
+        D = self._correlate(K[:C, :C] - K[:C, C:], (hi - lo) * 0.5, C, X2.dtype)
+        return np.hstack([S + D, S - D])
+
     def _negative_taps(self) -> np.ndarray:
         """Where ``A`` has a negative tap other than a channel's own centre tap (``K_N``)."""
         C, p = self.channels, self.kernel_size // 2

@@ -382,6 +382,11 @@ class ImplicitNetwork:
         (here ``X opᵀ``)."""
         return X @ op.T
 
+    def embedded_product(self, op, X2) -> np.ndarray:
+        """``op [x_hi, x_lo]`` for the embedded operator of :meth:`embedded_system` (a
+        convolutional layer takes it in two half-size passes)."""
+        return self.state_product(op, X2)
+
     def embedded_gradients(self, V, X2, U_c, U_r) -> dict:
         """Gradients ``{"A", "B", "b"}`` of the embedded equilibrium's loss, from ``V = λ ⊙ σ'(Z)``
         of the embedded adjoint and its states ``X2 = [x_hi, x_lo]`` (both (batch, 2n), the

@@ -191,7 +191,7 @@ def substituted_margins(net: ImplicitNetwork, X_lo, X_hi, U_lo, U_hi, rows, k, j
     X_lo, X_hi = np.asarray(X_lo, np.float64)[rows], np.asarray(X_hi, np.float64)[rows]
     U_lo, U_hi = np.asarray(U_lo, np.float64)[rows], np.asarray(U_hi, np.float64)[rows]
     AA, W2, _, _ = net.embedded_system(U_lo, U_hi)
-    Z2 = net.state_product(AA, np.hstack([X_hi, X_lo])) + np.asarray(W2, np.float64)
+    Z2 = net.embedded_product(AA, np.hstack([X_hi, X_lo])) + np.asarray(W2, np.float64)
     diag = net.state_diagonal()
     if np.any(diag >= 1):  # no equilibrium of this form: the state box alone
         steps = 0
@@ -445,7 +445,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     # Adjoint of the embedded equilibrium.
     dt = net.dtype
     G2 = np.hstack([net.features_T(gF_hi), net.features_T(gF_lo)]).astype(dt)
-    Z2 = net.state_product(AA, X) + W2
+    Z2 = net.embedded_product(AA, res.x) + W2  # in the network's dtype, like the solve
     s = net.solver if solver is None else solver
     lam, ares = solve_adjoint(AA, Z2, G2, method="average", alpha=s.step("average"), atol=s.adjoint_atol,
                            max_iter=s.max_iter, activation=net.activation, engine=s.engine, check=False)

@@ -66,6 +66,23 @@ def margins(net, U, labels):
 
 
 @pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_embedded_product_is_the_embedded_operator_applied(name, dtype):
+    """The conv layer's two half-size passes against the 2C-channel (or dense) product, on
+    random pairs, not only ordered ones, so every block of the embedded kernel counts."""
+    net = NETS[name]()
+    rng = np.random.default_rng(2)
+    U = rng.random((4, net.n_in))
+    AA, *_ = net.embedded_system(U - 0.1, U + 0.1)
+    X2 = rng.standard_normal((4, 2 * net.n_hidden)).astype(dtype)
+    got = net.embedded_product(AA, X2)
+    if name != "dense":  # the convolution computes in the states' dtype (float32 training stays float32)
+        assert got.dtype == dtype
+    want = net.state_product(AA, X2.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("name", NETS)
 def test_transposed_products_are_the_adjoints_of_the_forward_ones(name):
     net = NETS[name]()
     rng = np.random.default_rng(1)

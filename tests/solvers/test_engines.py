@@ -44,7 +44,11 @@ def test_compiled_engine_matches_numpy(method, spec, compiled_engine):
         # its residual history agrees to ~1e-9 of the starting residual.
         hist_atol = 1e-9 * ref.history[0].max() if method == "anderson" else 0.0
         _assert_same(ref, got, (kind, param, nd), hist_atol=hist_atol)
-        np.testing.assert_allclose(got.error_bound, ref.error_bound, rtol=1e-6, atol=1e-13 + 10 * hist_atol)
+        # The a-posteriori bound is a residual of O(1) quantities recomputed at the final
+        # iterate, then amplified by 1/(1 − μ): each engine's rounding (the compiled loops'
+        # fused multiply-adds differ between CPUs) reaches ~1e-13 there, four orders below
+        # the bounds themselves (~1e-9 to 1e-8), which still have to agree.
+        np.testing.assert_allclose(got.error_bound, ref.error_bound, rtol=1e-6, atol=1e-12 + 10 * hist_atol)
 
 
 @pytest.mark.parametrize("method", ("picard", "average", "anderson"))

@@ -45,8 +45,8 @@ def test_compiled_engine_matches_numpy(method, spec, compiled_engine):
         hist_atol = 1e-9 * ref.history[0].max() if method == "anderson" else 0.0
         _assert_same(ref, got, (kind, param, nd), hist_atol=hist_atol)
         # The a-posteriori bound is a residual of O(1) quantities recomputed at the final
-        # iterate, then amplified by 1/(1 − μ): each engine's rounding (the compiled loops'
-        # fused multiply-adds differ between CPUs) reaches ~1e-13 there, four orders below
+        # iterate, then amplified by 1/(1 − μ): each engine's rounding (which differed between
+        # this project's machines) reaches ~1e-13 there, four orders below
         # the bounds themselves (~1e-9 to 1e-8), which still have to agree.
         np.testing.assert_allclose(got.error_bound, ref.error_bound, rtol=1e-6, atol=1e-12 + 10 * hist_atol)
 

@@ -147,11 +147,11 @@ class CircularConv:
     """``K ⋆ x`` with circular padding in PyTorch: ``x`` copied into a preallocated buffer with
     a halo of ``p`` pixels (cheaper than ``F.pad(mode="circular")`` here), then ``F.conv2d``."""
 
-    def __init__(self, torch, shape, k: int):
+    def __init__(self, torch, shape, k: int, device=None):
         self.torch = torch
         self.p = k // 2
         b, c, h, w = shape
-        self.buf = torch.empty((b, c, h + 2 * self.p, w + 2 * self.p))
+        self.buf = torch.empty((b, c, h + 2 * self.p, w + 2 * self.p), device=device)
 
     def pad(self, x):
         p, buf = self.p, self.buf
@@ -176,7 +176,7 @@ def torch_alpha(K) -> float:
 def torch_forward_solve(torch, K, Wb, atol: float, max_iter: int):
     """The averaged forward iteration on ``Wb`` (batch, C, H, W); returns ``X``, ``Z = K ⋆ X + Wb``,
     iterations, whether every sample met ``atol``."""
-    conv = CircularConv(torch, Wb.shape, K.shape[2])
+    conv = CircularConv(torch, Wb.shape, K.shape[2], Wb.device)
     alpha = torch_alpha(K)
     X = torch.zeros_like(Wb)
     for k in range(max_iter + 1):

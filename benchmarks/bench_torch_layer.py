@@ -305,13 +305,13 @@ def run_example() -> bool:
 
 
 def no_gpu_reason(torch) -> str | None:
-    import numba
+    from numba import cuda  # numba.cuda is a subpackage: ``import numba`` alone does not load it
 
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return "NUMBA_ENABLE_CUDASIM is set: the simulator is not a GPU to time"
     if not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device (a CPU-only build, or no GPU and driver)"
-    if not numba.cuda.is_available():
+    if not cuda.is_available():
         return "numba.cuda finds no CUDA device or driver"
     return None
 

@@ -39,8 +39,13 @@ from .task import Task
 
 __all__ = ["run", "run_device", "device_array", "derivative_device", "require_gpu", "threads_per_block"]
 
-#: Upper bound on threads per block (shared reduction buffers are sized by it).
-TPB_MAX = 128
+#: Upper bound on threads per block (CUDA's own limit).
+TPB_MAX = 1024
+#: Threads per block of a solve on a GPU (a power of two, at most TPB_MAX): a block holds one
+#: sample, so this sets how many threads share its product. The reduction buffer is dynamic
+#: shared memory of one float64 per thread. ``python benchmarks/gpu_conv_check.py
+#: --threads-per-block 128,256,512,1024`` times the choices on a GPU.
+TPB_CAP = 128
 #: Threads per block under the simulator, where each thread is a Python thread.
 TPB_SIMULATOR = 2
 _TINY = float(np.finfo(np.float64).tiny)
@@ -76,7 +81,7 @@ def require_gpu() -> None:
 
 def threads_per_block(n: int) -> int:
     """A power of two ≥ min(n, cap): the tree reductions need a power of two."""
-    cap = TPB_SIMULATOR if _simulated() else TPB_MAX
+    cap = TPB_SIMULATOR if _simulated() else min(TPB_CAP, TPB_MAX)
     t = 1
     while t < min(n, cap):
         t *= 2
@@ -291,7 +296,7 @@ def _solver(product, resolvent):
         n = X.shape[1]
         scaled = D.shape[0] > 0
         splitting = method == PEACEMAN_RACHFORD or method == DOUGLAS_RACHFORD
-        red = cuda.shared.array(TPB_MAX, float64)
+        red = cuda.shared.array(0, float64)  # dynamic: one float64 per thread (the launch sizes it)
         ctl = cuda.shared.array(3, float64)  # flag, first residual, anderson acceptance
         if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
             product(op, X, D, scaled, W, Z, s, t, nt)
@@ -501,7 +506,8 @@ def _launch(task: Task, op, dW, dD, dX, stream):
     dF, dG = d(np.zeros((na, m, n), dt)), d(np.zeros((na, m, n), dt))
     cnt, pos = d(np.zeros(na, np.int64)), d(np.zeros(na, np.int64))
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
-    solve[batch, threads_per_block(n), stream](
+    tpb = threads_per_block(n)
+    solve[batch, tpb, stream, tpb * 8](
         mcode, op, dW, dD, dX, dU, dZ, dY, alpha, steps, int(code), float(slope),
         float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
         bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),

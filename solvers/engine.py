@@ -30,6 +30,8 @@ from ._engines.kernels import (
     act_derivative,
     act_value,
     classify,
+    copy_row,
+    copy_rows,
 )
 from ._engines.numba_engine import (
     Adjoint,
@@ -59,7 +61,7 @@ __all__ = [
     "Adjoint", "Anderson", "Averaged", "AveragedUnits", "Conv", "DIVERGED", "Dense", "DouglasRachford", "Forward", "ForwardBackward",
     "IDENTITY", "MAX_ITER", "MIN_BLOCK_ROWS", "NONFINITE", "Output", "PRANGE_ONLY", "PeacemanRachford", "RUNNING",
     "SMALL_GEMM_WORK", "SUCCESS", "Stopping", "act_derivative", "act_value", "activation", "blas_policy",
-    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "conv", "correlate", "correlate_grad", "dense",
+    "blas_threads", "blas_threads_for", "block_bounds", "block_of", "classify", "compilation", "copy_row", "copy_rows", "conv", "correlate", "correlate_grad", "dense",
     "dsigma", "output_of", "prox", "rows_of", "serial_work", "sigma", "solve_block", "solve_blocks", "thread_count",
     "use_blocks",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "DIVERGENCE_RATIO", "ANDERSON_REG", "FLUSH",
     "RELU", "LEAKY_RELU", "HARD_TANH", "TANH", "SOFTPLUS", "IDENTITY",
     "classify", "act_value", "act_derivative", "act_prox", "solve_small", "compiled_only",
+    "copy_row", "copy_rows",
 ]
 
 # Per-sample status codes (the values of :class:`solvers.Status`; RUNNING: not stopped yet).
@@ -48,6 +49,26 @@ HARD_TANH = 2
 TANH = 3
 SOFTPLUS = 4
 IDENTITY = 5
+
+
+# numba compiles an assignment from an array into a slice (``a[i] = row``, ``a[:] = b``) with
+# an error path that formats both shapes as strings: the formatter costs seconds of
+# compilation once per process and rank, in every process that compiles a kernel holding one
+# (a first run, each test worker). The kernels copy with these loops instead; the shapes agree
+# by construction at every call.
+@njit(cache=True, inline="always")
+def copy_row(dst, src):
+    """``dst[:] = src`` for 1-d arrays of one length (cast to ``dst``'s dtype)."""
+    for j in range(src.shape[0]):
+        dst[j] = src[j]
+
+
+@njit(cache=True, inline="always")
+def copy_rows(dst, src):
+    """``dst[:] = src`` for 2-d arrays of one shape (cast to ``dst``'s dtype)."""
+    for s in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[s, j] = src[s, j]
 
 
 @njit(cache=True)

@@ -51,6 +51,8 @@ from .kernels import (
     act_value,
     classify,
     compiled_only,
+    copy_row,
+    copy_rows,
     solve_small,
 )
 from .operators import apply, apply_T, by_row, conv, dense, resolvent, rowwise, workspace
@@ -572,7 +574,7 @@ def _iterates(op, problem, X0, out):
         def in_place(op, problem, X0, out):
             Xa = out.X
             if X0.shape[0] > 0:
-                Xa[:] = X0
+                copy_rows(Xa, X0)
             else:
                 Xa[:] = 0.0
             Da = scale(problem)
@@ -643,7 +645,7 @@ def solve_block(op, problem, act, step, stop, X0, out):
                 going += 1
                 row_step(step, act, state, g, Xa[row], T[0], z, res)
             elif out.Z.shape[0] > 0:
-                out.Z[g] = z
+                copy_row(out.Z[g], z)
         if going > 0:
             after_pass(step, op, problem, state, Xa, Wa, idx, rowwise, flag, na, ws)
         j = 0
@@ -653,7 +655,7 @@ def solve_block(op, problem, act, step, stop, X0, out):
                 out.hist[g, k] = r_cur[s]
             if flag[s] != RUNNING:
                 if not rowwise:
-                    out.X[g] = Xa[s]
+                    copy_row(out.X[g], Xa[s])
                 out.res[g] = r_cur[s]
                 out.iters[g] = k
                 out.codes[g] = flag[s]

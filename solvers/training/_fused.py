@@ -56,6 +56,8 @@ from solvers.engine import (
     blas_policy,
     block_bounds,
     conv,
+    copy_row,
+    copy_rows,
     correlate,
     correlate_grad,
     serial_work,
@@ -203,7 +205,7 @@ def _readout(params, X, F, Y, P):
     if _hidden_layer(params):
         def hidden_layer(params, X, F, Y, P):
             _pool_rows(params, X, F)
-            P[:] = np.dot(F, params.DT64)  # D f, a BLAS product over the block's rows
+            copy_rows(P, np.dot(F, params.DT64))  # D f, a BLAS product over the block's rows
             for s in range(X.shape[0]):
                 for u in range(P.shape[1]):
                     P[s, u] += params.d[u]
@@ -277,7 +279,7 @@ def _gradient_shares(params, work, lo, hi, shares, blk):
             _kernel_shares(params, work, lo, hi, shares, blk)
             _readout_share(work.dYt[lo:hi], np.maximum(work.P[lo:hi], 0.0), shares.gC[blk])
             # gD = dPᵀ F, in the network's dtype (as the generic path)
-            shares.gD[blk][:] = np.dot(work.dP[lo:hi].T, work.F[lo:hi].astype(work.dP.dtype))
+            copy_rows(shares.gD[blk], np.dot(work.dP[lo:hi].T, work.F[lo:hi].astype(work.dP.dtype)))
         return hidden_layer
 
     def conv_layer(params, work, lo, hi, shares, blk):
@@ -330,7 +332,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
     batch = rows.shape[0]
     none = work.X[:0]
     for s in range(lo, hi):
-        work.U[s] = data[rows[s]]
+        copy_row(work.U[s], data[rows[s]])
         work.y[s] = labels[rows[s]]
     inject(params, work.U[lo:hi], work.W[lo:hi])
     solve_block(op, Forward(work.W[lo:hi]), act, step, stop_f, none,

@@ -104,9 +104,22 @@ CONV_CASES = [("circular", "relu", np.float32, 1, None), ("zeros", "tanh", np.fl
               ("circular", "relu", np.float64, 2, 5)]
 
 
-@pytest.mark.parametrize("padding, activation, dtype, stride, input_kernel", CONV_CASES,
-                         ids=[f"{p}-{a}-{d.__name__}-stride{s}" + (f"-input{k}" if k else "")
-                              for p, a, d, s, k in CONV_CASES])
+#: The blocks of each case: one after the other for every case; by the parallel driver
+#: (a compilation of its own, about 20 s on a 2-core machine, per case) for the first and the
+#: last, as FUSED_CASES does for the dense layer.
+BLOCK_CASES = [((1, False), "one-block"), ((3, False), "three-blocks"), ((3, True), "three-threads")]
+CONV_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(CONV_CASES) for blocks, _ in BLOCK_CASES
+                    if not blocks[1] or i in (0, len(CONV_CASES) - 1)]
+
+
+def _case_id(case, blocks) -> str:
+    padding, activation, dtype, stride, *input_kernel = case
+    extra = f"-input{input_kernel[0]}" if input_kernel and input_kernel[0] else ""
+    return f"{dict((b, name) for b, name in BLOCK_CASES)[blocks]}-{padding}-{activation}-{dtype.__name__}-stride{stride}{extra}"
+
+
+@pytest.mark.parametrize("padding, activation, dtype, stride, input_kernel, blocks", CONV_BLOCK_CASES,
+                         ids=[_case_id(c[:-1], c[-1]) for c in CONV_BLOCK_CASES], indirect=["blocks"])
 def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, stride, input_kernel, blocks):
     """The convolutional layer's step (kernel gradients by correlation, pooled readout) in one
     compiled call per block equals the generic path through the front door (a 5x5 input kernel
@@ -122,8 +135,12 @@ def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, str
 HIDDEN_CASES = [("circular", "relu", np.float32, 2), ("zeros", "tanh", np.float64, 1)]
 
 
-@pytest.mark.parametrize("padding, activation, dtype, stride", HIDDEN_CASES,
-                         ids=[f"{p}-{a}-{d.__name__}-stride{s}" for p, a, d, s in HIDDEN_CASES])
+HIDDEN_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(HIDDEN_CASES) for blocks, _ in BLOCK_CASES
+                      if not blocks[1] or i == 0]
+
+
+@pytest.mark.parametrize("padding, activation, dtype, stride, blocks", HIDDEN_BLOCK_CASES,
+                         ids=[_case_id(c[:-1], c[-1]) for c in HIDDEN_BLOCK_CASES], indirect=["blocks"])
 def test_fused_conv_step_with_a_hidden_readout_layer_equals_the_generic_path(padding, activation, dtype, stride,
                                                                               blocks):
     """``readout_hidden=h``: the compiled step reads out through ``C relu(D f + d) + c`` and

@@ -107,15 +107,15 @@ CONV_CASES = [("circular", "relu", np.float32, 1, None), ("zeros", "tanh", np.fl
 #: The blocks of each case: one after the other for every case; by the parallel driver
 #: (a compilation of its own, about 20 s on a 2-core machine, per case) for the first and the
 #: last, as FUSED_CASES does for the dense layer.
-BLOCK_CASES = [((1, False), "one-block"), ((3, False), "three-blocks"), ((3, True), "three-threads")]
-CONV_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(CONV_CASES) for blocks, _ in BLOCK_CASES
+BLOCK_NAMES = {(1, False): "one-block", (3, False): "three-blocks", (3, True): "three-threads"}
+CONV_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(CONV_CASES) for blocks in BLOCK_NAMES
                     if not blocks[1] or i in (0, len(CONV_CASES) - 1)]
 
 
 def _case_id(case, blocks) -> str:
     padding, activation, dtype, stride, *input_kernel = case
     extra = f"-input{input_kernel[0]}" if input_kernel and input_kernel[0] else ""
-    return f"{dict((b, name) for b, name in BLOCK_CASES)[blocks]}-{padding}-{activation}-{dtype.__name__}-stride{stride}{extra}"
+    return f"{BLOCK_NAMES[blocks]}-{padding}-{activation}-{dtype.__name__}-stride{stride}{extra}"
 
 
 @pytest.mark.parametrize("padding, activation, dtype, stride, input_kernel, blocks", CONV_BLOCK_CASES,
@@ -135,7 +135,7 @@ def test_fused_conv_step_equals_the_generic_path(padding, activation, dtype, str
 HIDDEN_CASES = [("circular", "relu", np.float32, 2), ("zeros", "tanh", np.float64, 1)]
 
 
-HIDDEN_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(HIDDEN_CASES) for blocks, _ in BLOCK_CASES
+HIDDEN_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(HIDDEN_CASES) for blocks in BLOCK_NAMES
                       if not blocks[1] or i == 0]
 
 

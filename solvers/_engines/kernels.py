@@ -119,15 +119,23 @@ def act_derivative(code, slope, z):
     return 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def act_prox(code, slope, alpha, v):
-    """``prox_{αf}(v)`` where σ = prox_f; see :mod:`solvers._activations` for the derivation
-    (a safeguarded Newton iteration for tanh and softplus)."""
+    """``prox_{αf}(v)`` where σ = prox_f; see :mod:`solvers._activations` for the derivation:
+    σ itself for the indicators (ReLU, hard tanh, the identity), a closed form for leaky ReLU,
+    a safeguarded Newton iteration (:func:`act_prox_newton`, a call) for tanh and softplus."""
     if alpha == 1.0 or code == RELU or code == HARD_TANH or code == IDENTITY:
         return act_value(code, slope, v)
     if code == LEAKY_RELU:
         s = slope / (slope + alpha * (1.0 - slope))
         return v if v >= 0.0 else s * v
+    return act_prox_newton(code, slope, alpha, v)
+
+
+@njit(cache=True)
+def act_prox_newton(code, slope, alpha, v):
+    """``prox_{αf}(v)`` of a smooth activation (tanh, softplus): the root of
+    ``α s + (1 − α) σ(s) = v`` by Newton steps kept inside a bracket."""
     lo = alpha if alpha < 1.0 else 1.0
     s = float(v)
     h = alpha * s + (1.0 - alpha) * act_value(code, slope, s) - v

@@ -11,10 +11,12 @@ inside the pass, on the iterates kept in the output itself (:func:`iterates`): e
 product is still in the cache when its residual and step read it, and no copy of the batch
 is made.
 
-Everything that varies is a namedtuple whose *type* numba specialises on: the operator
-(:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` with its activation, or
+Everything that changes the code is a namedtuple whose *type* numba specialises on: the
+operator (:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` or
 :class:`Adjoint`), the step (:class:`Averaged`, :class:`AveragedUnits`, :class:`ForwardBackward`,
-:class:`PeacemanRachford`, :class:`DouglasRachford`, :class:`Anderson`) and the dtype. A
+:class:`PeacemanRachford`, :class:`DouglasRachford`, :class:`Anderson`) and the dtype. So are
+ReLU and the identity; every other activation is a value (:class:`Act`: its code and slope,
+read per element), so that one compilation serves them all. A
 call compiles only its own combination (seconds, once, then cached on disk), and each method
 supplies its step through a few small ``@overload`` hooks: ``init_state``, ``candidate``,
 ``row_step``, ``after_pass``, ``move_state``. :func:`run` splits the batch into thread blocks
@@ -38,13 +40,9 @@ from .blocks import PRANGE_ONLY, blas_policy, block_bounds, serial_work, use_blo
 from .kernels import (
     ANDERSON_REG,
     FLUSH,
-    HARD_TANH,
     IDENTITY,
-    LEAKY_RELU,
     RELU,
     RUNNING,
-    SOFTPLUS,
-    TANH,
     _TINY,
     act_derivative,
     act_prox,
@@ -72,15 +70,16 @@ FASTMATH = {"reassoc", "contract"}
 
 # -- the types numba specialises on ---------------------------------------------------------
 
-Relu = collections.namedtuple("Relu", ["slope"])
-LeakyRelu = collections.namedtuple("LeakyRelu", ["slope"])
-HardTanh = collections.namedtuple("HardTanh", ["slope"])
-Tanh = collections.namedtuple("Tanh", ["slope"])
-Softplus = collections.namedtuple("Softplus", ["slope"])
-Identity = collections.namedtuple("Identity", ["slope"])
-_ACTIVATIONS = {RELU: Relu, LEAKY_RELU: LeakyRelu, HARD_TANH: HardTanh, TANH: Tanh, SOFTPLUS: Softplus,
-                IDENTITY: Identity}
-_CODES = {cls: code for code, cls in _ACTIVATIONS.items()}
+#: The activation: its code (``solvers.ACTIVATIONS``, or ``IDENTITY`` for the adjoint's linear
+#: iteration) and slope. ReLU (the default) and the identity (every adjoint solve) are types
+#: of their own, compiled with their code as a constant, so that their row passes vectorise;
+#: every other activation is an :class:`Act`, its code read per element as the CUDA kernels
+#: read it, so that one compilation serves them all.
+Act = collections.namedtuple("Act", ["code", "slope"])
+Relu = collections.namedtuple("Relu", ["code", "slope"])
+Identity = collections.namedtuple("Identity", ["code", "slope"])
+_FIXED = {RELU: Relu, IDENTITY: Identity}
+_FIXED_CODES = {cls: code for code, cls in _FIXED.items()}
 
 #: ``x = σ(x Aᵀ + w)`` for the rows ``w`` of ``W`` (ℓ∞ residual; σ is the driver's ``act``).
 Forward = collections.namedtuple("Forward", ["W"])
@@ -121,7 +120,7 @@ _STEPS = {
 
 def activation(code: int, slope: float):
     """The compiled engine's activation value for ``solvers.ACTIVATIONS`` code ``code``."""
-    return _ACTIVATIONS[code](float(slope))
+    return _FIXED.get(code, Act)(int(code), float(slope))
 
 
 def step_of(task: Task):
@@ -133,7 +132,7 @@ def _cls(t):
     return getattr(t, "instance_class", None)
 
 
-# -- activations, resolved at compile time -----------------------------------------------
+# -- activations: ReLU and the identity at compile time, the others at run time ----------
 
 sigma = compiled_only("sigma", "σ(z) of the activation ``act``.")
 
@@ -144,24 +143,34 @@ dsigma = compiled_only("dsigma", "σ'(z) of the activation ``act``.")
 prox = compiled_only("prox", "``prox_{αf}(v)`` of the activation ``act`` (σ = prox_f).")
 
 
+def _fixed_code(act):
+    """The code of a :class:`Relu` or :class:`Identity` type (a compile-time constant), or
+    ``None`` for an :class:`Act` (its code is read at run time)."""
+    return _FIXED_CODES.get(_cls(act))
+
+
 @overload(sigma, inline="always")
 def _sigma(act, z):
-    code = _CODES[_cls(act)]
+    code = _fixed_code(act)
+    if code is None:
+        return lambda act, z: act_value(act.code, act.slope, z)
     return lambda act, z: act_value(code, act.slope, z)
 
 
 @overload(dsigma, inline="always")
 def _dsigma(act, z):
-    code = _CODES[_cls(act)]
+    code = _fixed_code(act)
+    if code is None:
+        return lambda act, z: act_derivative(act.code, act.slope, z)
     return lambda act, z: act_derivative(code, act.slope, z)
 
 
-@overload(prox)
+@overload(prox, inline="always")
 def _prox(act, alpha, v):
-    code = _CODES[_cls(act)]
-    if code in (RELU, HARD_TANH, IDENTITY):  # the prox of an indicator is σ itself
+    code = _fixed_code(act)
+    if code is not None:  # ReLU and the identity: the prox of an indicator is σ itself
         return lambda act, alpha, v: act_value(code, act.slope, v)
-    return lambda act, alpha, v: act_prox(code, act.slope, alpha, v)
+    return lambda act, alpha, v: act_prox(act.code, act.slope, alpha, v)
 
 
 # -- the residual: one pass over a row ------------------------------------------------------
@@ -747,7 +756,7 @@ def run(task: Task):
         op = conv(task.op, dtype, resolvent=task.resolvent, split=True)
         work = 0  # no BLAS: the convolution's loops are the engine's own
     problem = Forward(W) if forward else Adjoint(W, task.D)
-    act = activation(task.activation.code, task.activation.slope) if forward else Identity(0.0)
+    act = activation(task.activation.code, task.activation.slope) if forward else activation(IDENTITY, 0.0)
     stop = Stopping(float(task.atol), float(task.rtol), int(task.max_iter), bool(task.record))
     X = np.empty_like(W)  # every sample is written when it stops
     iters = np.zeros(batch, np.int64)
@@ -758,8 +767,7 @@ def run(task: Task):
     X0 = np.empty((0, n), dtype) if task.x0 is None else task.x0
     out = Output(X, iters, res, codes, hist, Z)
     bounds = block_bounds(batch)
-    variant = ("solve", type(op).__name__, task.kind, task.method, task.activation.code, dtype.char,
-               task.x0 is None)
+    variant = ("solve", type(op).__name__, task.kind, task.method, dtype.char, task.x0 is None)
     step = step_of(task)
     args = (op, problem, act, step, stop, X0, out, bounds)
     parallel = use_blocks(variant, len(bounds), solve_blocks, args)

@@ -26,7 +26,9 @@ Tested in CI under ``NUMBA_ENABLE_CUDASIM=1`` (numba's simulator).
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
+import sys
 
 import numpy as np
 from numba import cuda, float64
@@ -48,6 +50,11 @@ TPB_MAX = 1024
 TPB_CAP = 128
 #: Threads per block under the simulator, where each thread is a Python thread.
 TPB_SIMULATOR = 2
+#: The interpreter's thread switch interval (s) while a simulated kernel runs. The simulator's
+#: block manager polls its threads for ``syncthreads`` while holding the GIL, so at Python's
+#: default 5 ms every barrier waited about 5 ms: a per-unit solve of 5 samples of n = 12 took
+#: 41 s under pytest, 3.7 s at this interval.
+SIMULATOR_SWITCH_INTERVAL = 1e-5
 _TINY = float(np.finfo(np.float64).tiny)
 # Array arguments: compile the same source as a device function (the simulator cannot pass
 # its fake arrays to a CPU dispatcher).
@@ -77,6 +84,21 @@ def require_gpu() -> None:
             "none on this machine; use engine='numba' (CPU), or set NUMBA_ENABLE_CUDASIM=1 to run "
             "the CUDA kernels in numba's (slow) simulator"
         )
+
+
+@contextlib.contextmanager
+def _simulator_pace():
+    """Inside the block, a simulated kernel's threads hand over the GIL every
+    :data:`SIMULATOR_SWITCH_INTERVAL` (restored on exit); on a GPU nothing changes."""
+    if not _simulated():
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SIMULATOR_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def threads_per_block(n: int) -> int:
@@ -507,11 +529,12 @@ def _launch(task: Task, op, dW, dD, dX, stream):
     cnt, pos = d(np.zeros(na, np.int64)), d(np.zeros(na, np.int64))
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
     tpb = threads_per_block(n)
-    solve[batch, tpb, stream, tpb * 8](
-        mcode, op, dW, dD, dX, dU, dZ, dY, alpha, steps, int(code), float(slope),
-        float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
-        bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
-    )
+    with _simulator_pace():
+        solve[batch, tpb, stream, tpb * 8](
+            mcode, op, dW, dD, dX, dU, dZ, dY, alpha, steps, int(code), float(slope),
+            float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
+            bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),
+        )
     return iters, res, codes, hist
 
 
@@ -615,5 +638,6 @@ def derivative_device(activation, Z, out, stream=None):
     sense of :func:`device_array`, one block per row, on ``stream``."""
     require_gpu()
     dZ = device_array(Z, "Z")
-    _derivative_kernel[dZ.shape[0], threads_per_block(dZ.shape[1]), _stream(stream)](
-        int(activation.code), float(activation.slope), dZ, device_array(out, "out"))
+    with _simulator_pace():
+        _derivative_kernel[dZ.shape[0], threads_per_block(dZ.shape[1]), _stream(stream)](
+            int(activation.code), float(activation.slope), dZ, device_array(out, "out"))

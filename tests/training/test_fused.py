@@ -15,11 +15,22 @@ from solvers.training import _fused
 ACTIVATIONS = ["relu", ("leaky_relu", 0.1), "hard_tanh", "tanh", "softplus"]
 
 
-@pytest.fixture(params=[(1, False), (3, False), (3, True)], ids=["one-block", "three-blocks", "three-threads"])
+#: ``(blocks, parallel)``: the kernel splits the batch into one block per thread; 1 and 3
+#: blocks are forced, the three run one after the other (a first call) or by the parallel
+#: driver (later calls).
+BLOCK_NAMES = {(1, False): "one-block", (3, False): "three-blocks", (3, True): "three-threads"}
+#: Each layer kind, step and dtype compiles a parallel driver of its own (10-30 s on a 2-core
+#: machine), the same ``prange`` over the same block kernel: it runs in float32 with ReLU (the
+#: training default) for the dense layer, the convolutional one, the one with a hidden readout
+#: layer and the per-unit steps of both; every other case runs its blocks one after the other
+#: here, and test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit shows that the two
+#: ways give the same bits.
+IN_TURN = [b for b in BLOCK_NAMES if not b[1]]
+
+
+@pytest.fixture(params=list(BLOCK_NAMES), ids=list(BLOCK_NAMES.values()))
 def blocks(request, monkeypatch):
     # (count, parallel); indirect parametrisations pass the same pair
-    """The kernel splits the batch into one block per thread: force 1 and 3 blocks, the three
-    run one after the other (a first call) or by the parallel driver (later calls)."""
     count, parallel = request.param
     monkeypatch.setattr(engine_blocks, "thread_count", lambda: count)
     monkeypatch.setattr(_fused, "use_blocks", lambda variant, blocks, *driver: parallel and blocks > 1)
@@ -56,12 +67,8 @@ def _compare(net, U, y, rtol):
     return stats
 
 
-# Each activation and dtype compiles a parallel driver of its own (seconds each): every
-# combination runs its blocks one after the other here, and the parallel driver runs for
-# relu and tanh; test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit shows the two
-# ways give the same bits.
 FUSED_CASES = [(a, d, b, blocks) for a in ACTIVATIONS for d in (np.float64, np.float32) for b in (1, 7, 70)
-               for blocks in ((1, False), (3, False), (3, True)) if not blocks[1] or a in ("relu", "tanh")]
+               for blocks in BLOCK_NAMES if not blocks[1] or (a == "relu" and d == np.float32)]
 
 
 @pytest.mark.parametrize("activation, dtype, batch, blocks", FUSED_CASES,
@@ -104,12 +111,10 @@ CONV_CASES = [("circular", "relu", np.float32, 1, None), ("zeros", "tanh", np.fl
               ("circular", "relu", np.float64, 2, 5)]
 
 
-#: The blocks of each case: one after the other for every case; by the parallel driver
-#: (a compilation of its own, about 20 s on a 2-core machine, per case) for the first and the
-#: last, as FUSED_CASES does for the dense layer.
-BLOCK_NAMES = {(1, False): "one-block", (3, False): "three-blocks", (3, True): "three-threads"}
+#: The blocks of each case: one after the other for every case, by the parallel driver for
+#: the first (float32, ReLU).
 CONV_BLOCK_CASES = [(*case, blocks) for i, case in enumerate(CONV_CASES) for blocks in BLOCK_NAMES
-                    if not blocks[1] or i in (0, len(CONV_CASES) - 1)]
+                    if not blocks[1] or i == 0]
 
 
 def _case_id(case, blocks) -> str:
@@ -154,7 +159,9 @@ def test_fused_conv_step_with_a_hidden_readout_layer_equals_the_generic_path(pad
     _compare(net, U, y, rtol=1e-10 if dtype == np.float64 else 2e-4)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype, blocks", [(d, b) for d in (np.float64, np.float32) for b in BLOCK_NAMES
+                                           if not b[1] or d == np.float32],
+                         ids=lambda v: BLOCK_NAMES.get(v) or v.__name__, indirect=["blocks"])
 def test_fused_step_with_per_unit_steps_equals_the_generic_path(dtype, blocks):
     """``SolverConfig(alpha="per_unit")``: both layers' compiled steps take the per-unit steps
     the generic path's solves take, and need fewer iterations than the single step here."""
@@ -169,6 +176,7 @@ def test_fused_step_with_per_unit_steps_equals_the_generic_path(dtype, blocks):
         assert stats["forward_iterations"] < single["forward_iterations"]
 
 
+@pytest.mark.parametrize("blocks", IN_TURN, ids=BLOCK_NAMES.get, indirect=True)
 @pytest.mark.parametrize("readout_hidden", [0, 5])
 def test_fused_conv_step_finishes_failed_adjoints_densely(blocks, readout_hidden):
     net = _conv_network("circular", "relu", np.float64, 1, seed=7, readout_hidden=readout_hidden)
@@ -180,6 +188,7 @@ def test_fused_conv_step_finishes_failed_adjoints_densely(blocks, readout_hidden
     assert stats["adjoint_converged"] < 1.0
 
 
+@pytest.mark.parametrize("blocks", IN_TURN, ids=BLOCK_NAMES.get, indirect=True)
 def test_fused_step_keeps_the_engine_stopping_rule_per_sample(blocks):
     """Samples stop on their own: a mix of easy (small) and hard inputs gives unequal counts
     that equal the engine's, and a tighter tolerance needs more iterations."""
@@ -193,6 +202,7 @@ def test_fused_step_keeps_the_engine_stopping_rule_per_sample(blocks):
     assert tight > loose
 
 
+@pytest.mark.parametrize("blocks", IN_TURN, ids=BLOCK_NAMES.get, indirect=True)
 def test_failed_adjoint_samples_are_finished_densely_as_in_the_generic_path(blocks):
     """max_iter too small: the forward misses atol (reported, as in the generic path) and the
     adjoint's failed samples are finished with a dense solve, as the generic path does."""
@@ -259,7 +269,9 @@ def test_training_with_the_fused_step_equals_training_without(monkeypatch, digit
     np.testing.assert_allclose(a.B, b.B, atol=1e-9)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype, blocks", [(d, b) for d in (np.float64, np.float32) for b in BLOCK_NAMES
+                                           if not b[1] or d == np.float32],
+                         ids=lambda v: BLOCK_NAMES.get(v) or v.__name__, indirect=["blocks"])
 def test_the_trainers_gathering_call_equals_the_gathered_batch(dtype, blocks):
     """The trainer passes the whole set and the batch's row indices (the kernel gathers the
     rows); that must be the step of the gathered batch, bit for bit, and for the generic path

@@ -52,8 +52,7 @@ TPB_CAP = 128
 TPB_SIMULATOR = 2
 #: The interpreter's thread switch interval (s) while a simulated kernel runs. The simulator's
 #: block manager polls its threads for ``syncthreads`` while holding the GIL, so at Python's
-#: default 5 ms every barrier waited about 5 ms: a per-unit solve of 5 samples of n = 12 took
-#: 41 s under pytest, 3.7 s at this interval.
+#: default (5 ms) every barrier waits for the next forced switch (benchmarks/README.md).
 SIMULATOR_SWITCH_INTERVAL = 1e-5
 _TINY = float(np.finfo(np.float64).tiny)
 # Array arguments: compile the same source as a device function (the simulator cannot pass

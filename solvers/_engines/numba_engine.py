@@ -767,7 +767,7 @@ def run(task: Task):
     X0 = np.empty((0, n), dtype) if task.x0 is None else task.x0
     out = Output(X, iters, res, codes, hist, Z)
     bounds = block_bounds(batch)
-    variant = ("solve", type(op).__name__, task.kind, task.method, dtype.char, task.x0 is None)
+    variant = ("solve", type(op).__name__, task.kind, task.method, type(act).__name__, dtype.char, task.x0 is None)
     step = step_of(task)
     args = (op, problem, act, step, stop, X0, out, bounds)
     parallel = use_blocks(variant, len(bounds), solve_blocks, args)

@@ -110,7 +110,7 @@ def _run(name, block, blocks, plan, act, atol: float, max_iter: int, rows: tuple
     rows = (*rows, np.zeros(batch, np.int64), res, np.full(batch, -1, np.int8))
     fixed = (op, activation(act.code, act.slope), _IDENTITY, step, Stopping(float(atol), 0.0, int(max_iter), False))
     bounds = block_bounds(batch)
-    variant = (name, rows[0].dtype.char, type(step).__name__)
+    variant = (name, rows[0].dtype.char, type(fixed[1]).__name__, type(step).__name__)
     parallel = use_blocks(variant, len(bounds), blocks, (bounds, *fixed, *rows))
     with blas_policy(len(bounds) if parallel else 1, batch * n * n):
         if parallel:

@@ -491,7 +491,7 @@ def fused_gradients(net, U, targets, rows, solver):
     rows = rows.astype(np.int64, copy=False)
     identity = activation(IDENTITY, 0.0)
     args = (bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
-    variant = ("fused step", type(params).__name__, type(step).__name__, dt.char)
+    variant = ("fused step", type(params).__name__, type(act).__name__, type(step).__name__, dt.char)
     parallel = use_blocks(variant, k_blocks, _step_blocks, args)
     with blas_policy(k_blocks if parallel else 1, batch * n * n if net.DENSE else batch * features * hidden):
         if parallel:

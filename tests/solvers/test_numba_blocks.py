@@ -49,7 +49,7 @@ def blocks(request, monkeypatch):
 def with_blocks(cases, parallel):
     """pytest params: each case (a tuple) with every entry of :data:`BLOCK_NAMES`, except the
     parallel driver for the cases ``parallel(*case)`` rejects. Each variant's parallel driver
-    is a compilation of its own (3-15 s on a 2-core machine), and it is the same ``prange``
+    is a compilation of its own (seconds), and it is the same ``prange``
     over the same block solver whatever the method or activation: it runs for the methods with
     state of their own (Anderson's history, the splittings' resolvent), ReLU and one other
     activation, and :func:`test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit` shows
@@ -172,6 +172,18 @@ def test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit(monkeypatch):
     np.testing.assert_array_equal(runs[True].x, runs[False].x)
     np.testing.assert_array_equal(runs[True].iterations, runs[False].iterations)
     np.testing.assert_array_equal(runs[True].history, runs[False].history)
+
+
+def test_a_variant_is_one_parallel_driver(monkeypatch):
+    """A variant (the key that decides when a call earns its parallel driver) tells apart the
+    types the driver is compiled for: ReLU's from the other activations' (one type, ``Act``),
+    so that a tanh solve after ReLU's driver is ready still runs its blocks in turn first."""
+    seen = []
+    monkeypatch.setattr(numba_engine, "use_blocks", lambda variant, blocks, *driver: seen.append(variant) or False)
+    A, W = _instance()
+    for spec in ("relu", "tanh", "softplus"):
+        solvers.solve(A, W, activation=spec, max_iter=3, check=False)
+    assert seen[0] != seen[1] and seen[1] == seen[2]
 
 
 def test_a_variant_goes_parallel_when_its_driver_is_ready_or_its_serial_work_is_long(monkeypatch):

@@ -19,8 +19,8 @@ ACTIVATIONS = ["relu", ("leaky_relu", 0.1), "hard_tanh", "tanh", "softplus"]
 #: blocks are forced, the three run one after the other (a first call) or by the parallel
 #: driver (later calls).
 BLOCK_NAMES = {(1, False): "one-block", (3, False): "three-blocks", (3, True): "three-threads"}
-#: Each layer kind, step and dtype compiles a parallel driver of its own (10-30 s on a 2-core
-#: machine), the same ``prange`` over the same block kernel: it runs in float32 with ReLU (the
+#: Each layer kind, step and dtype compiles a parallel driver of its own (many seconds), the
+#: same ``prange`` over the same block kernel: it runs in float32 with ReLU (the
 #: training default) for the dense layer, the convolutional one, the one with a hidden readout
 #: layer and the per-unit steps of both; every other case runs its blocks one after the other
 #: here, and test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit shows that the two

@@ -44,8 +44,8 @@ __all__ = ["run", "run_device", "device_array", "derivative_device", "require_gp
 #: Upper bound on threads per block (CUDA's own limit).
 TPB_MAX = 1024
 #: Threads per block of a solve on a GPU (a power of two, at most TPB_MAX): a block holds one
-#: sample, so this sets how many threads share its product. The reduction buffer is dynamic
-#: shared memory of one float64 per thread. ``python benchmarks/gpu_conv_check.py
+#: sample, so this sets how many threads share its product. Its dynamic shared memory holds
+#: one float64 per thread and three more (:func:`shared_slots`). ``python benchmarks/gpu_conv_check.py
 #: --threads-per-block 128,256,512,1024`` times the choices on a GPU.
 TPB_CAP = 128
 #: Threads per block under the simulator, where each thread is a Python thread.
@@ -83,6 +83,12 @@ def require_gpu() -> None:
             "none on this machine; use engine='numba' (CPU), or set NUMBA_ENABLE_CUDASIM=1 to run "
             "the CUDA kernels in numba's (slow) simulator"
         )
+
+
+def shared_slots(tpb: int) -> int:
+    """float64 slots of a solve block's dynamic shared memory: one per thread (the reductions)
+    and three controls."""
+    return tpb + 3
 
 
 @contextlib.contextmanager
@@ -317,8 +323,13 @@ def _solver(product, resolvent):
         n = X.shape[1]
         scaled = D.shape[0] > 0
         splitting = method == PEACEMAN_RACHFORD or method == DOUGLAS_RACHFORD
-        red = cuda.shared.array(0, float64)  # dynamic: one float64 per thread (the launch sizes it)
-        ctl = cuda.shared.array(3, float64)  # flag, first residual, anderson acceptance
+        # One dynamic shared buffer (the launch sizes it: shared_slots): a float64 per thread for
+        # the reductions, then the flag, the first residual and Anderson's acceptance. A static
+        # shared array would do on a GPU, but numba's simulator creates one per call site on a
+        # thread's first call and does not lock it: two threads starting together got two arrays.
+        dyn = cuda.shared.array(0, float64)
+        red = dyn[:nt]
+        ctl = dyn[nt:]
         if splitting:  # u0 = (1 − α) x0 + α (A x0 + w)
             product(op, X, D, scaled, W, Z, s, t, nt)
             for i in range(t, n, nt):
@@ -529,7 +540,7 @@ def _launch(task: Task, op, dW, dD, dX, stream):
     H, hb = d(np.zeros((na, m, m))), d(np.zeros((na, m)))
     tpb = threads_per_block(n)
     with _simulator_pace():
-        solve[batch, tpb, stream, tpb * 8](
+        solve[batch, tpb, stream, 8 * shared_slots(tpb)](
             mcode, op, dW, dD, dX, dU, dZ, dY, alpha, steps, int(code), float(slope),
             float(task.atol), float(task.rtol), int(task.max_iter), 0 if forward else 1, float(task.accept),
             bool(task.record), iters, res, codes, hist, gp, fp, rp, forced, dF, dG, cnt, pos, H, hb, int(m),

@@ -26,6 +26,20 @@ def check_count(value, name: str, low: int = 1) -> int:
     return int(value)
 
 
+def _check_rows(rows, n_inputs: int, n_targets: int) -> np.ndarray:
+    """``rows`` as int64 indices of a batch of ``U`` (``n_inputs`` rows) and of its targets;
+    the compiled step reads them unchecked, so an index out of range must stop here."""
+    r = np.asarray(rows)
+    if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+        raise ValueError(f"rows must be a 1-D array of integer row indices, got shape {r.shape} of {r.dtype}")
+    if n_targets != n_inputs:
+        raise ValueError(f"targets must have one entry per row of U ({n_inputs}), got {n_targets}")
+    if r.size and (r.min() < 0 or r.max() >= n_inputs):
+        bad = r[(r < 0) | (r >= n_inputs)][0]
+        raise ValueError(f"rows must index rows of U, in [0, {n_inputs}), got {bad}")
+    return r.astype(np.int64, copy=False)
+
+
 def check_real(value, name: str, low: float | None = None, strict: bool = False) -> float:
     """``value`` as a finite ``float`` (``> low`` when ``strict``, else ``>= low``), else a
     ``ValueError`` naming ``name`` and the condition."""
@@ -456,7 +470,7 @@ class ImplicitNetwork:
                 targets = self.check_labels(targets, U.shape[0]).astype(np.int64, copy=False)
             rows_ = np.arange(U.shape[0])
         else:
-            rows_ = np.asarray(rows, dtype=np.int64)
+            rows_ = _check_rows(rows, len(U), len(targets))
         if use_fused:
             return Gradients(*fused_gradients(self, U, targets, rows_, s))
         if rows is not None:

@@ -4,6 +4,7 @@ the same loss, gradients, iteration counts and statistics, whatever the thread b
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -295,6 +296,22 @@ def test_the_trainers_gathering_call_equals_the_gathered_batch(dtype, blocks):
     assert mse_value == ref_value
     for k, g in ref_grads.items():
         np.testing.assert_array_equal(mse_grads[k], g, err_msg=k)
+
+
+@pytest.mark.parametrize("rows, words", [(np.array([0, 300]), "in [0, 300), got 300"),
+                                         (np.array([-1, 2]), "in [0, 300), got -1"),
+                                         (np.array([[0, 1]]), "1-D array"),
+                                         (np.array([0.0, 1.0]), "integer row indices")])
+def test_rows_outside_the_set_are_refused_before_the_compiled_step(rows, words):
+    """The compiled step gathers ``U[rows]`` without bounds checks: a bad index must be a
+    clear error, not a read past the array (a segmentation fault, or garbage gradients)."""
+    net = _network("relu", np.float32, seed=5)
+    X = np.zeros((300, net.n_in), np.float32)
+    y = np.zeros(300, np.int64)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        net.compute_gradients(X, y, rows=rows)
+    with pytest.raises(ValueError, match="one entry per row of U"):
+        net.compute_gradients(X, y[:200], rows=np.arange(10))
 
 
 def test_blocks_in_turn_and_blocks_in_parallel_agree_bit_for_bit(monkeypatch):

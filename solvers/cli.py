@@ -600,7 +600,7 @@ def _robustness(args, attacks: bool) -> int:
         eta = history.config.make_constraint().weights(history.state.raw)
     steps, restarts = (args.steps, args.restarts) if attacks else (1, 1)
     rows = robustness_table(net, X, y, eps, attacks=attacks, eta=eta, pgd_steps=steps, pgd_restarts=restarts,
-                            seed=args.seed)
+                            seed=args.seed, progress=not args.no_progress and sys.stderr.isatty())
     kind = "certificates and attacks" if attacks else "certificates"
     print(f"{args.checkpoint} on {args.dataset} ({len(X)} test samples): {kind}; eps in pixel units of [0, 1] data")
     print(format_robustness(rows))
@@ -955,6 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
         p.add_argument("--engine", choices=ENGINES, default="numba", help="solver engine")
         p.add_argument("--out", default=f"out/{name}.png", help="robustness-curve figure path")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (never shown unless on a terminal)")
         p.set_defaults(func=func, seed=0)
 
     p = command("reproduce", "the seed paper's comparison end to end (train, certify, attack)")

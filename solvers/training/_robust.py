@@ -460,8 +460,9 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
 
 
 def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True, eta=None, pgd_steps: int = 20,
-                     pgd_restarts: int = 1, seed: int = 0) -> list:
-    """One row per ε: clean, certified (interval; Lipschitz tight and paper forms), FGSM and PGD."""
+                     pgd_restarts: int = 1, seed: int = 0, progress: bool = False) -> list:
+    """One row per ε: clean, certified (interval; Lipschitz tight and paper forms), FGSM and PGD.
+    ``progress``: a tqdm bar on stderr, one step per measurement, named by its ε and kind."""
     try:
         eps_list = list(eps_list)
     except TypeError:
@@ -475,24 +476,49 @@ def robustness_table(net: ImplicitNetwork, U, y, eps_list, attacks: bool = True,
         check_count(seed, "seed", 0)
     U = net.check_inputs(U)
     y = net.check_labels(y, len(U), "y")
-    with blas_threads_for(500, net.n_hidden):
-        return _robustness_rows(net, U, y, eps_list, attacks, eta, pgd_steps, pgd_restarts, seed)
+    measures = _measures(eta, attacks, pgd_steps, pgd_restarts, seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(eps_list) * len(measures), unit="measure", leave=False)
+    try:
+        with blas_threads_for(500, net.n_hidden):
+            return _robustness_rows(net, U, y, eps_list, measures, bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def _robustness_rows(net, U, y, eps_list, attacks, eta, pgd_steps, pgd_restarts, seed):
+def _measures(eta, attacks, pgd_steps, pgd_restarts, seed) -> list:
+    """``(column, what, f(net, U, y, eps))`` of each measurement of a row of :func:`robustness_table`."""
+    measures = [
+        ("certified_interval", "interval certificate", lambda net, U, y, eps: certified_accuracy(net, U, y, eps)),
+        ("certified_lipschitz", "Lipschitz certificate",
+         lambda net, U, y, eps: certified_accuracy(net, U, y, eps, "lipschitz", eta=eta)),
+        ("certified_lipschitz_paper", "Lipschitz certificate (paper)",
+         lambda net, U, y, eps: certified_accuracy(net, U, y, eps, "lipschitz", form="paper", eta=eta)),
+    ]
+    if attacks:
+        measures += [
+            ("fgsm", "FGSM", lambda net, U, y, eps: robust_accuracy(net, U, y, eps, attack="fgsm")),
+            ("pgd", f"PGD ({pgd_steps} steps)", lambda net, U, y, eps: robust_accuracy(
+                net, U, y, eps, attack="pgd", steps=pgd_steps, restarts=pgd_restarts, seed=seed)),
+        ]
+    return measures
+
+
+def _robustness_rows(net, U, y, eps_list, measures, bar):
     clean = net.accuracy(U, y)
     rows = []
     for eps in eps_list:
-        row = {
-            "eps": float(eps),
-            "clean": clean,
-            "certified_interval": certified_accuracy(net, U, y, eps, "interval"),
-            "certified_lipschitz": certified_accuracy(net, U, y, eps, "lipschitz", eta=eta),
-            "certified_lipschitz_paper": certified_accuracy(net, U, y, eps, "lipschitz", form="paper", eta=eta),
-        }
-        if attacks:
-            row["fgsm"] = robust_accuracy(net, U, y, eps, attack="fgsm")
-            row["pgd"] = robust_accuracy(net, U, y, eps, attack="pgd", steps=pgd_steps, restarts=pgd_restarts, seed=seed)
+        row = {"eps": float(eps), "clean": clean}
+        for column, what, measure in measures:
+            if bar is not None:
+                bar.set_description(f"eps {eps:g}: {what}")
+            row[column] = measure(net, U, y, eps)
+            if bar is not None:
+                bar.update(1)
         rows.append(row)
     return rows
 

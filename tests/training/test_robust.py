@@ -28,6 +28,7 @@ from solvers.training._robust import (
     margin_lower_bounds,
     pgd_attack,
     robust_accuracy,
+    robustness_table,
     substituted_margins,
 )
 from solvers.training._trainer import _ramped_eps
@@ -666,3 +667,40 @@ def test_interval_bounds_lie_in_the_activations_range(activation):
     for _ in range(10):  # still sound
         fp = net.forward_pass(rng.uniform(U - 0.1, U + 0.1))
         assert np.all(fp.X >= X_lo - 1e-12) and np.all(fp.X <= X_hi + 1e-12)
+
+
+def test_robustness_table_shows_each_measurement_on_its_progress_bar(monkeypatch):
+    """``nemon certify`` and ``nemon attack`` can take minutes: with ``progress`` the table
+    names each measurement (its ε and kind) on a bar before it runs, and counts it after, with
+    the same rows as without the bar."""
+    import tqdm.auto
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, total, **kw):
+            self.total, self.n, self.seen, self.closed = total, 0, [], False
+            bars.append(self)
+
+        def set_description(self, text):
+            self.seen.append((self.n, text))
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    net = tiny_net(3)
+    rng = np.random.default_rng(3)
+    U, y = rng.uniform(0, 1, (12, N_IN)), rng.integers(0, N_OUT, 12)
+    plain = robustness_table(net, U, y, [0.05, 0.1], pgd_steps=2)
+    assert not bars
+    shown = robustness_table(net, U, y, [0.05, 0.1], pgd_steps=2, progress=True)
+    assert shown == plain
+    (bar,) = bars
+    assert bar.closed and bar.n == bar.total == 10
+    kinds = ["interval certificate", "Lipschitz certificate", "Lipschitz certificate (paper)", "FGSM",
+             "PGD (2 steps)"]
+    assert bar.seen == [(i, f"eps {e:g}: {k}") for i, (e, k) in enumerate(itertools.product([0.05, 0.1], kinds))]

@@ -368,7 +368,8 @@ def train_config(args):
                        lr=args.lr, optimizer=args.optimizer, schedule=args.schedule, constraint=args.constraint,
                        gamma=args.gamma, lipschitz_weight=args.lipschitz_weight, atol=args.atol, seed=args.seed,
                        interval_eps=args.interval_eps, interval_weight=args.interval_weight,
-                       interval_ramp=args.interval_ramp, forward_method=args.forward_method or "",
+                       interval_ramp=args.interval_ramp, interval_relax=args.interval_relax,
+                       forward_method=args.forward_method or "",
                        diag_min=args.diag_min, shift=args.shift, flip=args.flip,
                        per_unit_steps=args.per_unit_steps)
 
@@ -398,7 +399,7 @@ RESUME_FIXED = {
     "val_fraction": lambda net, config, saved: saved.get("val_fraction"),
     **{name: _config_field(name) for name in (
         "batch_size", "lr", "optimizer", "schedule", "constraint", "gamma", "diag_min", "lipschitz_weight", "atol",
-        "seed", "interval_eps", "interval_weight", "interval_ramp", "forward_method", "shift", "flip",
+        "seed", "interval_eps", "interval_weight", "interval_ramp", "interval_relax", "forward_method", "shift", "flip",
         "per_unit_steps")},
 }
 
@@ -466,6 +467,8 @@ def cmd_train(args) -> int:
     if resolved.interval_eps > 0:
         ramp = (f", eps ramped over {resolved.interval_ramp} epochs" if resolved.interval_ramp
                 else ", eps at full radius from the first step")
+        if resolved.interval_relax:
+            ramp += f", the hidden layer relaxed for the {resolved.interval_relax} closest classes"
     held = f"{len(Xval)} validation" if Xval is not None else "no validation"
     print(f"Training {net} on {args.dataset} ({len(Xtr)} train / {held} / {len(Xte)} test), "
           f"constraint {config.constraint} (gamma {config.gamma}"
@@ -520,6 +523,11 @@ def _new_network(args, n_in: int, n_out: int):
 
     common = dict(activation=args.activation, seed=args.seed, dtype=np.dtype(args.dtype),
                   solver=tr.SolverConfig(engine=args.engine))
+    if args.interval_relax and not args.readout_hidden:
+        raise CLIError(f"--interval-relax {args.interval_relax} relaxes the hidden readout layer: it needs --model conv "
+                       "--readout-hidden H (a linear readout's interval bound is exact)")
+    if args.interval_relax and args.interval_eps == 0:
+        raise CLIError(f"--interval-relax {args.interval_relax} tightens interval training: it needs --interval-eps > 0")
     if args.model == "dense":
         if args.readout_hidden:
             raise CLIError(f"--readout-hidden {args.readout_hidden} needs --model conv (a dense network reads out "
@@ -913,6 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-ramp", type=nonnegative_int, default=None,
                    help="epochs over which eps grows from 0 (default: a third of the epochs, at least 1; 0 = full "
                         "radius from the first step, which can leave every hidden unit dead)")
+    p.add_argument("--interval-relax", type=nonnegative_int, default=0, metavar="K",
+                   help="with --readout-hidden: also bound the worst-case margins of each sample's K closest classes "
+                        "by the hidden layer's linear relaxation, and train on the larger bound (0: off)")
     p.add_argument("--forward-method", default=None, choices=METHODS,
                    help="forward (and embedded-network) solver; default the constraint's own (average; "
                         "peaceman_rachford for mon); anderson needs fewer iterations")

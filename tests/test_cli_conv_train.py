@@ -86,15 +86,20 @@ def test_conv_model_with_a_hidden_readout_layer_trains_certifies_and_attacks(tmp
     the checkpoint, ``certify`` and ``attack``; and what it refuses."""
     ckpt = tmp_path / "hidden.npz"
     code, out, err = run("train", "--model", "conv", "--dataset", "digits", "--channels", 3, "--pool", 2, "--epochs", 2,
-                         "--readout-hidden", 8, "--interval-eps", 0.05, "--no-progress", "--out", ckpt)
+                         "--readout-hidden", 8, "--interval-eps", 0.05, "--interval-relax", 2, "--no-progress",
+                         "--out", ckpt)
     assert code == 0, err
     assert "readout_hidden=8" in out and "||C|| ||D|| ||B||" in out
+    assert "the hidden layer relaxed for the 2 closest classes" in out
     net, history, _ = load_training(ckpt)
+    assert history.config.interval_relax == 2
     assert net.readout_hidden == 8 and net.D.shape == (8, 3 * 4 * 4) and net.C.shape == (10, 8)
     assert all(r["mu_inf"] <= 0.9 + 1e-6 for r in history.epochs)
     _attack_never_beats_a_certificate(ckpt, tmp_path)
     code, _, err = run("train", "--resume", ckpt, "--readout-hidden", 4, "--epochs", 3)
     assert code == 2 and "--readout-hidden 4 (the checkpoint's: 8)" in err
+    code, _, err = run("train", "--resume", ckpt, "--interval-relax", 0, "--epochs", 3)
+    assert code == 2 and "--interval-relax 0 (the checkpoint's: 2)" in err
     code, _, err = run("train", "--resume", ckpt, "--epochs", 3, "--no-progress")
     assert code == 0, err
     assert [r["epoch"] for r in load_training(ckpt)[1].epochs] == [1, 2, 3]
@@ -106,4 +111,10 @@ def test_conv_model_with_a_hidden_readout_layer_trains_certifies_and_attacks(tmp
     code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--readout-hidden", -1, "--out",
                        tmp_path / "n.npz")
     assert code == 2 and "--readout-hidden" in err
-    assert not any((tmp_path / f).exists() for f in ("d.npz", "l.npz", "n.npz"))
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--interval-eps", 0.05, "--interval-relax",
+                       2, "--out", tmp_path / "r.npz")
+    assert code == 2 and "--interval-relax 2 relaxes the hidden readout layer" in one_clean_line(err)
+    code, _, err = run("train", "--model", "conv", "--dataset", "digits", "--readout-hidden", 8, "--interval-relax", 2,
+                       "--out", tmp_path / "e.npz")
+    assert code == 2 and "--interval-relax 2 tightens interval training" in one_clean_line(err)
+    assert not any((tmp_path / f).exists() for f in ("d.npz", "l.npz", "n.npz", "r.npz", "e.npz"))

@@ -11,6 +11,8 @@ Well-posedness, step sizes and the Lipschitz bound come from the kernel exactly
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 import contraction
@@ -297,37 +299,44 @@ class ConvImplicitNetwork(ImplicitNetwork):
     def features_T(self, G) -> np.ndarray:
         return self._unpool(G)
 
-    def hidden_bounds(self, F_lo, F_hi, dtype=np.float64) -> tuple:
+    def hidden_bounds(self, F_lo, F_hi, dtype=np.float64, Z=None) -> tuple:
         """Through the hidden ReLU layer when there is one: ``D f + d`` over the box is
         ``D f_c + d ± |D| f_r`` (centre and radius of the feature box), then the ReLU; rows
         with an unbounded feature (no certificate) get ``[0, inf)``. Products in ``dtype``
-        (training passes the network's; certificates keep float64), bounds in float64."""
+        (training passes the network's; certificates keep float64), bounds in float64. ``Z``:
+        the pre-activation bounds if already computed (:meth:`preactivation_bounds`)."""
         if not self.readout_hidden:
             return F_lo, F_hi
         F_lo, F_hi = np.asarray(F_lo, dtype), np.asarray(F_hi, dtype)
         bad = ~(np.isfinite(F_lo).all(axis=1) & np.isfinite(F_hi).all(axis=1))
         if bad.any():
             F_lo, F_hi = np.where(bad[:, None], 0, F_lo), np.where(bad[:, None], 0, F_hi)
-        Z_lo, Z_hi = self._preactivation_bounds(F_lo, F_hi, dtype)
+            Z = None
+        Z_lo, Z_hi = self.preactivation_bounds(F_lo, F_hi, dtype) if Z is None else Z
         H_lo = np.maximum(Z_lo, 0).astype(np.float64)
         H_hi = np.maximum(Z_hi, 0).astype(np.float64)
         H_lo[bad], H_hi[bad] = 0.0, np.inf
         return H_lo, H_hi
 
-    def _preactivation_bounds(self, F_lo, F_hi, dtype) -> tuple:
+    def preactivation_bounds(self, F_lo, F_hi, dtype=np.float64):
         """Exact bounds of the hidden layer's ``D f + d`` over a finite feature box: ``D f_c + d
-        ± |D| f_r`` (centre and radius), products in ``dtype``."""
+        ± |D| f_r`` (centre and radius), products in ``dtype``; ``None`` without a hidden layer."""
+        if not self.readout_hidden:
+            return None
+        F_lo, F_hi = np.asarray(F_lo, dtype), np.asarray(F_hi, dtype)
         D = self.D.astype(dtype, copy=False)
         mid = ((F_hi + F_lo) * 0.5) @ D.T + self.d.astype(dtype, copy=False)
         rad = ((F_hi - F_lo) * 0.5) @ np.abs(D).T
         return mid - rad, mid + rad
 
-    def hidden_bounds_T(self, F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, dtype=np.float64) -> tuple:
+    def hidden_bounds_T(self, F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, dtype=np.float64, gZ=None) -> tuple:
         if not self.readout_hidden:
             return gH_lo, gH_hi, {}
         D = self.D.astype(dtype, copy=False)
         # The ReLU's derivative from the bounds themselves: a bound is active where it is > 0.
         g_hi, g_lo = (gH_hi * (H_hi > 0)).astype(dtype), (gH_lo * (H_lo > 0)).astype(dtype)
+        if gZ is not None:  # the pre-activation bounds' own gradients (the relaxation's)
+            g_lo, g_hi = g_lo + gZ[0].astype(dtype), g_hi + gZ[1].astype(dtype)
         g_mid, g_rad = g_hi + g_lo, g_hi - g_lo
         F_lo, F_hi = np.asarray(F_lo, dtype), np.asarray(F_hi, dtype)
         F_c, F_r = (F_hi + F_lo) * 0.5, (F_hi - F_lo) * 0.5
@@ -360,6 +369,58 @@ class ConvImplicitNetwork(ImplicitNetwork):
             out[s + ok] = low
         return out
 
+    def relaxed_margin_bounds(self, F_lo, F_hi, y, cls, dtype=np.float64, Z=None):
+        """:meth:`ImplicitNetwork.relaxed_margin_bounds`: the line of :meth:`margin_lines`
+        whose crossing units lie below on ``z`` where ``u ≥ −l`` and on 0 otherwise, minimised
+        over the feature box, products in ``dtype``."""
+        if not self.readout_hidden:
+            return None
+        batch, K = cls.shape
+        rows = np.repeat(np.arange(batch), K)
+        k, j = np.asarray(y)[rows], cls.reshape(-1)
+        D, d = self.D.astype(dtype, copy=False), self.d.astype(dtype, copy=False)
+        C, c = self.C.astype(dtype, copy=False), self.c.astype(dtype, copy=False)
+        F_lo, F_hi = np.asarray(F_lo, dtype), np.asarray(F_hi, dtype)
+        lo, hi = self.preactivation_bounds(F_lo, F_hi, dtype) if Z is None else Z
+        l, u = lo[rows], hi[rows]
+        M = C[k] - C[j]
+        cross = (l < 0) & (u > 0)
+        gap = np.where(cross, u - l, 1)
+        s = np.where(cross, u / gap, 0)
+        above = cross & (M < 0)  # the chord above the ReLU, for a negative coefficient
+        slope = np.where(above, s, np.where(cross, u >= -l, l >= 0)).astype(dtype)
+        a = M * slope
+        g = a @ D
+        F_c, F_r = ((F_hi + F_lo) * 0.5)[rows], ((F_hi - F_lo) * 0.5)[rows]
+        shift = -np.where(above, M * s * l, 0).sum(axis=1)
+        bound = (g * F_c).sum(axis=1) - (np.abs(g) * F_r).sum(axis=1) + a @ d + shift + c[k] - c[j]
+        context = SimpleNamespace(shape=(batch, K), k=k, j=j, l=l, u=u, M=M, s=s, gap=gap, above=above, slope=slope,
+                                  a=a, g=g, F_c=F_c, F_r=F_r, dtype=dtype)
+        return bound.astype(np.float64).reshape(batch, K), context
+
+    def relaxed_margin_bounds_T(self, context, w) -> tuple:
+        ctx = context
+        batch, K = ctx.shape
+        D, d = self.D.astype(ctx.dtype, copy=False), self.d.astype(ctx.dtype, copy=False)
+        w = np.asarray(w, ctx.dtype).reshape(-1, 1)
+        g, a, above, M, s, l, u, gap = ctx.g, ctx.a, ctx.above, ctx.M, ctx.s, ctx.l, ctx.u, ctx.gap
+        phi = ctx.F_c - np.sign(g) * ctx.F_r  # the bound's derivative in g (a.e.)
+        wa = w * a
+        grads = {"D": wa.T @ phi, "d": wa.sum(axis=0, dtype=np.float64)}
+        gF_c = (w * g).reshape(batch, K, -1).sum(axis=1)
+        gF_r = -(w * np.abs(g)).reshape(batch, K, -1).sum(axis=1)
+        psi = phi @ D.T + d  # the bound's derivative in a
+        gM = w * (ctx.slope * psi - np.where(above, s * l, 0))
+        classes = np.arange(self.C.shape[0])
+        sides = (classes == ctx.k[:, None]).astype(ctx.dtype) - (classes == ctx.j[:, None])  # +1 at k, −1 at j
+        grads["C"], grads["c"] = sides.T @ gM, sides.T @ w[:, 0]
+        # The chord's slope s = u / (u − l) and its shift −M s l, on the units above.
+        gs = np.where(above, w * M * (psi - l), 0)
+        gl = gs * u / gap**2 - np.where(above, w * M * s, 0)
+        gu = -gs * l / gap**2
+        gZ_lo, gZ_hi = gl.reshape(batch, K, -1).sum(axis=1), gu.reshape(batch, K, -1).sum(axis=1)
+        return (0.5 * (gF_c - gF_r)).astype(np.float64), (0.5 * (gF_c + gF_r)).astype(np.float64), gZ_lo, gZ_hi, grads
+
     def margin_lines(self, F_lo, F_hi, k, j, sample=None) -> list:
         """:meth:`ImplicitNetwork.margin_lines` through the hidden ReLU layer. Its
         pre-activations ``z = D f + d`` have exact bounds ``[l, u]`` over the (finite) feature
@@ -372,7 +433,7 @@ class ConvImplicitNetwork(ImplicitNetwork):
             return super().margin_lines(F_lo, F_hi, k, j, sample)
         D, d = self.D.astype(np.float64), self.d.astype(np.float64)
         C, c = self.C.astype(np.float64), self.c.astype(np.float64)
-        lo, hi = self._preactivation_bounds(np.asarray(F_lo, np.float64), np.asarray(F_hi, np.float64), np.float64)
+        lo, hi = self.preactivation_bounds(np.asarray(F_lo, np.float64), np.asarray(F_hi, np.float64), np.float64)
         if sample is not None:  # once per box, then one row per margin
             lo, hi = lo[sample], hi[sample]
         sign_change = (lo < 0) & (hi > 0)

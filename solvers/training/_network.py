@@ -338,17 +338,40 @@ class ImplicitNetwork:
         """The adjoint of :meth:`features`: feature gradients taken back to the states."""
         return G
 
-    def hidden_bounds(self, F_lo, F_hi, dtype=np.float64) -> tuple:
+    def hidden_bounds(self, F_lo, F_hi, dtype=np.float64, Z=None) -> tuple:
         """``(H_lo, H_hi)``: bounds of the last linear layer's input ``h`` (``Y = C h + c``)
         from bounds of the features. Here ``h`` is the features themselves; a readout with a
-        hidden layer takes the bounds through it (its products in ``dtype``)."""
+        hidden layer takes the bounds through it (its products in ``dtype``; ``Z`` its
+        pre-activation bounds when already computed, :meth:`preactivation_bounds`)."""
         return F_lo, F_hi
 
-    def hidden_bounds_T(self, F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, dtype=np.float64) -> tuple:
+    def preactivation_bounds(self, F_lo, F_hi, dtype=np.float64):
+        """Bounds ``(Z_lo, Z_hi)`` of a hidden readout layer's pre-activations over the feature
+        box; ``None`` here (no hidden layer)."""
+        return None
+
+    def hidden_bounds_T(self, F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, dtype=np.float64, gZ=None) -> tuple:
         """The adjoint of :meth:`hidden_bounds` at ``(H_lo, H_hi)`` (what it returned for
         ``(F_lo, F_hi)``): ``(gF_lo, gF_hi, gradients)`` from the gradients of the bounds,
-        ``gradients`` those of the hidden layer's parameters."""
+        ``gradients`` those of the hidden layer's parameters. ``gZ``: gradients ``(gZ_lo,
+        gZ_hi)`` of the hidden layer's pre-activation bounds besides (from
+        :meth:`relaxed_margin_bounds_T`); only a hidden layer has them."""
         return gH_lo, gH_hi, {}
+
+    def relaxed_margin_bounds(self, F_lo, F_hi, y, cls, dtype=np.float64, Z=None):
+        """Training's form of :meth:`relaxed_margins`: lower bounds of the margins ``y_k − y_j``
+        (``k = y[b]``, ``j = cls[b, i]``; ``cls`` (batch, K)) over the feature box by the
+        hidden layer's linear relaxation with its adaptive lower line (``λ = [u ≥ −l]``; ``Z``
+        the pre-activation bounds if already computed), as ``(bounds (batch, K), context)`` for :meth:`relaxed_margin_bounds_T`; ``None`` where
+        the readout is linear in the features (the interval bound is then exact)."""
+        return None
+
+    def relaxed_margin_bounds_T(self, context, w) -> tuple:
+        """The adjoint of :meth:`relaxed_margin_bounds`: from ``w = ∂L/∂bounds`` (batch, K),
+        ``(gF_lo, gF_hi, gZ_lo, gZ_hi, gradients)``: the feature bounds' gradients, those of
+        the hidden layer's pre-activation bounds (for :meth:`hidden_bounds_T`), and the
+        parameters' (``D``, ``d``, ``C``, ``c``) through everything else."""
+        raise NotImplementedError("the readout is linear: relaxed_margin_bounds gives no context")
 
     def relaxed_margins(self, F_lo, F_hi, labels):
         """Lower bounds of the margins ``y_k − y_j`` (``k = labels[b]``; ``(batch, q)``) over

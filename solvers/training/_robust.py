@@ -410,7 +410,7 @@ def _margin_low_grad(X_lo, X_hi, C, y, dlow):
     return gX_lo, gX_hi, gC, gc
 
 
-def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, stats: bool = False):
+def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, stats: bool = False, relax: int = 0):
     """Cross-entropy of the worst-case logits over the ε-box and its gradients.
 
     Worst-case logits: ``z_j = −lower((C_y − C_j) x + c_y − c_j)`` for ``j ≠ y`` and
@@ -419,6 +419,10 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     ``𝒜``), then pulled back through the sign splits of ``A``, ``B`` (a.e. exact).
     ``solver`` (a :class:`SolverConfig`) overrides ``net.solver``. With ``stats=True`` a third
     item gives the embedded solves' mean ``forward_iterations`` and ``adjoint_iterations``.
+    ``relax``: for a hidden readout layer, the margins of each sample's ``relax`` closest
+    classes (smallest interval bound) are also bounded by the layer's linear relaxation
+    (:meth:`ImplicitNetwork.relaxed_margin_bounds`), and the larger sound bound is the one
+    trained on; 0: the interval bound alone.
     """
     y = np.asarray(y)
     lo, hi = _box(U, _radius(eps))
@@ -428,11 +432,25 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     # Margins over the readout's feature bounds: exact, since the features are a non-negative
     # combination of the states (each state in one feature).
     F_hi, F_lo = net.features(X[:, :n]), net.features(X[:, n:])
-    H_lo, H_hi = net.hidden_bounds(F_lo, F_hi, net.dtype)  # through a hidden readout layer, if any
+    Z = net.preactivation_bounds(F_lo, F_hi, net.dtype) if relax else None
+    H_lo, H_hi = net.hidden_bounds(F_lo, F_hi, net.dtype, Z=Z)  # through a hidden readout layer, if any
     C = net.C.astype(np.float64)
     c = net.c.astype(np.float64)
     rows = np.arange(batch)
-    z = -_margin_low(H_lo, H_hi, C, c, y)
+    low = _margin_low(H_lo, H_hi, C, c, y)
+    relaxed = None
+    if relax:
+        K = min(int(relax), net.n_out - 1)
+        open_ = low.copy()
+        open_[rows, y] = np.inf
+        cls = np.argsort(open_, axis=1, kind="stable")[:, :K]
+        relaxed = net.relaxed_margin_bounds(F_lo, F_hi, y, cls, net.dtype, Z=Z)
+    if relaxed is not None:
+        bound, context = relaxed
+        picked = low[rows[:, None], cls]
+        wins = bound > picked
+        low[rows[:, None], cls] = np.where(wins, bound, picked)
+    z = -low
     zs = z - z.max(axis=1, keepdims=True)
     logp = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
     value = float(-logp[rows, y].mean())
@@ -440,8 +458,19 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     dz[rows, y] -= 1.0
     dz /= batch
     dz[rows, y] = 0.0  # z_y is the constant 0
-    gH_lo, gH_hi, gC, gc = _margin_low_grad(H_lo, H_hi, C, y, -dz)
-    gF_lo, gF_hi, head = net.hidden_bounds_T(F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, net.dtype)
+    dlow = -dz
+    gZ, extra = None, {}
+    if relaxed is not None:
+        w = np.where(wins, dlow[rows[:, None], cls], 0.0)
+        dlow[rows[:, None], cls] = np.where(wins, 0.0, dlow[rows[:, None], cls])
+        rF_lo, rF_hi, gZ_lo, gZ_hi, extra = net.relaxed_margin_bounds_T(context, w)
+        gZ = (gZ_lo, gZ_hi)
+    gH_lo, gH_hi, gC, gc = _margin_low_grad(H_lo, H_hi, C, y, dlow)
+    gF_lo, gF_hi, head = net.hidden_bounds_T(F_lo, F_hi, H_lo, H_hi, gH_lo, gH_hi, net.dtype, gZ=gZ)
+    if relaxed is not None:
+        gF_lo, gF_hi = gF_lo + rF_lo, gF_hi + rF_hi
+        head = {key: head[key] + extra[key] for key in head}
+        gC, gc = gC + extra["C"], gc + extra["c"]
     # Adjoint of the embedded equilibrium.
     dt = net.dtype
     G2 = np.hstack([net.features_T(gF_hi), net.features_T(gF_lo)]).astype(dt)

@@ -48,6 +48,7 @@ class TrainConfig:
     interval_eps: float = 0.0
     interval_weight: float = 0.5
     interval_ramp: int | None = None  # None = a third of the epochs, at least 1 (see resolved)
+    interval_relax: int = 0  # closest classes per sample bounded by the hidden readout layer's relaxation
     forward_method: str = ""  # "" = the constraint's own (see train)
     diag_min: float | None = None
     shift: int = 0  # random translations of the training images, at most this many pixels
@@ -65,6 +66,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.interval_ramp is not None:
             check_count(self.interval_ramp, "interval_ramp", 0)
+        check_count(self.interval_relax, "interval_relax", 0)
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {tuple(CONSTRAINTS)}, got {self.constraint!r}")
         if self.loss not in LOSSES:
@@ -84,6 +86,9 @@ class TrainConfig:
         check_real(self.interval_eps, "interval_eps", 0)
         if not 0 <= check_real(self.interval_weight, "interval_weight") <= 1:
             raise ValueError(f"interval_weight must be in [0, 1], got {self.interval_weight!r}")
+        if self.interval_relax and self.interval_eps == 0:
+            raise ValueError(f"interval_relax > 0 tightens interval training, which is off (interval_eps = 0), "
+                             f"got interval_relax={self.interval_relax}")
         if self.interval_eps > 0 and self.loss != "cross_entropy":
             raise ValueError(f"interval training (interval_eps > 0) needs loss='cross_entropy', got loss={self.loss!r}")
         check_real(self.lipschitz_weight, "lipschitz_weight", 0)
@@ -306,6 +311,12 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         linearly from 0 to ``interval_eps`` over the first ``interval_ramp`` epochs. At
         ``κ = 1`` the clean gradient is not computed (a forward solve still gives the training
         accuracy), and ``adj_iters`` counts the embedded network's adjoint iterations.
+    interval_relax : int
+        With a hidden readout layer (``ConvImplicitNetwork(readout_hidden=h)``): the worst-case
+        margins of each sample's ``interval_relax`` closest classes (smallest interval bound)
+        are also bounded by that layer's linear relaxation over the box of its inputs, and the
+        larger of the two sound bounds is trained on (``interval_loss_and_grad``'s ``relax``),
+        the bound its certificates take too. 0 (default): the interval bound alone.
     forward_method : str
         The forward solver (and the embedded network's, in interval training): one of
         :data:`solvers.METHODS`; ``""`` (default) the constraint's guaranteed choice (``average``, or
@@ -347,6 +358,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     if cfg.lipschitz_weight > 0 and "D" in net.PARAMS:
         raise ValueError("lipschitz_weight > 0 penalises ||C|| ||B|| / (1 - mu) of a linear readout; this network's "
                          f"readout has a hidden layer (readout_hidden={net.readout_hidden}): use lipschitz_weight=0")
+    if cfg.interval_relax and "D" not in net.PARAMS:
+        raise ValueError(f"interval_relax > 0 relaxes a hidden readout layer, and this network's readout is linear "
+                         f"(its interval bound is exact): use interval_relax=0, got {cfg.interval_relax}")
     X, y = _check_data(X, y, net.n_in, "X")
     if X_val is not None:
         X_val, y_val = _check_data(X_val, y_val, net.n_in, "X_val")
@@ -390,7 +404,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 try:
                     if robust_only:  # the clean loss has weight 0: its gradient is not computed
                         value, grads, stats = _robust_step(net, Xe[idx], y[idx], _ramped_eps(
-                            cfg, state.epoch, state.batch, n_batches), solver)
+                            cfg, state.epoch, state.batch, n_batches), solver, cfg.interval_relax)
                     else:
                         step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
                         value, grads, stats = step_result.value, step_result.grads, step_result.stats
@@ -402,7 +416,8 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 if cfg.interval_eps > 0 and not robust_only:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
                     k = cfg.interval_weight
-                    rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver)
+                    rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver,
+                                                            relax=cfg.interval_relax)
                     value = (1 - k) * value + k * rvalue
                     grads = {key: ((1 - k) * g + k * rgrads[key]).astype(net.dtype) for key, g in grads.items()}
                 if cfg.lipschitz_weight > 0:
@@ -452,13 +467,13 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
     return history
 
 
-def _robust_step(net, U, y, eps, solver):
+def _robust_step(net, U, y, eps, solver, relax=0):
     """Loss, gradients and statistics of a step whose loss is the worst-case one alone
     (``interval_weight = 1``): the interval loss's gradients, the clean outputs from a forward
     solve (for the training accuracy and the collapse check) and, as ``adjoint_iterations``,
     the embedded adjoint's (the only adjoint solve the step makes)."""
     fp = net.forward_pass(U, solver)
-    value, grads, rstats = interval_loss_and_grad(net, U, y, eps, solver=solver, stats=True)
+    value, grads, rstats = interval_loss_and_grad(net, U, y, eps, solver=solver, stats=True, relax=relax)
     stats = {"forward_iterations": float(fp.iterations.mean()), "adjoint_iterations": rstats["adjoint_iterations"],
              "forward_converged": float(fp.converged.mean()), "logits": fp.Y}
     return value, grads, stats

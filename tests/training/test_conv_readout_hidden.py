@@ -136,6 +136,44 @@ def test_interval_loss_is_the_worst_case_bound_and_its_gradients_are_exact(activ
     _check_fd(lambda: interval_loss_and_grad(net, U, y, eps)[0], net, grads, 2e-7, np.random.default_rng(7), 4)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("padding", contraction.PADDINGS)
+def test_relaxed_interval_loss_trains_on_the_larger_sound_bound_and_its_gradients_are_exact(activation, padding):
+    """``relax=K``: the margins of each sample's K closest classes are also bounded by the
+    hidden layer's relaxation (the adaptive line of ``margin_lines``, minimised over the
+    feature box), and the larger bound enters the worst-case logits."""
+    net = small(activation, padding, stride=2, hidden=9)
+    U, y = inputs(net, 6)
+    eps = 0.05
+    value, grads = interval_loss_and_grad(net, U, y, eps, relax=2)
+    X_lo, X_hi, _, _ = interval_bounds(net, np.clip(U - eps, 0, 1), np.clip(U + eps, 0, 1))
+    F_lo, F_hi = net._pool(X_lo), net._pool(X_hi)
+    H_lo, H_hi = net.hidden_bounds(F_lo, F_hi)
+    want, replaced = 0.0, 0
+    for b in range(len(y)):
+        diff = net.C[y[b]] - net.C
+        low = np.where(diff >= 0, diff * H_lo[b], diff * H_hi[b]).sum(axis=1) + net.c[y[b]] - net.c
+        others = [j for j in np.argsort(low, kind="stable") if j != y[b]]
+        for j in others[:2]:
+            g, e = net.margin_lines(F_lo[b : b + 1], F_hi[b : b + 1], [y[b]], [j])[2]  # lambda = [u >= -l]
+            line = np.minimum(g * F_lo[b], g * F_hi[b]).sum() + e[0]
+            replaced += line > low[j]
+            low[j] = max(low[j], line)
+        low[y[b]] = 0.0
+        want += np.log(np.exp(-low).sum())
+    assert replaced > 0  # the relaxation is tighter for some margins here
+    assert value == pytest.approx(want / len(y), rel=1e-8)
+    plain = interval_loss_and_grad(net, U, y, eps)[0]
+    assert value < plain
+    # More classes relaxed: a smaller loss; more than q - 1 of them: all of them.
+    assert interval_loss_and_grad(net, U, y, eps, relax=3)[0] <= value
+    assert interval_loss_and_grad(net, U, y, eps, relax=10)[0] == interval_loss_and_grad(net, U, y, eps, relax=3)[0]
+    _check_fd(lambda: interval_loss_and_grad(net, U, y, eps, relax=2)[0], net, grads, 2e-7, np.random.default_rng(8), 4)
+    # A linear readout's interval bound is exact: nothing to relax.
+    linear = ConvImplicitNetwork((2, 12, 8), 3, 3, 4, 2, dtype=np.float64, solver=net.solver, seed=3, stride=2)
+    assert interval_loss_and_grad(linear, U, y, eps, relax=2)[0] == interval_loss_and_grad(linear, U, y, eps)[0]
+
+
 def test_interval_bounds_hold_for_sampled_and_attacked_inputs_and_certificates_are_sound():
     net = small("relu", "zeros", stride=2, hidden=6, engine="numba")
     rng = np.random.default_rng(6)
@@ -240,7 +278,8 @@ def test_lipschitz_bound_is_the_product_of_norms_and_bounds_the_quotients():
     assert quotient.max() <= net.lipschitz()
 
 
-def test_training_with_intervals_learns_and_checkpoints_round_trip(tmp_path):
+@pytest.mark.parametrize("relax", [0, 1])
+def test_training_with_intervals_learns_and_checkpoints_round_trip(tmp_path, relax):
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 120)
     X = rng.uniform(0, 0.5, (120, 48))  # the class's half is brighter by 0.4
@@ -248,12 +287,12 @@ def test_training_with_intervals_learns_and_checkpoints_round_trip(tmp_path):
     X[:, 24:] += 0.4 * (y == 0)[:, None]
     net = ConvImplicitNetwork((2, 6, 4), 3, 3, 2, 2, dtype=np.float32, solver=SolverConfig(engine="numba"),
                               readout_hidden=8)
-    cfg = TrainConfig(epochs=1, batch_size=30, lr=2e-2, gamma=0.5, interval_eps=0.01)
+    cfg = TrainConfig(epochs=1, batch_size=30, lr=2e-2, gamma=0.5, interval_eps=0.01, interval_relax=relax)
     history = train(net, X, y, cfg, X_val=X, y_val=y, progress=False)
     assert contraction.mu_inf(net.state_operator()) <= 0.5 + 1e-6
     path = save(net, tmp_path / "hidden.npz", history=history)
     back, hist, _ = load_training(path)
-    assert repr(back) == repr(net) and back.readout_hidden == 8
+    assert repr(back) == repr(net) and back.readout_hidden == 8 and hist.config.interval_relax == relax
     for name in net.PARAMS:
         np.testing.assert_array_equal(getattr(back, name), getattr(net, name))
     more = train(back, X, y, cfg.__class__(**{**cfg.__dict__, "epochs": 4}), X_val=X, y_val=y, resume=hist,
@@ -269,3 +308,10 @@ def test_training_refuses_what_needs_a_linear_readout():
     X, y = np.zeros((4, 16)), np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match=r"lipschitz_weight > 0 .*\(readout_hidden=3\)"):
         train(net, X, y, epochs=1, progress=False, lipschitz_weight=1e-3)
+    linear = ConvImplicitNetwork((1, 4, 4), 2, 3, 2, 2, solver=SolverConfig(engine="numpy"))
+    with pytest.raises(ValueError, match=r"interval_relax > 0 relaxes a hidden readout layer.*got 2"):
+        train(linear, X, y, epochs=1, progress=False, interval_eps=0.1, interval_relax=2)
+    with pytest.raises(ValueError, match=r"interval_relax > 0 tightens interval training, which is off"):
+        TrainConfig(interval_relax=2)
+    with pytest.raises(ValueError, match="interval_relax"):
+        TrainConfig(interval_eps=0.1, interval_relax=-1)

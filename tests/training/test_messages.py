@@ -246,6 +246,10 @@ def test_solver_config_names_its_bad_field(kwargs, message):
     (dict(batch_size="100"), "batch_size must be an integer >= 1, got '100'"),
     (dict(interval_ramp=2.5), "interval_ramp must be an integer >= 0, got 2.5"),
     (dict(interval_ramp=True), "interval_ramp must be an integer >= 0, got True"),
+    (dict(interval_eps=0.1, interval_relax=1.5), "interval_relax must be an integer >= 0, got 1.5"),
+    (dict(interval_eps=0.1, interval_relax=-2), "interval_relax must be an integer >= 0, got -2"),
+    (dict(interval_relax=3), "interval_relax > 0 tightens interval training, which is off (interval_eps = 0), got "
+                             "interval_relax=3"),
     (dict(seed=1.5), "seed must be an integer >= 0, got 1.5"),
     (dict(seed=-3), "seed must be an integer >= 0, got -3"),
     (dict(lr="0.1"), "lr must be a finite number > 0, got '0.1'"),

@@ -384,18 +384,14 @@ class ConvImplicitNetwork(ImplicitNetwork):
         lo, hi = self.preactivation_bounds(F_lo, F_hi, dtype) if Z is None else Z
         l, u = lo[rows], hi[rows]
         M = C[k] - C[j]
-        cross = (l < 0) & (u > 0)
-        gap = np.where(cross, u - l, 1)
-        s = np.where(cross, u / gap, 0)
-        above = cross & (M < 0)  # the chord above the ReLU, for a negative coefficient
-        slope = np.where(above, s, np.where(cross, u >= -l, l >= 0)).astype(dtype)
+        r = _Relaxation(l, u, M)
+        slope = r.slopes(u >= -l).astype(dtype)
         a = M * slope
         g = a @ D
         F_c, F_r = ((F_hi + F_lo) * 0.5)[rows], ((F_hi - F_lo) * 0.5)[rows]
-        shift = -np.where(above, M * s * l, 0).sum(axis=1)
-        bound = (g * F_c).sum(axis=1) - (np.abs(g) * F_r).sum(axis=1) + a @ d + shift + c[k] - c[j]
-        context = SimpleNamespace(shape=(batch, K), k=k, j=j, l=l, u=u, M=M, s=s, gap=gap, above=above, slope=slope,
-                                  a=a, g=g, F_c=F_c, F_r=F_r, dtype=dtype)
+        bound = (g * F_c).sum(axis=1) - (np.abs(g) * F_r).sum(axis=1) + a @ d + r.shift + c[k] - c[j]
+        context = SimpleNamespace(shape=(batch, K), k=k, j=j, l=l, u=u, M=M, s=r.chord, gap=r.gap, above=r.above,
+                                  slope=slope, a=a, g=g, F_c=F_c, F_r=F_r, dtype=dtype)
         return bound.astype(np.float64).reshape(batch, K), context
 
     def relaxed_margin_bounds_T(self, context, w) -> tuple:
@@ -436,14 +432,12 @@ class ConvImplicitNetwork(ImplicitNetwork):
         lo, hi = self.preactivation_bounds(np.asarray(F_lo, np.float64), np.asarray(F_hi, np.float64), np.float64)
         if sample is not None:  # once per box, then one row per margin
             lo, hi = lo[sample], hi[sample]
-        sign_change = (lo < 0) & (hi > 0)
-        slope = np.where(sign_change, hi / np.where(sign_change, hi - lo, 1.0), 0.0)
         M = C[k] - C[j]  # (rows, h)
-        above = sign_change & (M < 0)
-        shift = np.where(above, -M * slope * lo, 0.0).sum(axis=1) + c[k] - c[j]
+        r = _Relaxation(lo, hi, M)
+        shift = r.shift + c[k] - c[j]
         lines = []
-        for lower_slope in (0.0, slope, hi >= -lo):
-            a = M * np.where(above, slope, np.where(sign_change, lower_slope, lo >= 0))
+        for lower in (0.0, r.chord, hi >= -lo):
+            a = M * r.slopes(lower)
             lines.append((a @ D, a @ d + shift))
         return lines
 
@@ -572,3 +566,22 @@ class ConvImplicitNetwork(ImplicitNetwork):
                 + (f"readout_hidden={self.readout_hidden}, " if self.readout_hidden else "")
                 + f"activation={self.activation.name!r}, dtype={self.dtype.name})")
 
+
+class _Relaxation:
+    """The lines that replace ``M_i relu(z_i)`` on ``[l_i, u_i]`` below it (:meth:`margin_lines`):
+    ``z`` where ``l ≥ 0``, 0 where ``u ≤ 0``; where the sign changes (``crossing``), the chord
+    ``s (z − l)``, ``s = u / (u − l)`` (``chord``; ``gap = u − l``, 1 elsewhere), which lies
+    above the ReLU, for a negative ``M_i`` (``above``), and a line ``λ z`` below it otherwise;
+    ``shift = −Σ_above M s l``, the chords' constant."""
+
+    def __init__(self, lo, hi, M):
+        self.lo = lo
+        self.crossing = (lo < 0) & (hi > 0)
+        self.gap = np.where(self.crossing, hi - lo, 1)
+        self.chord = np.where(self.crossing, hi / self.gap, 0)
+        self.above = self.crossing & (M < 0)
+        self.shift = -np.where(self.above, M * self.chord * lo, 0).sum(axis=1)
+
+    def slopes(self, lower):
+        """Each unit's slope ``a_i / M_i`` with the lower line ``λ = lower`` (a number or one per unit)."""
+        return np.where(self.above, self.chord, np.where(self.crossing, lower, self.lo >= 0))

@@ -362,8 +362,9 @@ class ImplicitNetwork:
         """Training's form of :meth:`relaxed_margins`: lower bounds of the margins ``y_k − y_j``
         (``k = y[b]``, ``j = cls[b, i]``; ``cls`` (batch, K)) over the feature box by the
         hidden layer's linear relaxation with its adaptive lower line (``λ = [u ≥ −l]``; ``Z``
-        the pre-activation bounds if already computed), as ``(bounds (batch, K), context)`` for :meth:`relaxed_margin_bounds_T`; ``None`` where
-        the readout is linear in the features (the interval bound is then exact)."""
+        the pre-activation bounds if already computed), as ``(bounds (batch, K), context)``
+        for :meth:`relaxed_margin_bounds_T`; ``None`` where the readout is linear in the
+        features (the interval bound is then exact)."""
         return None
 
     def relaxed_margin_bounds_T(self, context, w) -> tuple:

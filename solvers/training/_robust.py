@@ -425,6 +425,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     trained on; 0: the interval bound alone.
     """
     y = np.asarray(y)
+    relax = min(check_count(relax, "relax", 0), net.n_out - 1)
     lo, hi = _box(U, _radius(eps))
     n, batch = net.n_hidden, len(y)
     AA, W2, U_c, U_r, res = _solve_embedded(net, lo, hi, solver=solver)
@@ -440,10 +441,9 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     low = _margin_low(H_lo, H_hi, C, c, y)
     relaxed = None
     if relax:
-        K = min(int(relax), net.n_out - 1)
         open_ = low.copy()
         open_[rows, y] = np.inf
-        cls = np.argsort(open_, axis=1, kind="stable")[:, :K]
+        cls = np.argsort(open_, axis=1, kind="stable")[:, :relax]
         relaxed = net.relaxed_margin_bounds(F_lo, F_hi, y, cls, net.dtype, Z=Z)
     if relaxed is not None:
         bound, context = relaxed
@@ -459,7 +459,7 @@ def interval_loss_and_grad(net: ImplicitNetwork, U, y, eps: float, solver=None, 
     dz /= batch
     dz[rows, y] = 0.0  # z_y is the constant 0
     dlow = -dz
-    gZ, extra = None, {}
+    gZ = None
     if relaxed is not None:
         w = np.where(wins, dlow[rows[:, None], cls], 0.0)
         dlow[rows[:, None], cls] = np.where(wins, 0.0, dlow[rows[:, None], cls])

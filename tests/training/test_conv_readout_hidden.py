@@ -168,6 +168,9 @@ def test_relaxed_interval_loss_trains_on_the_larger_sound_bound_and_its_gradient
     # More classes relaxed: a smaller loss; more than q - 1 of them: all of them.
     assert interval_loss_and_grad(net, U, y, eps, relax=3)[0] <= value
     assert interval_loss_and_grad(net, U, y, eps, relax=10)[0] == interval_loss_and_grad(net, U, y, eps, relax=3)[0]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="relax must be an integer >= 0"):
+            interval_loss_and_grad(net, U, y, eps, relax=bad)
     _check_fd(lambda: interval_loss_and_grad(net, U, y, eps, relax=2)[0], net, grads, 2e-7, np.random.default_rng(8), 4)
     # A linear readout's interval bound is exact: nothing to relax.
     linear = ConvImplicitNetwork((2, 12, 8), 3, 3, 4, 2, dtype=np.float64, solver=net.solver, seed=3, stride=2)

@@ -916,8 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-eps", type=unit_float, default=0.0,
                    help="interval-bound (robust) training radius in pixel units; 0 = off")
     p.add_argument("--interval-weight", type=unit_float, default=0.5,
-                   help="weight of the worst-case loss (1: the worst-case loss alone, and the clean gradient is not "
-                        "computed, about a fifth less time per step)")
+                   help="weight of the worst-case loss (1: the worst-case loss alone; the clean gradient is not "
+                        "computed, but a clean forward solve still gives the training accuracy)")
     p.add_argument("--interval-ramp", type=nonnegative_int, default=None,
                    help="epochs over which eps grows from 0 (default: a third of the epochs, at least 1; 0 = full "
                         "radius from the first step, which can leave every hidden unit dead)")

@@ -371,7 +371,7 @@ def train_config(args):
                        interval_ramp=args.interval_ramp, interval_relax=args.interval_relax,
                        forward_method=args.forward_method or "",
                        diag_min=args.diag_min, shift=args.shift, flip=args.flip,
-                       per_unit_steps=args.per_unit_steps)
+                       per_unit_steps=args.per_unit_steps, time_budget=args.time_budget or 0.0)
 
 
 DEFAULT_CHECKPOINT = "out/model.npz"
@@ -400,7 +400,7 @@ RESUME_FIXED = {
     **{name: _config_field(name) for name in (
         "batch_size", "lr", "optimizer", "schedule", "constraint", "gamma", "diag_min", "lipschitz_weight", "atol",
         "seed", "interval_eps", "interval_weight", "interval_ramp", "interval_relax", "forward_method", "shift", "flip",
-        "per_unit_steps")},
+        "per_unit_steps", "time_budget")},
 }
 
 
@@ -453,6 +453,10 @@ def cmd_train(args) -> int:
                 raise CLIError(f"--epochs {epochs} is fewer than the {done} epochs {args.resume} has trained; {more}")
             print(f"{args.resume} has trained all of its {done} epochs; {more}")
             return 0
+        if not history.interrupted and history.epochs and history.epochs[-1].get("budget_spent", 0) >= 1:
+            print(f"{args.resume} has spent its time budget of {history.config.time_budget:g} s (in epoch {done}); "
+                  "a resumed run keeps its budget: start a new run with --out to train with another")
+            return 0
         config = dataclasses.replace(history.config, epochs=epochs)
         print(f"Resuming {args.resume}: epoch {history.state.epoch + 1}, batch {history.state.batch}")
     Xtr, ytr, Xval, yval, Xte, yte = load_data(args, validation=True)
@@ -474,7 +478,8 @@ def cmd_train(args) -> int:
           f"constraint {config.constraint} (gamma {config.gamma}"
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
           f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
-          f"{ramp}{_augment_words(config)}{', per-unit steps' if config.per_unit_steps else ''}")
+          f"{ramp}{_augment_words(config)}{', per-unit steps' if config.per_unit_steps else ''}"
+          f"{f', time budget {config.time_budget:g} s' if config.time_budget else ''}")
     certified = resolved.interval_eps > 0 and Xval is not None  # the epoch's certified validation accuracy
     if certified:
         print(f"val_cert: certified accuracy at the epoch's eps on the first {min(CERTIFIED_SAMPLES, len(Xval))} "
@@ -503,6 +508,10 @@ def cmd_train(args) -> int:
     print()
     print(format_report(metrics, title=f"Final report ({args.dataset} test set)"))
     print(f"total training time         {sum(r['seconds'] for r in hist.epochs):.1f} s")
+    if hist.config.time_budget and hist.epochs and hist.epochs[-1].get("budget_spent", 0) >= 1:
+        last = hist.epochs[-1]
+        print(f"time budget                 {hist.config.time_budget:g} s, spent in epoch {last['epoch']} of "
+              f"{hist.config.epochs} (after {last['batches']} batches of it)")
     print(f"checkpoint: {path}")
     if hist.epochs:
         fig = plot_history(hist, figure, n_classes=net.n_out)
@@ -746,6 +755,20 @@ def unit_float(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+#: Seconds per unit of a duration (``--time-budget 90m``).
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """argparse type for a duration: seconds, or a number followed by ``s``, ``m`` or ``h``."""
+    unit = _DURATION_UNITS.get(text[-1:].lower())
+    try:
+        value = _number(text[:-1] if unit else text, float, lambda v: math.isfinite(v) and v > 0, "")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a duration > 0 such as 3600, 90m or 1.5h, got {text!r}") from None
+    return value * (unit or 1.0)
+
+
 def validation_fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
@@ -902,6 +925,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "linear)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"epochs (default {DEFAULT_EPOCHS}; with --resume, the checkpoint's own; may change on resume)")
+    p.add_argument("--time-budget", type=duration, default=None, metavar="T",
+                   help="end the run after T of training steps (seconds, or e.g. 90m, 1.5h; evaluation not counted), "
+                        "mid-epoch if need be; the learning-rate schedule and the eps ramp follow whichever of "
+                        "--epochs and T runs out first (default: no budget)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="samples per step")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimiser")

@@ -206,6 +206,43 @@ def test_train_per_unit_steps_are_recorded_and_resumed(tmp_path):
     one_clean_line(err, "per_unit_steps needs the averaged forward solve")
 
 
+def test_train_time_budget_ends_the_run_and_a_resumed_run_keeps_it(tmp_path):
+    """A thousand epochs cannot fit half a second of training steps: the run ends on its budget,
+    mid-epoch, says so, and a resume neither trains nor changes the budget."""
+    code, out, err = run(*train_args(tmp_path, "b", 1000, "--time-budget", "0.5"))
+    assert code == 0, err
+    assert any(line.startswith("Training") and line.endswith(", time budget 0.5 s") for line in out.splitlines())
+    match = re.search(r"^time budget\s+0.5 s, spent in epoch (\d+) of 1000 \(after (\d+) batches of it\)$", out,
+                      flags=re.MULTILINE)
+    assert match, out
+    _, history, _ = load_training(tmp_path / "b.npz")
+    assert history.config.time_budget == 0.5 and not history.interrupted
+    assert len(history) == int(match.group(1)) < 1000
+    assert history.epochs[-1]["batches"] == int(match.group(2))
+    assert sum(r["seconds"] for r in history.epochs) >= 0.5 > sum(r["seconds"] for r in history.epochs[:-1])
+    before = (tmp_path / "b.npz").read_bytes()
+    code, out, err = run(*train_args(tmp_path, "b", 1000, "--resume", tmp_path / "b.npz"))
+    assert code == 0, err
+    assert "has spent its time budget of 0.5 s" in out
+    assert (tmp_path / "b.npz").read_bytes() == before
+    code, _, err = run(*train_args(tmp_path, "b2", 1000, "--resume", tmp_path / "b.npz", "--time-budget", "1m"))
+    assert code == 2
+    one_clean_line(err, "--time-budget 60.0 (the checkpoint's: 0.5)")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "5x", "inf", "m"])
+def test_train_bad_time_budget_exits_2(tmp_path, value):
+    code, _, err = run(*train_args(tmp_path, "t", 1, "--time-budget", value))
+    assert code == 2
+    one_clean_line(err, "--time-budget", "expected a duration > 0 such as 3600, 90m or 1.5h")
+
+
+def test_durations_read_seconds_minutes_and_hours():
+    from solvers.cli import duration
+
+    assert [duration(t) for t in ("90", "90s", "1.5m", "2H", "0.25h")] == [90.0, 90.0, 90.0, 7200.0, 900.0]
+
+
 # -- resume -----------------------------------------------------------------------------------
 def test_resume_a_finished_checkpoint_with_more_epochs(trained, tmp_path):
     tmp = trained[0]

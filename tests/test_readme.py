@@ -44,6 +44,8 @@ SMALL = {
          "1000", "--no-progress"],
     "nemon certify out/conv_interval.npz --eps 0.01,0.02,0.05,0.1 --samples 10000": ["--samples", "40"],
     "nemon check kernel.npy --image 28x28": [],
+    "nemon train --epochs 50 --time-budget 10m --out out/budget.npz":
+        ["--hidden", "16", "--time-budget", "1", "--no-progress"],
     "nemon train --resume out/model.npz": ["--no-progress"],
     "nemon train --resume out/model.npz --epochs 25": ["--epochs", "3", "--no-progress"],
     "nemon evaluate out/model.npz": [],

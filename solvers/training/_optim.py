@@ -40,7 +40,13 @@ class Schedule:
     def factor(self, step_index: int) -> float:
         if self.kind == "constant" or self.total_steps <= 0:
             return 1.0
-        t = min(step_index / self.total_steps, 1.0)
+        return self.factor_at(step_index / self.total_steps)
+
+    def factor_at(self, fraction: float) -> float:
+        """The factor once ``fraction`` of the run is done (capped at 1)."""
+        if self.kind == "constant":
+            return 1.0
+        t = min(fraction, 1.0)
         return self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
 
 

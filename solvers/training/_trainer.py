@@ -54,6 +54,7 @@ class TrainConfig:
     shift: int = 0  # random translations of the training images, at most this many pixels
     flip: bool = False  # random left-right mirroring of the training images
     per_unit_steps: bool = False  # the averaged solves take one step per unit (SolverConfig.alpha)
+    time_budget: float = 0.0  # seconds of training steps after which the run ends (0: none; see train)
 
     def __post_init__(self):
         # Counts are integers: 2.7 epochs or batch_size=True is a mistake, not something to truncate.
@@ -98,6 +99,7 @@ class TrainConfig:
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         check_real(self.atol, "atol", 0, strict=True)
+        check_real(self.time_budget, "time_budget", 0)
 
     def make_constraint(self) -> Constraint:
         return make_constraint(self.constraint, self.gamma, self.diag_min)
@@ -296,6 +298,14 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         unit, ``α_i = 1 / (1 − min(0, a_ii))`` (``solvers.solve``'s ``alpha="per_unit"``),
         instead of the single ``α*``: the same guarantee, no more iterations in the worst case,
         fewer when the self-loops spread out. Needs the averaged forward method.
+    time_budget : float
+        Seconds of training steps (the records' ``seconds``: evaluation after each epoch is not
+        counted) after which the run ends, mid-epoch if need be (that epoch is evaluated and
+        recorded like the others); 0 (default): no budget. The learning-rate schedule and the
+        radius's ramp then follow whichever of the epochs and the budget is further along: a
+        run ends at ``epochs`` or at the budget, whichever comes first, with its schedule
+        complete. The batches stay those of ``seed``, but how many a budget buys depends on the
+        machine.
     X_val, y_val : arrays, optional
         Evaluated after every epoch (passed to ``train``, not part of the config).
     progress : bool
@@ -389,6 +399,8 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
 
     with _interrupt_flag() as flag, blas_threads_for(cfg.batch_size, net.n_hidden):
         while state.epoch < cfg.epochs:
+            if _spent(cfg, records, state.partial) and state.partial["batches"] == 0:
+                break  # the budget ran out with the last epoch
             perm = np.random.default_rng([cfg.seed, state.epoch]).permutation(N)
             Xe = X
             if shape is not None:
@@ -396,15 +408,16 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             bar = _progress(progress, n_batches, state.epoch, cfg.epochs, initial=state.batch)
             p = state.partial
             recent = _RecentOutputs()
-            while state.batch < n_batches:
+            while state.batch < n_batches and not _spent(cfg, records, p):
                 t0 = time.perf_counter()
+                spent = _time_fraction(cfg, records, p)
                 idx = perm[state.batch * cfg.batch_size : (state.batch + 1) * cfg.batch_size]
                 robust_only = cfg.interval_eps > 0 and cfg.interval_weight == 1
                 flag["gradient"] = True
                 try:
                     if robust_only:  # the clean loss has weight 0: its gradient is not computed
                         value, grads, stats = _robust_step(net, Xe[idx], y[idx], _ramped_eps(
-                            cfg, state.epoch, state.batch, n_batches), solver, cfg.interval_relax)
+                            cfg, state.epoch, state.batch, n_batches, spent), solver, cfg.interval_relax)
                     else:
                         step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
                         value, grads, stats = step_result.value, step_result.grads, step_result.stats
@@ -414,7 +427,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                     flag["gradient"] = False
                 recent.add(stats["logits"])
                 if cfg.interval_eps > 0 and not robust_only:
-                    eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches)
+                    eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches, spent)
                     k = cfg.interval_weight
                     rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver,
                                                             relax=cfg.interval_relax)
@@ -427,7 +440,10 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                         grads[k] = grads[k] + (cfg.lipschitz_weight * g).astype(net.dtype)
                 raw_grads = con.pullback(state.raw, grads.pop("A").astype(np.float64))
                 params = {**state.raw, **_free_parameters(net)}
-                step(opt_cfg, state.optimizer, params, {**raw_grads, **grads}, sched.factor(state.optimizer.t))
+                lr_factor = sched.factor(state.optimizer.t)
+                if cfg.time_budget:
+                    lr_factor = sched.factor_at(max(state.optimizer.t / max(sched.total_steps, 1), spent))
+                step(opt_cfg, state.optimizer, params, {**raw_grads, **grads}, lr_factor)
                 con.project(state.raw)
                 net.A = con.matrix(state.raw).astype(net.dtype)
                 p["loss"] += value * len(idx)
@@ -447,11 +463,13 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                     break
             if bar is not None:
                 bar.close()
-            if flag["stop"] and state.batch < n_batches:
+            budget_out = _spent(cfg, records, p)
+            if flag["stop"] and state.batch < n_batches and not budget_out:
                 history.interrupted = True
                 logger.warning("training interrupted at epoch %d, batch %d/%d", state.epoch + 1, state.batch, n_batches)
                 break
-            record = _epoch_record(net, con, state, p, cfg, solver, X_val, y_val)
+            record = _epoch_record(net, con, state, p, cfg, solver, X_val, y_val,
+                                   _time_fraction(cfg, records, p), n_batches)
             records.append(record)
             state.epoch += 1
             state.batch = 0
@@ -461,6 +479,8 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
             problem = _collapse(recent, record, cfg, net.n_out)
             if problem:
                 raise TrainingCollapsed(problem, history)
+            if budget_out:
+                break
             if flag["stop"]:  # Ctrl-C in the last batch of an epoch (the last one's too): stop all the same
                 history.interrupted = True
                 break
@@ -525,7 +545,7 @@ def _collapse(recent: _RecentOutputs, record, cfg: TrainConfig, q: int) -> str |
         lines.append(f"training loss {record['loss']:.4f} (log {q} = {np.log(q):.4f}: no information), "
                      f"train accuracy {record['train_acc']:.3f} (chance {1 / q:.3f})")
     if cfg.interval_eps > 0:
-        eps = _ramped_eps(cfg, epoch, 0, 1)
+        eps = record.get("eps", _ramped_eps(cfg, epoch, 0, 1))
         lines.append(f"likely cause: interval training with weight {cfg.interval_weight:g} at radius {eps:g} by the end "
                      f"of epoch {epoch} ({_ramp_words(cfg)}): the worst-case loss is lowest when "
                      "every unit is off. Ramp the radius over more epochs (--interval-ramp), or lower "
@@ -542,17 +562,31 @@ def _ramp_words(cfg: TrainConfig) -> str:
     return "no ramp: full radius from the first step"
 
 
-def _ramped_eps(cfg: TrainConfig, epoch: int, batch: int, n_batches: int) -> float:
+def _ramped_eps(cfg: TrainConfig, epoch: int, batch: int, n_batches: int, spent: float = 0.0) -> float:
+    """The radius at ``batch`` of ``epoch`` (0-based), or where the fraction ``spent`` of the time
+    budget puts the run if that is further along."""
     if cfg.interval_ramp <= 0:
         return cfg.interval_eps
-    return cfg.interval_eps * min(1.0, (epoch + batch / n_batches) / cfg.interval_ramp)
+    return cfg.interval_eps * min(1.0, max(epoch + batch / n_batches, spent * cfg.epochs) / cfg.interval_ramp)
+
+
+def _time_fraction(cfg: TrainConfig, records, p) -> float:
+    """The fraction of ``cfg.time_budget`` spent by the finished epochs ``records`` and the
+    current one's running sums ``p`` (0 without a budget)."""
+    if not cfg.time_budget:
+        return 0.0
+    return (sum(r["seconds"] for r in records) + p["seconds"]) / cfg.time_budget
+
+
+def _spent(cfg: TrainConfig, records, p) -> bool:
+    return _time_fraction(cfg, records, p) >= 1.0
 
 
 #: Validation samples on which an interval-trained run reports its certified accuracy per epoch.
 CERTIFIED_SAMPLES = 500
 
 
-def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> dict:
+def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val, spent=0.0, n_batches=1) -> dict:
     A64 = net.state_operator()
     if not isinstance(A64, contraction.Conv2d):
         A64 = A64.astype(np.float64)
@@ -570,13 +604,16 @@ def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val) -> 
         "lipschitz_paper": net.lipschitz("paper", eta=con.weights(state.raw)),
         "seconds": p["seconds"],
     }
+    if cfg.time_budget:
+        record["batches"] = p["batches"]
+        record["budget_spent"] = min(spent, 1.0)
     if X_val is not None and cfg.loss == "cross_entropy":
         record["val_acc"] = net.accuracy(X_val, y_val, solver=solver)
     elif X_val is not None:
         pred = np.concatenate([net.forward(X_val[i : i + 1000], solver) for i in range(0, len(X_val), 1000)])
         record["val_acc"] = float(np.mean((pred - np.asarray(y_val).reshape(pred.shape)) ** 2))
     if cfg.interval_eps > 0 and X_val is not None:
-        eps = _ramped_eps(cfg, state.epoch + 1, 0, 1)
+        eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches, spent)
         record["eps"] = eps
         record["val_certified"] = certified_accuracy(net, X_val[:CERTIFIED_SAMPLES], y_val[:CERTIFIED_SAMPLES], eps)
     problem = con.violation(net.state_operator(), state.raw)

@@ -250,6 +250,8 @@ def test_solver_config_names_its_bad_field(kwargs, message):
     (dict(interval_eps=0.1, interval_relax=-2), "interval_relax must be an integer >= 0, got -2"),
     (dict(interval_relax=3), "interval_relax > 0 tightens interval training, which is off (interval_eps = 0), got "
                              "interval_relax=3"),
+    (dict(time_budget=-60), "time_budget must be a finite number >= 0, got -60"),
+    (dict(time_budget=float("nan")), "time_budget must be a finite number >= 0, got nan"),
     (dict(seed=1.5), "seed must be an integer >= 0, got 1.5"),
     (dict(seed=-3), "seed must be an integer >= 0, got -3"),
     (dict(lr="0.1"), "lr must be a finite number > 0, got '0.1'"),

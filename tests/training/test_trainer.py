@@ -391,6 +391,9 @@ def test_every_constraint_trains_one_epoch(name, digits):
         (dict(per_unit_steps=1), "per_unit_steps must be True or False"),
         (dict(per_unit_steps=True, constraint="mon"), "per_unit_steps needs the averaged forward solve"),
         (dict(per_unit_steps=True, forward_method="anderson"), "per_unit_steps needs the averaged forward solve"),
+        (dict(time_budget=-1.0), "time_budget must be a finite number >= 0"),
+        (dict(time_budget=np.inf), "time_budget must be a finite number >= 0"),
+        (dict(time_budget="1h"), "time_budget must be a finite number >= 0"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs, match, small):
@@ -538,6 +541,107 @@ def test_schedule_factors():
     assert s.factor(1000) == pytest.approx(0.1)
     factors = [s.factor(i) for i in range(101)]
     assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+# -- (h) the time budget -----------------------------------------------------------------------
+#: Seconds each batch takes on the fake clock (:func:`fake_clock`).
+TICK = 0.5
+
+
+def fake_clock(monkeypatch):
+    """Make the trainer's clock advance by ``TICK`` per reading: it reads it before and after
+    each batch, so every batch takes ``TICK`` seconds, whatever the machine."""
+    import types
+
+    from solvers.training import _trainer
+
+    now = {"t": 0.0}
+
+    def perf_counter():
+        now["t"] += TICK
+        return now["t"]
+
+    monkeypatch.setattr(_trainer, "time", types.SimpleNamespace(perf_counter=perf_counter))
+
+
+def spy_on(monkeypatch, name, position):
+    """Record argument ``position`` of every call the trainer makes to its ``name``."""
+    from solvers.training import _trainer
+
+    seen = []
+    original = getattr(_trainer, name)
+
+    def wrapper(*args, **kwargs):
+        seen.append(args[position])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_trainer, name, wrapper)
+    return seen
+
+
+BUDGET_RUN = dict(epochs=10, batch_size=BATCH_RESUME, lr=1e-2, schedule="cosine", seed=4, interval_eps=0.1,
+                  interval_ramp=5, progress=False)
+
+
+def test_time_budget_ends_the_run_mid_epoch_with_its_schedule_and_ramp_complete(small, monkeypatch):
+    """Eight batches of 0.5 s fill a 4 s budget: the run ends in the middle of its second epoch,
+    which is evaluated and recorded, and the learning rate and the radius follow the budget
+    (further along than the epochs), reaching the ends of their schedules with it."""
+    fake_clock(monkeypatch)
+    factors = spy_on(monkeypatch, "step", 4)
+    radii = spy_on(monkeypatch, "interval_loss_and_grad", 3)
+    X, y = small[0][:N_RESUME], small[1][:N_RESUME]
+    net = ImplicitNetwork(64, 8, 10, seed=1)
+    h = train(net, X, y, X_val=small[0][N_RESUME:], y_val=small[1][N_RESUME:], time_budget=4.0, **BUDGET_RUN)
+    assert not h.interrupted and len(h) == 2 and h.state.optimizer.t == 8
+    assert [r["batches"] for r in h.epochs] == [6, 2]
+    assert [r["budget_spent"] for r in h.epochs] == [0.75, 1.0]
+    assert [r["seconds"] for r in h.epochs] == [6 * TICK, 2 * TICK]
+    assert h.epochs[-1]["eps"] == 0.1  # the full radius by the budget's end
+    # Batch i starts with i/8 of the budget spent: 10 × i/8 epochs' worth, ahead of i/6 epochs.
+    cosine = Schedule("cosine", 10 * 6)
+    assert factors == pytest.approx([cosine.factor_at(i / 8) for i in range(8)])
+    assert radii == pytest.approx([0.1 * min(1.0, 10 * i / 8 / 5) for i in range(8)])
+    assert cosine.factor_at(1.0) == pytest.approx(cosine.final_fraction)
+
+
+def reference_run(small, monkeypatch, **changes):
+    """On the fake clock: ``(X, y, kwargs, ref, h_ref)`` of a budget run with ``changes``, and a
+    fresh network like ``ref`` to train again."""
+    fake_clock(monkeypatch)
+    X, y = small[0][:N_RESUME], small[1][:N_RESUME]
+    kwargs = {**BUDGET_RUN, **changes}
+    ref = ImplicitNetwork(64, 8, 10, seed=1)
+    return X, y, kwargs, ref, train(ref, X, y, **kwargs), ImplicitNetwork(64, 8, 10, seed=1)
+
+
+def test_a_budget_that_is_never_reached_changes_nothing(small, monkeypatch):
+    X, y, kwargs, ref, h_ref, net = reference_run(small, monkeypatch, epochs=2)
+    h = train(net, X, y, time_budget=1e6, **kwargs)
+    assert len(h) == len(h_ref) == 2 and h.state.optimizer.t == 12
+    assert_same_parameters(net, ref)
+    assert [r["budget_spent"] for r in h.epochs] == pytest.approx([6 * TICK / 1e6, 12 * TICK / 1e6])
+
+
+def test_a_budget_run_resumed_after_ctrl_c_equals_the_uninterrupted_one(small, monkeypatch, tmp_path):
+    """The budget spent before Ctrl-C travels in the checkpoint (the epochs' and the current
+    epoch's seconds): the resumed run ends where the uninterrupted one did. Resuming it again
+    trains nothing: its budget is spent."""
+    X, y, kwargs, ref, h_ref, net = reference_run(small, monkeypatch, time_budget=4.0)
+    sigint_at(net, 7)
+    h1 = train(net, X, y, **kwargs)
+    assert h1.interrupted and h1.state.optimizer.t == 7
+    net2, h2, _ = load_training(save(net, tmp_path / "interrupted.npz", history=h1))
+    assert h2.config.time_budget == 4.0
+    h3 = train(net2, X, y, resume=h2, **kwargs)
+    assert not h3.interrupted and h3.state.optimizer.t == 8
+    assert_same_parameters(net2, ref)
+    assert [r["batches"] for r in h3.epochs] == [r["batches"] for r in h_ref.epochs] == [6, 2]
+    calls = spy_on_steps(net2, lambda n: None)
+    h4 = train(net2, X, y, resume=h3, **kwargs)
+    assert calls["n"] == 0 and len(h4) == 2
+    with pytest.raises(ValueError, match="resume"):
+        train(net2, X, y, resume=h3, **{**kwargs, "time_budget": 8.0})
 
 
 # -- the forward solver is selectable -----------------------------------------------------------

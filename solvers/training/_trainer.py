@@ -463,11 +463,11 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                     break
             if bar is not None:
                 bar.close()
-            budget_out = _spent(cfg, records, p)
-            if flag["stop"] and state.batch < n_batches and not budget_out:
+            if flag["stop"] and state.batch < n_batches:  # Ctrl-C means stop now, even in the budget's last batch
                 history.interrupted = True
                 logger.warning("training interrupted at epoch %d, batch %d/%d", state.epoch + 1, state.batch, n_batches)
                 break
+            budget_out = _spent(cfg, records, p)
             record = _epoch_record(net, con, state, p, cfg, solver, X_val, y_val,
                                    _time_fraction(cfg, records, p), n_batches)
             records.append(record)

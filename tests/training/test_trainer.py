@@ -623,20 +623,23 @@ def test_a_budget_that_is_never_reached_changes_nothing(small, monkeypatch):
     assert [r["budget_spent"] for r in h.epochs] == pytest.approx([6 * TICK / 1e6, 12 * TICK / 1e6])
 
 
-def test_a_budget_run_resumed_after_ctrl_c_equals_the_uninterrupted_one(small, monkeypatch, tmp_path):
+@pytest.mark.parametrize("k", [7, 8])
+def test_a_budget_run_resumed_after_ctrl_c_equals_the_uninterrupted_one(k, small, monkeypatch, tmp_path):
     """The budget spent before Ctrl-C travels in the checkpoint (the epochs' and the current
-    epoch's seconds): the resumed run ends where the uninterrupted one did. Resuming it again
-    trains nothing: its budget is spent."""
+    epoch's seconds): the resumed run ends where the uninterrupted one did, also when Ctrl-C
+    came in the batch that spent the budget (k = 8: stopped at once, that epoch recorded on
+    resume). Resuming it again trains nothing: its budget is spent."""
     X, y, kwargs, ref, h_ref, net = reference_run(small, monkeypatch, time_budget=4.0)
-    sigint_at(net, 7)
+    sigint_at(net, k)
     h1 = train(net, X, y, **kwargs)
-    assert h1.interrupted and h1.state.optimizer.t == 7
+    assert h1.interrupted and h1.state.optimizer.t == k and len(h1) == 1
     net2, h2, _ = load_training(save(net, tmp_path / "interrupted.npz", history=h1))
     assert h2.config.time_budget == 4.0
     h3 = train(net2, X, y, resume=h2, **kwargs)
     assert not h3.interrupted and h3.state.optimizer.t == 8
     assert_same_parameters(net2, ref)
     assert [r["batches"] for r in h3.epochs] == [r["batches"] for r in h_ref.epochs] == [6, 2]
+    assert [r["loss"] for r in h3.epochs] == [r["loss"] for r in h_ref.epochs]
     calls = spy_on_steps(net2, lambda n: None)
     h4 = train(net2, X, y, resume=h3, **kwargs)
     assert calls["n"] == 0 and len(h4) == 2

@@ -440,9 +440,7 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                         grads[k] = grads[k] + (cfg.lipschitz_weight * g).astype(net.dtype)
                 raw_grads = con.pullback(state.raw, grads.pop("A").astype(np.float64))
                 params = {**state.raw, **_free_parameters(net)}
-                lr_factor = sched.factor(state.optimizer.t)
-                if cfg.time_budget:
-                    lr_factor = sched.factor_at(max(state.optimizer.t / max(sched.total_steps, 1), spent))
+                lr_factor = sched.factor_at(max(state.optimizer.t / sched.total_steps, spent))
                 step(opt_cfg, state.optimizer, params, {**raw_grads, **grads}, lr_factor)
                 con.project(state.raw)
                 net.A = con.matrix(state.raw).astype(net.dtype)

@@ -17,10 +17,12 @@ from ._lipschitz import certified_radius, lipschitz_bound
 from ._norms import induced_norm, log_norm, mu_1, mu_2, mu_inf, vector_norm
 from ._projection import project_mu_inf, project_norm_inf
 from ._steps import (
+    LOCAL_RATE_ITERATIONS,
     METHODS,
     contraction_factor,
     error_bound,
     iteration_bound,
+    local_rate,
     optimal_alpha,
     optimal_alpha_from_diagonal,
     resolvent_matrix,
@@ -39,6 +41,7 @@ __all__ = [
     "Conv2d",
     "EXAMPLES",
     "LBEN_TIME_LIMIT",
+    "LOCAL_RATE_ITERATIONS",
     "METHODS",
     "PADDINGS",
     "WellposednessReport",
@@ -52,6 +55,7 @@ __all__ = [
     "iteration_bound",
     "lben_value",
     "lipschitz_bound",
+    "local_rate",
     "log_norm",
     "matrix_facts",
     "metzler_majorant",

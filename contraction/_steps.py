@@ -31,10 +31,12 @@ from ._norms import _scale_inf, mu_inf
 from ._validation import as_finite_scalar, as_square_matrix, as_weights
 
 __all__ = [
+    "LOCAL_RATE_ITERATIONS",
     "METHODS",
     "optimal_alpha",
     "optimal_alpha_from_diagonal",
     "contraction_factor",
+    "local_rate",
     "iteration_bound",
     "error_bound",
     "resolvent_matrix",
@@ -181,6 +183,104 @@ def contraction_factor(A, alpha=None, method: str = "average", eta=None) -> floa
     if method == "peaceman_rachford":
         return K_norm
     return 0.5 * (1.0 + K_norm)
+
+
+#: Power-iteration steps of :func:`local_rate` by default.
+LOCAL_RATE_ITERATIONS = 200
+
+
+def local_rate(A, slopes, alpha=None, iterations: int = LOCAL_RATE_ITERATIONS, seed: int = 0):
+    """Rate at which the averaged iteration converges near an equilibrium, per sample.
+
+    Parameters
+    ----------
+    A : array_like, shape (n, n), or contraction.Conv2d
+        A square convolution is applied through its kernel.
+    slopes : array_like, shape (n,) or (batch, n)
+        ``d = σ'(z*)`` at the equilibrium, ``z* = A x* + w``: values in [0, 1] (the slopes of a
+        monotone 1-Lipschitz activation; for ReLU, 1 where ``z*_i > 0`` and 0 elsewhere).
+    alpha : float or array_like, optional
+        The step: default :func:`optimal_alpha`; also one step per unit, shape (n,) (a
+        convolution: (C,) or (C·H·W,)), as ``optimal_alpha(A, per_unit=True)`` gives.
+    iterations : int
+        Power-iteration steps (at least 2); the rate is measured over the second half.
+    seed : int
+        Seed of the random start.
+
+    Returns
+    -------
+    float, or ndarray of shape (batch,) for 2-D ``slopes``
+        An estimate of the spectral radius of the step's Jacobian at the equilibrium,
+        ``J = I − diag(α) + diag(α) diag(d) A``, on the units whose slope is not 0 (0 when
+        there are none).
+
+    Notes
+    -----
+    Near the equilibrium the error of ``x ← x + α (σ(Ax + w) − x)`` obeys ``e_{k+1} ≈ J e_k``
+    (exactly, for ReLU, once every pre-activation has its equilibrium sign). A unit with slope 0
+    feeds nothing back: its row of ``J`` is ``(1 − α_i) e_i``, so its error decays by
+    ``|1 − α_i|`` on its own, and ``J`` is block triangular with the units of nonzero slope as
+    the other block, ``J_AA``. The rate returned is ``ρ(J_AA)``, the coupled part; ``ρ(J)``
+    is the larger of it and ``max |1 − α_i|`` over the units with slope 0. A ReLU solve
+    started at 0 sees the latter only on units that turned on along the way (a unit never
+    active stays exactly 0), so ``ρ(J_AA)`` is the rate at which such a solve's residual
+    finally shrinks. Both are at most ``‖J‖∞ ≤ contraction_factor(A, alpha)``, the bound over
+    every ``d ∈ [0, 1]^n``.
+
+    The estimate is the geometric mean of ``‖J v_{k+1}‖∞ / ‖J v_k‖∞`` over the second half of
+    the power iteration from a random ``v_0`` on the units of nonzero slope (``J`` keeps
+    it there). Every such ratio is at most ``‖J‖∞``, so the estimate never exceeds the bound;
+    it tends to ``ρ(J_AA)`` as ``iterations`` grows (also for dominant eigenvalues ``±ρ`` or
+    complex pairs, whose norms oscillate around ``ρ^k``), at a speed set by the gap to the
+    next eigenvalue's modulus. A sample whose iterates vanish (``J_AA`` nilpotent) has rate 0.
+    """
+    conv = isinstance(A, Conv2d)
+    if conv:
+        A._require_square("local_rate")
+        n = A.n
+    else:
+        A = as_square_matrix(A).astype(np.float64)
+        n = A.shape[0]
+    try:
+        d = np.asarray(slopes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"slopes must be an array of activation slopes in [0, 1], got {slopes!r}") from None
+    single = d.ndim == 1
+    d = np.atleast_2d(d)
+    if d.ndim != 2 or d.shape[1] != n:
+        raise ValueError(f"slopes must have shape ({n},) or (batch, {n}) for this operator (n = {n}), "
+                         f"got {np.shape(slopes)}")
+    if not np.all(np.isfinite(d)) or np.any(d < 0) or np.any(d > 1):
+        raise ValueError("slopes must be finite and in [0, 1] (the slopes of a monotone 1-Lipschitz activation)")
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 2:
+        raise ValueError(f"iterations must be an integer >= 2, got {iterations!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if alpha is None:
+        alpha = optimal_alpha(A)
+    if np.ndim(alpha) == 1:
+        alpha = _unit_steps(alpha, "average", (A.out_channels, n) if conv else (n,))
+        if conv and alpha.size == A.out_channels:
+            alpha = np.repeat(alpha, A.pixels)
+    else:
+        alpha = as_finite_scalar(alpha, "alpha", low=0.0, strict=True)
+    product = A.apply if conv else (lambda V: V @ A.T)
+    V = np.random.default_rng(seed).uniform(-1.0, 1.0, size=d.shape) * (d > 0)
+    V /= np.maximum(np.abs(V).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    log_growth = np.zeros(len(d))
+    vanished = np.zeros(len(d), dtype=bool)
+    start = iterations - iterations // 2
+    for k in range(iterations):
+        V = V + alpha * (d * product(V) - V)
+        size = np.abs(V).max(axis=1)
+        vanished |= size == 0
+        size[size == 0] = 1.0
+        if k >= start:
+            log_growth += np.log(size)
+        V /= size[:, None]
+    rate = np.exp(log_growth / (iterations - start))
+    rate[vanished] = 0.0
+    return float(rate[0]) if single else rate
 
 
 def _unit_steps(alpha, method: str, sizes: tuple) -> np.ndarray:

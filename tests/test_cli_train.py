@@ -17,7 +17,7 @@ from solvers.training import ImplicitNetwork, load_training, save
 EPOCH_COLUMNS = ("epoch", "loss", "train_acc", "val_acc", "mu_inf", "alpha_star", "fwd_iters", "adj_iters",
                  "lipschitz", "seconds")
 REPORT_LINES = ("test accuracy", "mu_inf(A)", "Lipschitz bound (tight)", "Lipschitz bound (paper)",
-                "forward iterations")
+                "forward iterations", "local rate")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -212,6 +212,21 @@ class ImplicitNetwork:
         """``A`` as :mod:`contraction` and :func:`solvers.solve` take it (here the matrix)."""
         return self.A
 
+    def local_rates(self, U, solver=None, iterations: int = contraction.LOCAL_RATE_ITERATIONS, seed: int = 0):
+        """:func:`contraction.local_rate` at the equilibrium of each row of ``U``, ``(batch,)``.
+
+        The averaged step with the solver's step (``α*``, or per unit with ``alpha="per_unit"``),
+        whichever method the solver uses: the rate at which its residual finally shrinks, to be
+        read beside :func:`contraction.contraction_factor`, which bounds it for every input.
+        The slopes are the activation's at the solver's equilibrium (its tolerance)."""
+        s = self.solver if solver is None else solver
+        fp = self.forward_pass(U, s)
+        op = self.state_operator()
+        op = op if isinstance(op, contraction.Conv2d) else np.asarray(op, dtype=np.float64)
+        alpha = contraction.optimal_alpha(op, per_unit=True) if s.alpha == "per_unit" else None
+        slopes = self.activation.derivative(np.asarray(fp.Z, dtype=np.float64))
+        return contraction.local_rate(op, slopes, alpha=alpha, iterations=iterations, seed=seed)
+
     def parameters(self) -> dict:
         return {k: getattr(self, k) for k in self.PARAMS}
 

@@ -12,7 +12,10 @@ from solvers.engine import blas_threads_for
 
 from ._network import ImplicitNetwork, check_count
 
-__all__ = ["evaluate", "format_report", "format_epoch_table", "history_figure", "plot_history"]
+__all__ = ["LOCAL_RATE_SAMPLES", "evaluate", "format_report", "format_epoch_table", "history_figure", "plot_history"]
+
+#: Samples (the first ones) on which :func:`evaluate` measures the local rate of the solves.
+LOCAL_RATE_SAMPLES = 100
 
 
 def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> dict:
@@ -32,6 +35,8 @@ def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> di
     conv = isinstance(A, contraction.Conv2d)
     A64 = A if conv else A.astype(np.float64)
     iters = np.concatenate(iters)
+    per_unit = s.alpha == "per_unit"
+    rates = net.local_rates(X[:LOCAL_RATE_SAMPLES], s)
     return {
         "samples": int(len(X)),
         "accuracy": correct / len(X),
@@ -43,6 +48,12 @@ def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> di
         "forward_iterations_mean": float(iters.mean()),
         "forward_iterations_max": int(iters.max()),
         "unconverged": unconverged,
+        "local_rate_median": float(np.median(rates)),
+        "local_rate_max": float(rates.max()),
+        "local_rate_samples": int(len(rates)),
+        "step_factor": contraction.contraction_factor(
+            A64, contraction.optimal_alpha(A64, per_unit=True) if per_unit else None),
+        "per_unit_steps": per_unit,
         "parameters": net.parameter_count(),
         "readout_hidden": getattr(net, "readout_hidden", 0),
         "method": s.method,
@@ -63,6 +74,9 @@ def format_report(metrics: dict, title: str = "Report") -> str:
         f"Lipschitz bound (paper)     {m['lipschitz_paper']:.4g}  = {norms} / (1 - max(0, mu))",
         f"forward iterations          mean {m['forward_iterations_mean']:.1f}, max {m['forward_iterations_max']} "
         f"({m['method']}, atol {m['atol']:g}; {m['unconverged']} unconverged)",
+        f"local rate                  median {m['local_rate_median']:.3f}, max {m['local_rate_max']:.3f} "
+        f"(first {m['local_rate_samples']} samples; averaged step{', per unit' if m['per_unit_steps'] else ''}; "
+        f"bound {m['step_factor']:.3f})",
         f"parameters                  {m['parameters']}",
     ]
     return "\n".join(lines)

@@ -415,3 +415,107 @@ def test_error_bound_holds_along_trajectories(activation, weighted, seed, n):
         err = float(np.max(np.abs(x - x_star) / scale))
         assert err <= c.error_bound(A, r, eta) * (1 + 1e-9) + 1e-12
         x = (1 - alpha) * x + alpha * act(A @ x + w)
+
+
+# ---------------------------------------------------------------------------------------
+# local_rate: the spectral radius of the step's Jacobian at an equilibrium
+# ---------------------------------------------------------------------------------------
+
+
+def _steps(rng, A, per_unit):
+    """α* or the per-unit steps, sometimes shortened (any positive step is allowed)."""
+    if per_unit:
+        return c.optimal_alpha(A, per_unit=True) * np.exp(rng.uniform(-1.0, 0.0, A.shape[0]))
+    return float(c.optimal_alpha(A) * np.exp(rng.uniform(-1.0, 0.0)))
+
+
+def _slopes(rng, batch, n):
+    """Slopes in [0, 1], about a third of them exactly 0 (inactive ReLU units)."""
+    return rng.uniform(0.0, 1.0, (batch, n)) * (rng.random((batch, n)) > 0.3)
+
+
+@PROPERTY
+@given(seed=seeds, n=small_sizes, per_unit=st.booleans())
+def test_local_rate_is_the_spectral_radius_of_the_jacobian(seed, n, per_unit):
+    rng = np.random.default_rng(seed)
+    A, _ = _instance(rng, n, False)
+    alpha = _steps(rng, A, per_unit)
+    d = _slopes(rng, 3, n)
+    rates = c.local_rate(A, d, alpha, iterations=4000)
+    steps = alpha * np.ones(n)
+    for di, rate in zip(d, rates):
+        J = np.diag(1 - steps) + np.diag(steps * di) @ A
+        on = di > 0  # units of slope 0 only decay, by |1 − α_i|: J is block triangular
+        np.testing.assert_array_equal(J[~on][:, ~on], np.diag(1 - steps[~on]))
+        np.testing.assert_array_equal(J[~on][:, on], 0)
+        rho = float(np.abs(np.linalg.eigvals(J[on][:, on])).max()) if on.any() else 0.0
+        assert rate == pytest.approx(rho, rel=5e-3, abs=1e-6)
+
+
+@PROPERTY
+@given(seed=seeds, n=sizes, per_unit=st.booleans())
+def test_local_rate_never_exceeds_the_factor(seed, n, per_unit):
+    rng = np.random.default_rng(seed)
+    A, _ = _instance(rng, n, False)
+    alpha = c.optimal_alpha(A, per_unit=True) * np.exp(rng.uniform(-2.0, 1.0, n)) if per_unit else \
+        float(c.optimal_alpha(A) * np.exp(rng.uniform(-2.0, 1.0)))  # inside and outside the step range
+    rates = c.local_rate(A, _slopes(rng, 4, n), alpha, iterations=int(rng.integers(2, 60)))
+    assert np.all(rates >= 0)
+    assert np.all(rates <= c.contraction_factor(A, alpha) * (1 + 1e-12))
+
+
+def test_local_rate_closed_forms():
+    A = np.array([[-1.0, -1.9], [-0.9, -1.0]])  # mutual inhibition: μ∞ = 0.9, α* = 1/2
+    # Both units active, α = 1/2: J = [[0, −0.95], [−0.45, 0]], eigenvalues ±√(0.95 · 0.45).
+    assert c.local_rate(A, np.ones(2)) == pytest.approx(math.sqrt(0.95 * 0.45), rel=1e-12)
+    assert c.contraction_factor(A) == pytest.approx(0.95)
+    # Unit 1 inactive: its error decays by 1 − α on its own; unit 0 alone has J_00 = 1 − α + α a_00 = 0.
+    assert c.local_rate(A, np.array([1.0, 0.0])) == 0.0
+    assert c.local_rate(A, np.array([1.0, 0.0]), 0.25) == pytest.approx(0.5, rel=1e-12)  # 1 − 0.25 − 0.25
+    # No unit active: nothing is coupled.
+    assert c.local_rate(A, np.zeros((3, 2)), np.array([0.5, 0.25])).tolist() == [0.0, 0.0, 0.0]
+    # Halfway slopes scale the coupling: ±√(α² d² 1.9 · 0.9) with d = 1/2 plus the diagonal.
+    J = 0.5 * np.eye(2) + 0.5 * 0.5 * A
+    assert c.local_rate(A, np.full(2, 0.5), iterations=1000) == pytest.approx(
+        float(np.abs(np.linalg.eigvals(J)).max()), rel=1e-9)
+    out = c.local_rate(A, np.ones((2, 2)))
+    assert isinstance(out, np.ndarray) and out.shape == (2,)
+    assert isinstance(c.local_rate(A, np.ones(2)), float)
+
+
+@pytest.mark.parametrize("padding", ["circular", "zeros"])
+def test_local_rate_of_a_convolution_is_its_matrix_s(padding):
+    rng = np.random.default_rng(3)
+    C, H, W = 2, 4, 5
+    op = c.project_mu_inf(c.Conv2d(rng.standard_normal((C, C, 3, 3)) * 0.4, (H, W), padding), 0.9)
+    M = op.to_dense()
+    d = _slopes(rng, 3, op.n)
+    per_channel = c.optimal_alpha(op, per_unit=True)
+    assert per_channel.shape == (C,)
+    for alpha, dense_alpha in [(None, None), (0.3, 0.3), (per_channel, np.repeat(per_channel, H * W)),
+                               (np.repeat(per_channel, H * W), np.repeat(per_channel, H * W))]:
+        np.testing.assert_allclose(c.local_rate(op, d, alpha), c.local_rate(M, d, dense_alpha), rtol=1e-10)
+
+
+def test_local_rate_rejects_bad_input():
+    A = np.array([[-1.0, 0.5], [0.2, 0.3]])
+    for slopes, match in [(np.ones(3), r"slopes must have shape \(2,\) or \(batch, 2\).*got \(3,\)"),
+                          (np.ones((1, 2, 2)), r"got \(1, 2, 2\)"),
+                          (np.array([0.5, 1.5]), r"slopes must be finite and in \[0, 1\]"),
+                          (np.array([-0.1, 1.0]), r"in \[0, 1\]"),
+                          (np.array([np.nan, 1.0]), r"finite"),
+                          ("ab", r"slopes must be an array")]:
+        with pytest.raises(ValueError, match=match):
+            c.local_rate(A, slopes)
+    for iterations in (1, 0, 2.5, True, "10"):
+        with pytest.raises(ValueError, match=r"iterations must be an integer >= 2"):
+            c.local_rate(A, np.ones(2), iterations=iterations)
+    for seed in (-1, 0.5, None):
+        with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+            c.local_rate(A, np.ones(2), seed=seed)
+    with pytest.raises(ValueError, match=r"one step per unit \(2 entries\), got 3"):
+        c.local_rate(A, np.ones(2), np.ones(3))
+    with pytest.raises(ValueError, match=r"alpha must be"):
+        c.local_rate(A, np.ones(2), 0.0)
+    with pytest.raises(ValueError, match="square operator"):
+        c.local_rate(c.Conv2d(np.zeros((2, 1, 3, 3)), (4, 4)), np.ones(16))

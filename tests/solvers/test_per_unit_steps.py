@@ -137,3 +137,39 @@ def test_bad_per_unit_steps_are_refused_by_name(rng):
         solvers.solve(A, W, alpha="per-channel")
     got = solvers.solve(A, W, alpha="per_unit")
     assert "per-unit alpha in [" in repr(got)
+
+
+@pytest.mark.parametrize("alpha", [None, "per_unit"])
+def test_a_relu_solve_from_zero_ends_at_the_local_rate(alpha):
+    """Once every pre-activation has its equilibrium sign, the error of a ReLU solve evolves by
+    the step's Jacobian at the equilibrium; a unit that was never active stays exactly 0, so
+    the residual's final rate is ``contraction.local_rate``, the coupled units' spectral radius."""
+    matched = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        n = 12
+        G = rng.standard_normal((n, n)) / np.sqrt(n)
+        G[np.diag_indices(n)] = -rng.uniform(0.0, 2.0, n)
+        A = contraction.project_mu_inf(G, 0.9)
+        W = rng.standard_normal((4, n))
+        res = solvers.solve(A, W, alpha=alpha, atol=1e-13, max_iter=5000, record=True, engine="numpy")
+        steps = contraction.optimal_alpha(A, per_unit=True) if alpha else None
+        rates = contraction.local_rate(A, (res.x @ A.T + W > 0).astype(float), steps)
+        assert np.all(rates <= contraction.contraction_factor(A, steps) + 1e-12)
+        iterates = [np.zeros_like(W)]  # the averaged iterates, to find the units ever active
+        for _ in range(int(res.iterations.max())):
+            x = iterates[-1]
+            iterates.append(x + res.alpha * (np.maximum(x @ A.T + W, 0) - x))
+        ever = np.any(np.stack(iterates) > 0, axis=0)
+        for s in range(len(W)):
+            if np.any(ever[s] & (res.x[s] @ A.T + W[s] <= 0)):  # turned off on the way: decays by 1 − α_i
+                continue
+            history = res.history[: res.iterations[s] + 1, s]
+            late = np.flatnonzero(history <= 1e-5)  # past the transient, above the rounding floor
+            if len(late) < 13:
+                continue
+            m = (late[-1] - late[0]) // 2 * 2  # an even window: dominant eigenvalues ±ρ alternate
+            observed = (history[late[0] + m] / history[late[0]]) ** (1 / m)
+            assert observed == pytest.approx(rates[s], rel=0.06)
+            matched += 1
+    assert matched >= 5

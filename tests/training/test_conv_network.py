@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import contraction
-from solvers.training import ConvImplicitNetwork, ImplicitNetwork, SolverConfig, TrainConfig, load_training, train
+from solvers.training import (ConvImplicitNetwork, ImplicitNetwork, SolverConfig, TrainConfig, evaluate, format_report,
+                              load_training, train)
 
 EXACT = dict(atol=1e-12, adjoint_atol=1e-12, max_iter=20000)
 
@@ -27,11 +28,12 @@ def small(padding="circular", activation="tanh", engine="numpy", scale=3.0, dtyp
 
 def dense_twin(net: ConvImplicitNetwork) -> ImplicitNetwork:
     """The fully connected network with the conv network's matrices."""
+    pixels = net.n_hidden // net.channels
     twin = ImplicitNetwork(net.n_in, net.n_hidden, net.n_out, activation=net.activation.name, dtype=np.float64,
                            solver=net.solver)
     twin.A = net.state_operator().to_dense()
     twin.B = net.input_operator().to_dense()
-    twin.b = np.repeat(net.b.astype(np.float64), 24)
+    twin.b = np.repeat(net.b.astype(np.float64), pixels)
     twin.C = net.readout_matrix()
     twin.c = net.c.astype(np.float64)
     return twin
@@ -338,3 +340,32 @@ def test_reproduce_has_the_conv_rows_and_reports_the_seed_layers_true_mu_inf(tmp
     assert (net.channels, net.readout_hidden, net.state_shape) == (QUICK_CHANNELS, QUICK_READOUT_HIDDEN, (4, 4))
     assert net.pool == 1 and history.config.per_unit_steps and history.config.batch_size == 50
     assert {p.name for p in figures} == {"robustness.png", "iterations.png"}
+
+
+@pytest.mark.parametrize("padding", contraction.PADDINGS)
+@pytest.mark.parametrize("alpha", [None, "per_unit"])
+def test_local_rates_of_a_mutual_inhibition(padding, alpha):
+    """Two channels inhibiting each other at each pixel (centre taps only, μ∞ = 0.9, α* = 1/2):
+    where both are active, J = [[0, −0.95], [−0.45, 0]] at every pixel, rate √(0.95 · 0.45);
+    where one is off, the other's J_00 = 1 − α + α a_00 = 0 and nothing is coupled."""
+    net = ConvImplicitNetwork((1, 5, 4), 2, 3, 2, 1, padding=padding, activation="relu", dtype=np.float64,
+                              solver=SolverConfig(engine="numpy", atol=1e-12, alpha=alpha))
+    K = np.zeros((2, 2, 3, 3))
+    K[:, :, 1, 1] = [[-1.0, -1.9], [-0.9, -1.0]]
+    net.A = K
+    net.B = np.zeros_like(net.B)
+    U = np.random.default_rng(0).uniform(0, 1, (3, net.n_in))
+    net.b = np.array([1.0, 1.0])  # equilibrium x = (0.044, 0.480) at every pixel: both active
+    np.testing.assert_allclose(net.local_rates(U), np.sqrt(0.95 * 0.45), rtol=1e-12)
+    twin = dense_twin(net)
+    np.testing.assert_allclose(twin.local_rates(U), np.sqrt(0.95 * 0.45), rtol=1e-12)
+    report = evaluate(net, U, np.zeros(3, dtype=int))
+    assert report["local_rate_median"] == pytest.approx(np.sqrt(0.95 * 0.45), rel=1e-12)
+    assert report["local_rate_max"] == pytest.approx(np.sqrt(0.95 * 0.45), rel=1e-12)
+    assert report["local_rate_samples"] == 3
+    assert report["step_factor"] == pytest.approx(0.95)  # 1 − α (1 − μ∞), α = 1/2 for both channels
+    assert report["per_unit_steps"] == (alpha == "per_unit")
+    assert "local rate                  median 0.654, max 0.654 (first 3 samples; averaged step" in format_report(report)
+    net.b = np.array([1.0, -1.0])  # channel 1 off everywhere
+    assert net.local_rates(U).tolist() == [0.0, 0.0, 0.0]
+    assert net.local_rates(U).max() <= contraction.contraction_factor(net.state_operator())

@@ -225,7 +225,8 @@ class ImplicitNetwork:
         op = op if isinstance(op, contraction.Conv2d) else np.asarray(op, dtype=np.float64)
         alpha = contraction.optimal_alpha(op, per_unit=True) if s.alpha == "per_unit" else None
         slopes = self.activation.derivative(np.asarray(fp.Z, dtype=np.float64))
-        return contraction.local_rate(op, slopes, alpha=alpha, iterations=iterations, seed=seed)
+        return contraction.local_rate(op, slopes, alpha=alpha, iterations=iterations, seed=seed,
+                                      product=lambda V: self.state_product(op, V))
 
     def parameters(self) -> dict:
         return {k: getattr(self, k) for k in self.PARAMS}

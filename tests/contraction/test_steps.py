@@ -495,6 +495,9 @@ def test_local_rate_of_a_convolution_is_its_matrix_s(padding):
     for alpha, dense_alpha in [(None, None), (0.3, 0.3), (per_channel, np.repeat(per_channel, H * W)),
                                (np.repeat(per_channel, H * W), np.repeat(per_channel, H * W))]:
         np.testing.assert_allclose(c.local_rate(op, d, alpha), c.local_rate(M, d, dense_alpha), rtol=1e-10)
+    # another implementation of the same product gives the same rates
+    np.testing.assert_allclose(c.local_rate(op, d, per_channel, product=lambda V: V @ M.T),
+                               c.local_rate(op, d, per_channel), rtol=1e-10)
 
 
 def test_local_rate_rejects_bad_input():
@@ -517,5 +520,7 @@ def test_local_rate_rejects_bad_input():
         c.local_rate(A, np.ones(2), np.ones(3))
     with pytest.raises(ValueError, match=r"alpha must be"):
         c.local_rate(A, np.ones(2), 0.0)
+    with pytest.raises(ValueError, match=r"product must be a callable V -> V A\^T"):
+        c.local_rate(A, np.ones(2), product=A)
     with pytest.raises(ValueError, match="square operator"):
         c.local_rate(c.Conv2d(np.zeros((2, 1, 3, 3)), (4, 4)), np.ones(16))

@@ -420,7 +420,7 @@ def _resume_conflicts(args, net, config, saved) -> list[str]:
 
 def cmd_train(args) -> int:
     from . import training as tr
-    from .training import CERTIFIED_SAMPLES, evaluate, format_epoch_table, format_report, plot_history
+    from .training import CERTIFIED_SAMPLES, LOCAL_RATE_SAMPLES, evaluate, format_epoch_table, format_report, plot_history
 
     # Every output is checked before any work: a run never fails after training.
     target = args.out or args.resume or DEFAULT_CHECKPOINT
@@ -481,6 +481,9 @@ def cmd_train(args) -> int:
           f"{ramp}{_augment_words(config)}{', per-unit steps' if config.per_unit_steps else ''}"
           f"{f', time budget {config.time_budget:g} s' if config.time_budget else ''}")
     certified = resolved.interval_eps > 0 and Xval is not None  # the epoch's certified validation accuracy
+    if Xval is not None:
+        print(f"local_rate: the averaged solve's local rate, median over the first {min(LOCAL_RATE_SAMPLES, len(Xval))} "
+              "validation images (fwd_iters grows with it)")
     if certified:
         print(f"val_cert: certified accuracy at the epoch's eps on the first {min(CERTIFIED_SAMPLES, len(Xval))} "
               "validation images")

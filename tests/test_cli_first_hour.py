@@ -47,6 +47,7 @@ def test_a_collapsed_network_stops_with_exit_1_and_the_likely_cause(tmp_path):
     lines = out.splitlines()
     header = lines.index(next(line for line in lines if line.split()[:1] == ["epoch"]))
     assert lines[header - 1] == "val_cert: certified accuracy at the epoch's eps on the first 400 validation images"
+    assert lines[header - 2].startswith("local_rate: the averaged solve's local rate, median over the first 100 ")
     assert lines[header].split()[:6] == ["epoch", "loss", "train_acc", "val_acc", "eps", "val_cert"]
     for line, record in zip(lines[header + 1 : header + 4], history.epochs):
         cells = [float(c) for c in line.split()]

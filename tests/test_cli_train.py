@@ -15,7 +15,7 @@ from _cli_helpers import one_clean_line, run
 from solvers.training import ImplicitNetwork, load_training, save
 
 EPOCH_COLUMNS = ("epoch", "loss", "train_acc", "val_acc", "mu_inf", "alpha_star", "fwd_iters", "adj_iters",
-                 "lipschitz", "seconds")
+                 "local_rate", "lipschitz", "seconds")
 REPORT_LINES = ("test accuracy", "mu_inf(A)", "Lipschitz bound (tight)", "Lipschitz bound (paper)",
                 "forward iterations", "local rate")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +34,7 @@ def printed_accuracy(out: str) -> float:
 
 
 def epoch_rows(out: str) -> list[list[str]]:
-    """The rows of the per-epoch table (lines of 10 numbers starting with an integer)."""
+    """The rows of the per-epoch table (lines of 11 numbers starting with an integer)."""
     rows = []
     for line in out.splitlines():
         fields = line.split()
@@ -63,6 +63,7 @@ def test_train_exits_zero_and_prints_table_and_report(trained):
     for r in rows:
         assert all(np.isfinite(float(x)) for x in r)
         assert float(r[4]) <= 0.9 + 1e-3  # mu_inf within the default gamma
+        assert 0 <= float(r[8]) < 1  # the local rate, below the averaged step's factor
     for line in REPORT_LINES:
         assert re.search(rf"^{re.escape(line)}\s", out, flags=re.MULTILINE), f"{line!r} missing from:\n{out}"
     assert 0.0 <= printed_accuracy(out) <= 1.0

@@ -11,7 +11,7 @@ from ._checkpoint import CheckpointError, load, load_training, save
 from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
 from ._data import DATASETS, load_dataset, read_idx, split_validation
 from ._conv_network import ConvImplicitNetwork
-from ._network import LOSSES, Gradients, ImplicitNetwork, SolverConfig
+from ._network import LOCAL_RATE_SAMPLES, LOSSES, Gradients, ImplicitNetwork, SolverConfig
 from ._optim import OptimizerConfig, OptimizerState, Schedule
 from ._report import evaluate, format_epoch_table, format_report, history_figure, plot_history
 from ._reproduce import ModelSpec, ReproduceInterrupted, format_reproduce_table, model_specs, reproduce
@@ -39,6 +39,7 @@ __all__ = [
     "Gradients",
     "History",
     "CERTIFIED_SAMPLES",
+    "LOCAL_RATE_SAMPLES",
     "ImplicitNetwork",
     "LOSSES",
     "OptimizerConfig",

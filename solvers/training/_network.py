@@ -13,7 +13,7 @@ from solvers import ADJOINT_METHODS, ENGINES, METHODS, get_activation, solve, so
 
 from ._fused import fusable, fused_gradients
 
-__all__ = ["ImplicitNetwork", "SolverConfig", "Gradients", "LOSSES"]
+__all__ = ["ImplicitNetwork", "SolverConfig", "Gradients", "LOSSES", "LOCAL_RATE_SAMPLES"]
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -113,6 +113,11 @@ class ForwardPass:
     #: backward pass.
     features: np.ndarray | None = None
     hidden: np.ndarray | None = None
+
+
+#: Inputs (the first ones) on which reports and epoch records measure the solves' local rate
+#: (:meth:`ImplicitNetwork.local_rates`).
+LOCAL_RATE_SAMPLES = 100
 
 
 class ImplicitNetwork:

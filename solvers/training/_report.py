@@ -10,12 +10,9 @@ import contraction
 
 from solvers.engine import blas_threads_for
 
-from ._network import ImplicitNetwork, check_count
+from ._network import LOCAL_RATE_SAMPLES, ImplicitNetwork, check_count
 
-__all__ = ["LOCAL_RATE_SAMPLES", "evaluate", "format_report", "format_epoch_table", "history_figure", "plot_history"]
-
-#: Samples (the first ones) on which :func:`evaluate` measures the local rate of the solves.
-LOCAL_RATE_SAMPLES = 100
+__all__ = ["evaluate", "format_report", "format_epoch_table", "history_figure", "plot_history"]
 
 
 def evaluate(net: ImplicitNetwork, X, y, batch_size: int = 1000, eta=None) -> dict:
@@ -84,7 +81,8 @@ def format_report(metrics: dict, title: str = "Report") -> str:
 
 _COLUMNS = (("epoch", "{:>5d}"), ("loss", "{:>8.4f}"), ("train_acc", "{:>9.4f}"), ("val_acc", "{:>8.4f}"),
             ("mu_inf", "{:>7.3f}"), ("alpha_star", "{:>10.3f}"), ("fwd_iters", "{:>9.1f}"),
-            ("adj_iters", "{:>9.1f}"), ("lipschitz", "{:>10.4g}"), ("seconds", "{:>7.2f}"))
+            ("adj_iters", "{:>9.1f}"), ("local_rate", "{:>10.3f}"), ("lipschitz", "{:>10.4g}"),
+            ("seconds", "{:>7.2f}"))
 
 
 #: Interval training's columns, after ``val_acc``: the epoch's radius and the certified accuracy
@@ -94,13 +92,14 @@ _CERTIFIED_COLUMNS = (("eps", "{:>6.3f}"), ("val_cert", "{:>8.4f}"))
 
 def format_epoch_table(records, header: bool = True, certified: bool = False) -> str:
     """The epoch table's header and one line per record; ``certified``: with the interval
-    training's ``eps`` and ``val_cert`` columns (records without them show nan)."""
+    training's ``eps`` and ``val_cert`` columns (records without them show nan, as do records
+    without ``local_rate``, which runs without validation data and older checkpoints lack)."""
     columns = _COLUMNS[:4] + _CERTIFIED_COLUMNS * certified + _COLUMNS[4:]
     lines = []
     if header:
         lines.append(" ".join(f"{name:>{len(fmt.format(1 if 'd' in fmt else 1.0))}}" for name, fmt in columns))
     for r in records:
-        r = {"eps": float("nan"), "val_cert": r.get("val_certified", float("nan")), **r}
+        r = {"eps": float("nan"), "val_cert": r.get("val_certified", float("nan")), "local_rate": float("nan"), **r}
         lines.append(" ".join(fmt.format(int(r[k]) if "d" in fmt else float(r[k])) for k, fmt in columns))
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from solvers.engine import blas_threads_for, compilation
 
 from ._augment import augment_images, image_shape_of
 from ._constraints import CONSTRAINTS, CONV_CONSTRAINTS, Constraint, make_constraint
-from ._network import LOSSES, ImplicitNetwork, SolverConfig, check_count, check_real
+from ._network import LOCAL_RATE_SAMPLES, LOSSES, ImplicitNetwork, SolverConfig, check_count, check_real
 from ._optim import OptimizerConfig, OptimizerState, Schedule, make_optimizer_state, step
 from ._robust import certified_accuracy, interval_loss_and_grad
 
@@ -605,6 +605,11 @@ def _epoch_record(net, con: Constraint, state, p, cfg, solver, X_val, y_val, spe
     if cfg.time_budget:
         record["batches"] = p["batches"]
         record["budget_spent"] = min(spent, 1.0)
+    # The solves' local rate at the equilibria of the first validation inputs (median): what sets
+    # fwd_iters, where the step's factor bounds it for every input.
+    record["local_rate"] = float("nan")
+    if X_val is not None:
+        record["local_rate"] = float(np.median(net.local_rates(X_val[:LOCAL_RATE_SAMPLES], solver)))
     if X_val is not None and cfg.loss == "cross_entropy":
         record["val_acc"] = net.accuracy(X_val, y_val, solver=solver)
     elif X_val is not None:

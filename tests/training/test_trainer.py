@@ -16,6 +16,7 @@ import contraction
 from solvers import NotGuaranteedWarning
 from solvers.training import (
     CONSTRAINTS,
+    LOCAL_RATE_SAMPLES,
     History,
     ImplicitNetwork,
     OptimizerConfig,
@@ -32,7 +33,7 @@ GAMMA = 0.5
 #: Slack for the float rounding of a projected matrix (float32 networks store A in float32).
 SLACK = 1e-6
 RECORD_KEYS = {"epoch", "loss", "train_acc", "val_acc", "mu_inf", "alpha_star", "fwd_iters", "adj_iters",
-               "unconverged", "lipschitz", "lipschitz_paper", "seconds"}
+               "local_rate", "unconverged", "lipschitz", "lipschitz_paper", "seconds"}
 
 
 def measure(name, A):
@@ -352,6 +353,19 @@ def test_lipschitz_weight_needs_a_projected_constraint(constraint, small):
 def test_negative_lipschitz_weight_raises_value_error(small):
     with pytest.raises(ValueError, match="lipschitz_weight"):
         train(ImplicitNetwork(64, 4, 10), *small, epochs=1, lipschitz_weight=-1.0, progress=False)
+
+
+def test_epoch_records_the_local_rate_of_the_validation_solves(digits):
+    """Each epoch records the median local rate at the first validation inputs' equilibria (nan
+    without validation data), the rate that sets the epoch's solve lengths."""
+    Xtr, ytr, Xte, yte = digits
+    net = ImplicitNetwork(64, 10, 10, seed=0)
+    h = train(net, Xtr, ytr, epochs=2, batch_size=100, lr=3e-3, X_val=Xte, y_val=yte, progress=False)
+    rates = net.local_rates(Xte[:LOCAL_RATE_SAMPLES], h.solver)
+    assert h[-1]["local_rate"] == float(np.median(rates))
+    assert 0 <= h[-1]["local_rate"] <= contraction.contraction_factor(net.A.astype(np.float64))
+    assert math.isnan(train(ImplicitNetwork(64, 10, 10, seed=0), Xtr, ytr, epochs=1, batch_size=100,
+                            progress=False)[0]["local_rate"])
 
 
 # -- (f) every constraint trains ------------------------------------------------------------------

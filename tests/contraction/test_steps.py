@@ -474,7 +474,7 @@ def test_local_rate_closed_forms():
     assert c.local_rate(A, np.array([1.0, 0.0]), 0.25) == pytest.approx(0.5, rel=1e-12)  # 1 − 0.25 − 0.25
     # No unit active: nothing is coupled.
     assert c.local_rate(A, np.zeros((3, 2)), np.array([0.5, 0.25])).tolist() == [0.0, 0.0, 0.0]
-    # Halfway slopes scale the coupling: ±√(α² d² 1.9 · 0.9) with d = 1/2 plus the diagonal.
+    # Slopes 1/2: J = (1 − α) I + α diag(1/2) A = I/2 + A/4.
     J = 0.5 * np.eye(2) + 0.5 * 0.5 * A
     assert c.local_rate(A, np.full(2, 0.5), iterations=1000) == pytest.approx(
         float(np.abs(np.linalg.eigvals(J)).max()), rel=1e-9)
@@ -484,7 +484,7 @@ def test_local_rate_closed_forms():
 
 
 @pytest.mark.parametrize("padding", ["circular", "zeros"])
-def test_local_rate_of_a_convolution_is_its_matrix_s(padding):
+def test_local_rate_of_a_convolution_is_that_of_its_matrix(padding):
     rng = np.random.default_rng(3)
     C, H, W = 2, 4, 5
     op = c.project_mu_inf(c.Conv2d(rng.standard_normal((C, C, 3, 3)) * 0.4, (H, W), padding), 0.9)

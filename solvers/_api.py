@@ -24,7 +24,8 @@ from ._engines.task import Task
 from ._engines.threads import blas_threads
 from ._result import AdjointResult, FixedPointResult, NoConvergence, NotGuaranteedWarning, Status, describe_alpha
 
-__all__ = ["solve", "solve_adjoint", "unit_steps", "METHODS", "ADJOINT_METHODS", "ENGINES"]
+__all__ = ["solve", "solve_adjoint", "unit_steps", "anderson_step", "METHODS", "ADJOINT_METHODS", "ENGINES",
+           "ANDERSON_MEMORY"]
 
 METHODS = contraction.METHODS
 #: The adjoint equation is linear: the averaged iteration (and its accelerations) contract in
@@ -34,6 +35,8 @@ ENGINES = ("numpy", "numba", "cuda")
 _ENGINE_MODULES = {"numpy": "._engines.numpy_engine", "numba": "._engines.numba_engine",
                    "cuda": "._engines.cuda_engine"}
 _SPLITTINGS = ("peaceman_rachford", "douglas_rachford")
+#: Anderson's default memory (:func:`solve`'s and :func:`solve_adjoint`'s ``memory``).
+ANDERSON_MEMORY = 5
 _F32_EPS = float(np.finfo(np.float32).eps)
 _SUCCESS = int(Status.SUCCESS)
 #: Engine modules imported so far (the CUDA one is imported only when asked for).
@@ -249,6 +252,16 @@ def unit_steps(A) -> np.ndarray:
     return contraction.optimal_alpha(A, per_unit=True)
 
 
+def anderson_step(A) -> tuple[float, float]:
+    """``(α, accept)`` of an Anderson solve of ``A`` with the default step, as :func:`solve`
+    takes them: ``α*`` and the safeguard ratio (the averaged iteration's factor at ``α*`` when
+    it contracts, else 1). For callers that run the engine's Anderson step themselves (the
+    fused training step), so that their iterates are :func:`solve`'s."""
+    facts = _facts(A)
+    alpha = _alpha(facts, "anderson", None, METHODS)
+    return float(alpha), _anderson_accept(facts, "anderson", alpha)
+
+
 def _alpha(facts: _Facts, method, alpha, methods):
     """The step: a float, or per-unit steps (float64, (n,)) for ``average``."""
     if not isinstance(method, str) or method not in methods:
@@ -439,7 +452,7 @@ def solve(
     engine: str = "numba",
     record: bool = False,
     *,
-    memory: int = 5,
+    memory: int = ANDERSON_MEMORY,
     raise_on_failure: bool = False,
     check: bool = True,
 ) -> FixedPointResult:
@@ -573,7 +586,7 @@ def solve_adjoint(
     engine: str = "numba",
     record: bool = False,
     *,
-    memory: int = 5,
+    memory: int = ANDERSON_MEMORY,
     raise_on_failure: bool = False,
     check: bool = True,
 ):

@@ -204,7 +204,7 @@ def test_train_per_unit_steps_are_recorded_and_resumed(tmp_path):
     assert code == 0, err  # the same value as the checkpoint's: no conflict
     code, _, err = run(*train_args(tmp_path, "mon", 1, "--per-unit-steps", "--constraint", "mon"))
     assert code == 2
-    one_clean_line(err, "per_unit_steps needs the averaged forward solve")
+    one_clean_line(err, "per_unit_steps needs the averaged or Anderson forward solve")
 
 
 def test_train_time_budget_ends_the_run_and_a_resumed_run_keeps_it(tmp_path):

@@ -1,6 +1,6 @@
-"""The training step of the common case in one compiled call per thread block: averaged
-forward and adjoint solves on the numba engine, cross-entropy loss, for a dense layer and for
-a convolutional one.
+"""The training step of the common case in one compiled call per thread block: an averaged
+or Anderson forward solve and an averaged adjoint solve on the numba engine, cross-entropy
+loss, for a dense layer and for a convolutional one.
 
 The generic path (:meth:`ImplicitNetwork.compute_gradients` with ``fused=False``) does, per
 batch, an input product, a forward solve, the loss, an adjoint solve and five gradient
@@ -11,7 +11,7 @@ pass over the whole batch. Here each thread block of the batch
 split and BLAS policy, and a ``prange`` over the blocks as in the engine) runs the
 whole step on its rows in one compiled call:
 
-    W = B u + b,   x = σ(A x + W) (averaged, α* or per-unit steps),   Y = C features(x) + c,
+    W = B u + b,   x = σ(A x + W) (averaged, α* or per-unit steps; or Anderson),   Y = C features(x) + c,
     Z = A x + W (the forward solve's last product, not recomputed),
     dY = (softmax(Y) − onehot(y)) / batch,   G = features*(dY C),
     λ = G + Aᵀ (λ ⊙ σ'(Z)) (averaged, ℓ1 residual),   V = λ ⊙ σ'(Z),
@@ -43,16 +43,19 @@ from numba.extending import overload
 import contraction
 from solvers import solve_adjoint, unit_steps
 from solvers.engine import (
+    ANDERSON_MEMORY,
     IDENTITY,
     PRANGE_ONLY,
     SUCCESS,
     Adjoint,
+    Anderson,
     Averaged,
     AveragedUnits,
     Forward,
     Output,
     Stopping,
     activation,
+    anderson_step,
     blas_policy,
     block_bounds,
     conv,
@@ -323,7 +326,8 @@ def _kernel_shares(params, work, lo, hi, shares, blk):
 # -- the step ----------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step, stop_f, stop_a, work, shares):
+def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step_f, step_a, stop_f, stop_a, work,
+                shares):
     """The whole step on rows ``lo:hi`` of the batch ``data[rows]``; writes the block's rows of
     ``work`` and its share ``blk`` of ``shares``. The rows of a shuffled batch are scattered
     over the data set: each block gathers its own (onto the core that uses them)."""
@@ -335,7 +339,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
         copy_row(work.U[s], data[rows[s]])
         work.y[s] = labels[rows[s]]
     inject(params, work.U[lo:hi], work.W[lo:hi])
-    solve_block(op, Forward(work.W[lo:hi]), act, step, stop_f, none,
+    solve_block(op, Forward(work.W[lo:hi]), act, step_f, stop_f, none,
                 Output(work.X[lo:hi], work.iters_f[lo:hi], work.res_f[lo:hi], work.codes_f[lo:hi],
                        work.hist[lo:hi], work.Z[lo:hi]))  # Z = A x + W from the solver's last product
     readout(params, work.X[lo:hi], work.F[lo:hi], work.Y[lo:hi], work.P[lo:hi])
@@ -357,7 +361,7 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
             work.dY[s, j] = g / batch
             work.dYt[s, j] = work.dY[s, j]
     state_gradient(params, work.dY[lo:hi], work.G[lo:hi], work.P[lo:hi], work.dP[lo:hi])
-    solve_block(op, Adjoint(work.G[lo:hi], work.D[lo:hi]), identity, step, stop_a, none,
+    solve_block(op, Adjoint(work.G[lo:hi], work.D[lo:hi]), identity, step_a, stop_a, none,
                 Output(work.L[lo:hi], work.iters_a[lo:hi], work.res_a[lo:hi], work.codes_a[lo:hi],
                        work.hist[lo:hi], none))
     for s in range(lo, hi):
@@ -367,13 +371,13 @@ def _step_block(blk, lo, hi, data, labels, rows, op, params, act, identity, step
 
 
 @njit(cache=True, parallel=PRANGE_ONLY)
-def _step_blocks(bounds, data, labels, rows, op, params, act, identity, step, stop_f, stop_a, work, shares):
+def _step_blocks(bounds, data, labels, rows, op, params, act, identity, step_f, step_a, stop_f, stop_a, work, shares):
     """:func:`_step_block` on each block ``bounds[c] = (lo, hi)``, one block per thread, then
     the blocks' shares summed into share 0 (one row of the output per task); returns
     :func:`_summary`."""
     for c in prange(bounds.shape[0]):
-        _step_block(np.int64(c), bounds[c, 0], bounds[c, 1], data, labels, rows, op, params, act, identity, step,
-                    stop_f, stop_a, work, shares)
+        _step_block(np.int64(c), bounds[c, 0], bounds[c, 1], data, labels, rows, op, params, act, identity, step_f,
+                    step_a, stop_f, stop_a, work, shares)
     _sum_shares(shares)
     return _summary(work)
 
@@ -427,7 +431,7 @@ def _summary(work):
 
 def fusable(solver, loss: str) -> bool:
     """Whether :func:`fused_gradients` computes what the generic path would for ``solver``."""
-    return (loss == "cross_entropy" and solver.engine == "numba" and solver.method == "average"
+    return (loss == "cross_entropy" and solver.engine == "numba" and solver.method in ("average", "anderson")
             and solver.adjoint_method == "average")
 
 
@@ -470,10 +474,14 @@ def fused_gradients(net, U, targets, rows, solver):
     op, params, diagonal_min, share_shapes, features = _layer(net, dt)
     hidden = share_shapes[3][0]
     act = activation(net.activation.code, net.activation.slope)
-    if solver.alpha == "per_unit":  # one step per unit, for the forward and the adjoint solve
-        step = AveragedUnits(unit_steps(net.state_operator()).astype(dt))
+    if solver.alpha == "per_unit":  # one step per unit, for the averaged solves
+        step_a = AveragedUnits(unit_steps(net.state_operator()).astype(dt))
     else:
-        step = Averaged(float(contraction.optimal_alpha_from_diagonal(diagonal_min)))
+        step_a = Averaged(float(contraction.optimal_alpha_from_diagonal(diagonal_min)))
+    step_f = step_a
+    if solver.method == "anderson":  # solvers.solve's Anderson: alpha*, its safeguard, the default memory
+        alpha, accept = anderson_step(net.state_operator())
+        step_f = Anderson(alpha, ANDERSON_MEMORY, accept)
     stop_f = Stopping(float(solver.atol), 0.0, int(solver.max_iter), False)
     stop_a = Stopping(float(solver.adjoint_atol), 0.0, int(solver.max_iter), False)
     e = np.empty
@@ -490,8 +498,9 @@ def fused_gradients(net, U, targets, rows, solver):
     shares = Shares(*(e((k_blocks, *shape), share_dt) for shape in share_shapes))
     rows = rows.astype(np.int64, copy=False)
     identity = activation(IDENTITY, 0.0)
-    args = (bounds, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work, shares)
-    variant = ("fused step", type(params).__name__, type(act).__name__, type(step).__name__, dt.char)
+    args = (bounds, U, targets, rows, op, params, act, identity, step_f, step_a, stop_f, stop_a, work, shares)
+    variant = ("fused step", type(params).__name__, type(act).__name__, type(step_f).__name__, type(step_a).__name__,
+               dt.char)
     parallel = use_blocks(variant, k_blocks, _step_blocks, args)
     with blas_policy(k_blocks if parallel else 1, batch * n * n if net.DENSE else batch * features * hidden):
         if parallel:
@@ -499,8 +508,8 @@ def fused_gradients(net, U, targets, rows, solver):
         else:  # the same blocks one after the other: the same products, the same results
             with serial_work(variant):
                 for c, (lo, hi) in enumerate(bounds):
-                    _step_block(c, lo, hi, U, targets, rows, op, params, act, identity, step, stop_f, stop_a, work,
-                                shares)
+                    _step_block(c, lo, hi, U, targets, rows, op, params, act, identity, step_f, step_a, stop_f,
+                                stop_a, work, shares)
                 for g in shares:  # summed in the order of _sum_shares
                     for k in range(1, k_blocks):
                         g[0] += g[k]

@@ -63,7 +63,7 @@ class SolverConfig:
     max_iter: int = 1000
     engine: str = "numba"
     #: The averaged solves' step: ``None``, the single ``α*``; ``"per_unit"``, one step per
-    #: unit (``solvers.solve``'s ``alpha="per_unit"``).
+    #: unit (``solvers.solve``'s ``alpha="per_unit"``). An Anderson forward solve keeps ``α*``.
     alpha: str | None = None
 
     def __post_init__(self):
@@ -72,9 +72,10 @@ class SolverConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.alpha not in (None, "per_unit"):
             raise ValueError(f"alpha must be None (alpha*) or 'per_unit', got {self.alpha!r}")
-        if self.alpha == "per_unit" and (self.method != "average" or self.adjoint_method not in ("average", "direct")):
-            raise ValueError(f"alpha='per_unit' needs method='average' and adjoint_method 'average' or 'direct', "
-                             f"got method={self.method!r}, adjoint_method={self.adjoint_method!r}")
+        if self.alpha == "per_unit" and (self.method not in ("average", "anderson")
+                                         or self.adjoint_method not in ("average", "direct")):
+            raise ValueError(f"alpha='per_unit' needs method 'average' or 'anderson' and adjoint_method 'average' or "
+                             f"'direct', got method={self.method!r}, adjoint_method={self.adjoint_method!r}")
         check_real(self.atol, "atol", 0)
         check_real(self.adjoint_atol, "adjoint_atol", 0)
         check_count(self.max_iter, "max_iter", 0)  # 0, as for solvers.solve: the start is returned
@@ -498,8 +499,9 @@ class ImplicitNetwork:
             finite and C-contiguous in the network's dtype, ``targets`` checked labels (the
             trainer checks the whole set once, not every batch).
         fused : bool, optional
-            With the averaged forward and adjoint solves on the numba engine and the
-            cross-entropy loss, the whole computation is one compiled call per thread block
+            With an averaged or Anderson forward solve and an averaged adjoint solve on the
+            numba engine and the cross-entropy loss, the whole computation is one compiled
+            call per thread block
             (:mod:`solvers.training._fused`); ``False`` forces the generic path through
             :func:`solvers.solve` and :func:`solvers.solve_adjoint` (same results).
         """
@@ -507,8 +509,8 @@ class ImplicitNetwork:
         can_fuse = self.FUSABLE and fusable(s, loss)
         use_fused = can_fuse if fused is None else bool(fused)
         if use_fused and not can_fuse:
-            raise ValueError("fused=True needs loss='cross_entropy' and averaged forward and adjoint "
-                             f"solves on the numba engine, got {s} and loss={loss!r}")
+            raise ValueError("fused=True needs loss='cross_entropy', an averaged or Anderson forward solve and an "
+                             f"averaged adjoint solve on the numba engine, got {s} and loss={loss!r}")
         if rows is None:
             U = self.as_inputs(U)
             if loss == "cross_entropy":

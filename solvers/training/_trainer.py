@@ -80,9 +80,9 @@ class TrainConfig:
         if self.diag_min is not None:
             check_real(self.diag_min, "diag_min")
         con = self.make_constraint()  # gamma and diag_min against the constraint
-        if self.per_unit_steps and ((self.forward_method or con.forward_method) != "average"
+        if self.per_unit_steps and ((self.forward_method or con.forward_method) not in ("average", "anderson")
                                     or con.adjoint_method not in ("average", "direct")):
-            raise ValueError(f"per_unit_steps needs the averaged forward solve, got forward method "
+            raise ValueError(f"per_unit_steps needs the averaged or Anderson forward solve, got forward method "
                              f"{self.forward_method or con.forward_method!r} (constraint {self.constraint!r})")
         check_real(self.interval_eps, "interval_eps", 0)
         if not 0 <= check_real(self.interval_weight, "interval_weight") <= 1:
@@ -297,7 +297,8 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
         The averaged forward and adjoint solves (and the embedded network's) take one step per
         unit, ``α_i = 1 / (1 − min(0, a_ii))`` (``solvers.solve``'s ``alpha="per_unit"``),
         instead of the single ``α*``: the same guarantee, no more iterations in the worst case,
-        fewer when the self-loops spread out. Needs the averaged forward method.
+        fewer when the self-loops spread out. Needs the averaged forward method, or Anderson,
+        whose own step stays ``α*`` (the adjoint solves are averaged with the per-unit steps).
     time_budget : float
         Seconds of training steps (the records' ``seconds``: evaluation after each epoch is not
         counted) after which the run ends, mid-epoch if need be (that epoch is evaluated and

@@ -478,7 +478,8 @@ def cmd_train(args) -> int:
           f"constraint {config.constraint} (gamma {config.gamma}"
           f"{'' if config.diag_min is None else ', diag_min %g' % config.diag_min}), {config.optimizer} lr {config.lr}, "
           f"{config.epochs} epochs{'' if resolved.interval_eps == 0 else f', interval eps {resolved.interval_eps:g}'}"
-          f"{ramp}{_augment_words(config)}{', per-unit steps' if config.per_unit_steps else ''}"
+          f"{ramp}{_augment_words(config)}{f', {config.forward_method} forward solves' if config.forward_method else ''}"
+          f"{', per-unit steps' if config.per_unit_steps else ''}"
           f"{f', time budget {config.time_budget:g} s' if config.time_budget else ''}")
     certified = resolved.interval_eps > 0 and Xval is not None  # the epoch's certified validation accuracy
     if Xval is not None:

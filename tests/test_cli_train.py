@@ -205,6 +205,12 @@ def test_train_per_unit_steps_are_recorded_and_resumed(tmp_path):
     code, _, err = run(*train_args(tmp_path, "mon", 1, "--per-unit-steps", "--constraint", "mon"))
     assert code == 2
     one_clean_line(err, "per_unit_steps needs the averaged or Anderson forward solve")
+    code, out, err = run(*train_args(tmp_path, "a", 1, "--per-unit-steps", "--forward-method", "anderson"))
+    assert code == 0, err  # Anderson's forward solves, the adjoints averaged with per-unit steps
+    assert any(line.startswith("Training") and line.endswith(", anderson forward solves, per-unit steps")
+               for line in out.splitlines())
+    history = load_training(tmp_path / "a.npz")[1]
+    assert history.solver.method == "anderson" and history.solver.alpha == "per_unit"
 
 
 def test_train_time_budget_ends_the_run_and_a_resumed_run_keeps_it(tmp_path):

@@ -230,10 +230,21 @@ def test_implicit_network_names_its_bad_argument(kwargs, message):
     (dict(method="newton"), "method must be one of"),
     (dict(adjoint_method="newton"), "adjoint_method must be one of"),
     (dict(engine="gpu"), "engine must be one of ('numpy', 'numba', 'cuda'), got 'gpu'"),
+    (dict(alpha="per_unit", method="picard"), "alpha='per_unit' needs method 'average' or 'anderson'"),
+    (dict(alpha="per_unit", adjoint_method="anderson"),
+     "alpha='per_unit' needs method 'average' or 'anderson' and adjoint_method 'average' or 'direct', "
+     "got method='average', adjoint_method='anderson'"),
+    (dict(alpha=0.5), "alpha must be None (alpha*) or 'per_unit', got 0.5"),
 ])
 def test_solver_config_names_its_bad_field(kwargs, message):
     with raises(message):
         SolverConfig(**kwargs)
+
+
+def test_solver_config_takes_per_unit_steps_beside_anderson():
+    """Anderson's forward solve keeps alpha*; the per-unit steps are the averaged adjoint's."""
+    s = SolverConfig(method="anderson", alpha="per_unit")
+    assert s.step("anderson") is None and s.step("average") == "per_unit"
 
 
 # -- training configuration ----------------------------------------------------------------------

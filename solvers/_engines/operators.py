@@ -21,7 +21,8 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-from numba import njit
+from numba import config, njit
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import overload
 
 from .kernels import compiled_only
@@ -163,6 +164,21 @@ _BLOCK = 4
 _VECTOR = 16
 
 
+def _wide_registers() -> bool:
+    """Whether numba compiles for 32 vector registers (AVX-512: the target's features, which
+    ``NUMBA_CPU_FEATURES`` overrides as it does for numba's own code generation)."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+avx512f" in features.split(",")
+
+
+#: Whether :func:`_correlate_rows` takes eight output channels per pass (:func:`_taps8`, two
+#: blocks of weights) instead of four: with 32 vector registers the 32 weights, eight
+#: accumulators and four inputs of a pass fit, and each input value loaded feeds eight channels;
+#: with 16 (AVX2) the weights spill and the four-channel pass is the faster one. Fixed per
+#: target, as numba's cache is.
+_PAIRED = _wide_registers()
+
+
 @njit(cache=True, inline="always")
 def _layout(H, W, p, circular):
     """``(Wp, P, L)`` of the padded layout of an H × W image with a border of ``p``: the row
@@ -248,23 +264,28 @@ def _tap_offsets(C_in, k, Wp, P, groups):
     return offs
 
 
+@njit(cache=True, inline="always")
+def _inputs(xp, offs):
+    """The spans of the padded planes ``xp`` that four taps read: ``xp[offs[e]:]``."""
+    return xp[offs[0]:], xp[offs[1]:], xp[offs[2]:], xp[offs[3]:]
+
+
+@njit(cache=True, inline="always")
+def _weights(w):
+    """The sixteen weights of a block ``w[b, e]`` (four output channels, four taps), row by row,
+    as scalars that the pass keeps in vector registers."""
+    return (w[0, 0], w[0, 1], w[0, 2], w[0, 3], w[1, 0], w[1, 1], w[1, 2], w[1, 3],
+            w[2, 0], w[2, 1], w[2, 2], w[2, 3], w[3, 0], w[3, 1], w[3, 2], w[3, 3])
+
+
 @njit(cache=True, fastmath={"contract"}, inline="always")
 def _taps4(acc, xp, offs, w, L):
     """``acc[b, t] += Σ_e w[b, e] · xp[offs[e] + t]`` for four output channels ``b`` and four
     taps ``e``, ``t < L``: four loads of ``xp`` and one load and store of each ``acc[b]`` per
     sixteen multiply-adds."""
-    x0 = xp[offs[0]:]
-    x1 = xp[offs[1]:]
-    x2 = xp[offs[2]:]
-    x3 = xp[offs[3]:]
-    a0 = acc[0]
-    a1 = acc[1]
-    a2 = acc[2]
-    a3 = acc[3]
-    w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
-    w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
-    w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
-    w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
+    x0, x1, x2, x3 = _inputs(xp, offs)
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23, w30, w31, w32, w33 = _weights(w)
     for t in range(L):
         y0 = x0[t]
         y1 = x1[t]
@@ -277,12 +298,33 @@ def _taps4(acc, xp, offs, w, L):
 
 
 @njit(cache=True, fastmath={"contract"}, inline="always")
+def _taps8(acc, xp, offs, w, v, L):
+    """:func:`_taps4` for eight output channels: ``w`` the weights of channels 0-3 of ``acc``,
+    ``v`` those of channels 4-7 (two blocks of :class:`Taps`' ``K4``): each input value loaded
+    feeds eight channels."""
+    x0, x1, x2, x3 = _inputs(xp, offs)
+    a0, a1, a2, a3, a4, a5, a6, a7 = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]
+    w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23, w30, w31, w32, w33 = _weights(w)
+    v00, v01, v02, v03, v10, v11, v12, v13, v20, v21, v22, v23, v30, v31, v32, v33 = _weights(v)
+    for t in range(L):
+        y0 = x0[t]
+        y1 = x1[t]
+        y2 = x2[t]
+        y3 = x3[t]
+        a0[t] = a0[t] + w00 * y0 + w01 * y1 + w02 * y2 + w03 * y3
+        a1[t] = a1[t] + w10 * y0 + w11 * y1 + w12 * y2 + w13 * y3
+        a2[t] = a2[t] + w20 * y0 + w21 * y1 + w22 * y2 + w23 * y3
+        a3[t] = a3[t] + w30 * y0 + w31 * y1 + w32 * y2 + w33 * y3
+        a4[t] = a4[t] + v00 * y0 + v01 * y1 + v02 * y2 + v03 * y3
+        a5[t] = a5[t] + v10 * y0 + v11 * y1 + v12 * y2 + v13 * y3
+        a6[t] = a6[t] + v20 * y0 + v21 * y1 + v22 * y2 + v23 * y3
+        a7[t] = a7[t] + v30 * y0 + v31 * y1 + v32 * y2 + v33 * y3
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
 def _taps1(a, xp, offs, w, L):
     """:func:`_taps4` for one output channel."""
-    x0 = xp[offs[0]:]
-    x1 = xp[offs[1]:]
-    x2 = xp[offs[2]:]
-    x3 = xp[offs[3]:]
+    x0, x1, x2, x3 = _inputs(xp, offs)
     w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
     for t in range(L):
         a[t] = a[t] + w0 * x0[t] + w1 * x1[t] + w2 * x2[t] + w3 * x3[t]
@@ -293,10 +335,7 @@ def _dots4(v, xp, offs, L, out):
     """``out[b, e] += Σ_{t < L} v[b, t] · xp[offs[e] + t]`` for four rows ``b`` of ``v`` and
     four taps ``e``: sixteen sums, each a vector of partial sums in a register (``reassoc``),
     over four loads of ``v`` and four of ``xp``."""
-    x0 = xp[offs[0]:]
-    x1 = xp[offs[1]:]
-    x2 = xp[offs[2]:]
-    x3 = xp[offs[3]:]
+    x0, x1, x2, x3 = _inputs(xp, offs)
     v0 = v[0]
     v1 = v[1]
     v2 = v[2]
@@ -350,10 +389,7 @@ def _dots4(v, xp, offs, L, out):
 @njit(cache=True, fastmath={"reassoc", "contract"}, inline="always")
 def _dots1(v, xp, offs, L, out):
     """:func:`_dots4` for one row ``v``."""
-    x0 = xp[offs[0]:]
-    x1 = xp[offs[1]:]
-    x2 = xp[offs[2]:]
-    x3 = xp[offs[3]:]
+    x0, x1, x2, x3 = _inputs(xp, offs)
     zero = xp.dtype.type(0)
     s0 = s1 = s2 = s3 = zero
     for t in range(L):
@@ -447,7 +483,7 @@ def taps(K, H, W, circular):
 
 #: The scratch of the convolution passes: ``xp`` the padded planes of one input image, then
 #: ``L`` zeros (read by the taps that fill the last group, and by the last plane's taps past its
-#: end: the span is rounded up); ``acc`` four output planes; ``sd`` the sum and difference
+#: end: the span is rounded up); ``acc`` eight output planes (:func:`_taps8`); ``sd`` the sum and difference
 #: images of a split product and their two products (4 rows; no entries otherwise).
 ConvScratch = collections.namedtuple("ConvScratch", ["xp", "acc", "sd"])
 
@@ -458,21 +494,23 @@ def _scratch(t, dtype, n=0):
     (0: none). Zero padding keeps the border of ``xp`` at zero (it is never written), so the
     scratch serves any number of products."""
     Wp, P, L = _layout(t.H, t.W, t.k // 2, t.circular)
-    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((_BLOCK, L), dtype),
+    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((2 * _BLOCK, L), dtype),
                        np.empty((4 if n else 0, n // 2), dtype))
 
 
 @njit(cache=True, fastmath={"contract"})
-def _correlate_rows(t, X, out, ws):
+def _correlate_rows(t, X, out, ws, paired=_PAIRED):
     """``out[s] = K ⋆ X[s]`` per row: the "same" cross-correlation of each image ``X[s]``
     (C_in·H·W, row-major) with the kernel of the :class:`Taps` ``t``, circular or zero padding,
     in the scratch ``ws`` (:func:`_scratch`).
 
     Each image is copied once into the padded layout of :func:`_layout`, where a tap's
     contribution to a whole output plane is one contiguous multiply-add over ``L`` positions.
-    The output channels are taken four at a time into an accumulator of four planes, and the
-    taps four at a time (:func:`_taps4`); the channels left over (``C_out mod 4``) one at a
-    time (:func:`_taps1`). Each accumulator plane is copied out without its padding columns."""
+    The output channels are taken four at a time into an accumulator of four planes, or eight
+    (two blocks of weights, :func:`_taps8`) when ``paired`` (by default where the target has
+    the registers for it, :data:`_PAIRED`), and the taps four at a time (:func:`_taps4`); the
+    channels left over (``C_out mod 4``) one at a time (:func:`_taps1`). Each accumulator plane
+    is copied out without its padding columns."""
     H, W, circular = t.H, t.W, t.circular
     p = t.k // 2
     Wp, P, L = _layout(H, W, p, circular)
@@ -484,12 +522,24 @@ def _correlate_rows(t, X, out, ws):
     for s in range(X.shape[0]):
         _pad_into(X[s], H, W, p, Wp, circular, planes)
         o = out[s]
-        for b in range(blocks):
-            acc[:] = 0.0
+        b = 0
+        while b < blocks:
+            if paired and b + 1 < blocks:
+                acc[:] = 0.0
+                for q in range(groups):
+                    e = _BLOCK * q
+                    _taps8(acc, xp, offs[e:e + _BLOCK], t.K4[b, q], t.K4[b + 1, q], L)
+                for i in range(2 * _BLOCK):
+                    _plane_from(acc[i], H, W, Wp, o, _BLOCK * b + i)
+                b += 2
+                continue
+            four = acc[:_BLOCK]
+            four[:] = 0.0
             for q in range(groups):
-                _taps4(acc, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K4[b, q], L)
+                _taps4(four, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K4[b, q], L)
             for i in range(_BLOCK):
-                _plane_from(acc[i], H, W, Wp, o, _BLOCK * b + i)
+                _plane_from(four[i], H, W, Wp, o, _BLOCK * b + i)
+            b += 1
         for c in range(_BLOCK * blocks, C_out):
             a = acc[0]
             a[:] = 0.0

@@ -14,7 +14,8 @@ import contraction
 import solvers
 from contraction import Conv2d
 from contraction import _conv_spectrum
-from solvers._engines.operators import apply, apply_T, conv, embedded_half, resolvent, workspace
+from solvers._engines.operators import _correlate_rows, _scratch, apply, apply_T, conv, embedded_half, resolvent, taps
+from solvers._engines.operators import workspace
 
 PADDINGS = ("circular", "zeros")
 SPLITTINGS = ("peaceman_rachford", "douglas_rachford")
@@ -181,6 +182,26 @@ def test_compiled_primitives_equal_the_dense_matrix(rng, dtype, padding, C, k, s
     if R is not None:
         MinvT = np.linalg.inv(contraction.resolvent_matrix(A, alpha)).T
         np.testing.assert_allclose(outs[2], X64 @ MinvT, atol=tol)
+
+
+@pytest.mark.parametrize("paired", (False, True))
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("C, C_in", [(8, 8), (12, 5), (13, 13), (16, 3), (7, 2)])
+def test_eight_channel_passes_equal_the_dense_matrix(rng, paired, dtype, padding, C, C_in):
+    """The product with eight output channels per pass (two blocks of weights) and with four
+    are both the dense product, whichever the target uses by default: C = 8 one pair, 12 a pair
+    and a block of four, 13 also a left-over channel, 16 two pairs, 7 no pair."""
+    K = 0.3 * rng.standard_normal((C, C_in, 3, 3))
+    shape = (5, 6)
+    dense = Conv2d(np.pad(K, ((0, 0), (0, C - C_in), (0, 0), (0, 0))) if C_in < C else K, shape, padding).to_dense()
+    X = rng.standard_normal((3, C_in * 30)).astype(dtype)
+    out = np.full((3, C * 30), np.nan, dtype)
+    t = taps(K.astype(dtype), *shape, padding == "circular")
+    _correlate_rows(t, X, out, _scratch(t, dtype), paired)
+    X_full = np.zeros((3, C * 30))
+    X_full[:, :C_in * 30] = X
+    np.testing.assert_allclose(out, X_full @ dense.T, atol=1e-5 if dtype == np.float32 else 1e-13)
 
 
 def embedded(op):

@@ -19,7 +19,7 @@ import contraction
 from contraction import Conv2d
 
 from solvers import solve
-from solvers.engine import correlate, correlate_grad
+from solvers.engine import blas_threads, correlate, correlate_grad
 
 from ._network import ForwardPass, ImplicitNetwork, check_count
 
@@ -136,6 +136,14 @@ class ConvImplicitNetwork(ImplicitNetwork):
         return {"kind": "conv", "in_shape": list(self.in_shape), "channels": self.channels,
                 "kernel_size": self.kernel_size, "n_out": self.n_out, "pool": self.pool, "padding": self.padding,
                 "stride": self.stride, "input_kernel": self.input_kernel, "readout_hidden": self.readout_hidden}
+
+    def step_blas_threads(self):
+        """One BLAS thread around a training step's gradients: its solves are the engine's own
+        convolutions on its thread blocks, and the readout's products between them, at a
+        training batch, gain less from a second BLAS thread than that thread's idle spinning
+        costs those blocks. (Evaluation and certificates, on batches ten times larger, keep the
+        fully connected rule: there the products gain more.)"""
+        return blas_threads(1)
 
     def state_operator(self) -> Conv2d:
         """``A`` as the :class:`contraction.Conv2d` it defines on the hidden state."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 
@@ -262,6 +263,12 @@ class ImplicitNetwork:
     def as_inputs(self, U, name: str = "U") -> np.ndarray:
         """``U`` checked (:meth:`check_inputs`) as a C-contiguous array of the network's dtype."""
         return np.ascontiguousarray(self.check_inputs(U, name), dtype=self.dtype)
+
+    def step_blas_threads(self):
+        """The BLAS thread policy (a context manager) around a training step's gradients, inside
+        the trainer's own (:func:`solvers.engine.blas_threads_for` on the batch and ``n``): no
+        change for a fully connected layer."""
+        return contextlib.nullcontext()
 
     # -- forward ------------------------------------------------------------------------
     def injected(self, U) -> np.ndarray:

@@ -416,12 +416,13 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 robust_only = cfg.interval_eps > 0 and cfg.interval_weight == 1
                 flag["gradient"] = True
                 try:
-                    if robust_only:  # the clean loss has weight 0: its gradient is not computed
-                        value, grads, stats = _robust_step(net, Xe[idx], y[idx], _ramped_eps(
-                            cfg, state.epoch, state.batch, n_batches, spent), solver, cfg.interval_relax)
-                    else:
-                        step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
-                        value, grads, stats = step_result.value, step_result.grads, step_result.stats
+                    with net.step_blas_threads():
+                        if robust_only:  # the clean loss has weight 0: its gradient is not computed
+                            value, grads, stats = _robust_step(net, Xe[idx], y[idx], _ramped_eps(
+                                cfg, state.epoch, state.batch, n_batches, spent), solver, cfg.interval_relax)
+                        else:
+                            step_result = net.compute_gradients(Xe, y, cfg.loss, solver=solver, rows=idx)
+                            value, grads, stats = step_result.value, step_result.grads, step_result.stats
                 except KeyboardInterrupt:  # raised by the handler while compiling: no update made
                     break
                 finally:
@@ -430,8 +431,9 @@ def train(net: ImplicitNetwork, X, y, config: TrainConfig | None = None, *, X_va
                 if cfg.interval_eps > 0 and not robust_only:
                     eps = _ramped_eps(cfg, state.epoch, state.batch, n_batches, spent)
                     k = cfg.interval_weight
-                    rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver,
-                                                            relax=cfg.interval_relax)
+                    with net.step_blas_threads():
+                        rvalue, rgrads = interval_loss_and_grad(net, Xe[idx], y[idx], eps, solver=solver,
+                                                                relax=cfg.interval_relax)
                     value = (1 - k) * value + k * rvalue
                     grads = {key: ((1 - k) * g + k * rgrads[key]).astype(net.dtype) for key, g in grads.items()}
                 if cfg.lipschitz_weight > 0:

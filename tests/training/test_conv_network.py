@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import contraction
+from solvers.engine import SMALL_GEMM_WORK
 from solvers.training import (ConvImplicitNetwork, ImplicitNetwork, SolverConfig, TrainConfig, evaluate, format_report,
                               load_training, train)
 
@@ -104,6 +105,60 @@ def test_training_keeps_the_kernel_certified_and_learns():
     assert contraction.mu_inf(net.state_operator()) <= 0.5 + 1e-9
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
     assert history.epochs[-1]["val_acc"] > 0.7  # chance is 0.5
+
+
+def _blas_counts():
+    from threadpoolctl import threadpool_info
+
+    return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+
+def test_a_convolutional_layers_steps_run_on_one_blas_thread_and_a_dense_layers_keep_the_trainers_rule():
+    """``net.step_blas_threads()``: one BLAS thread for a convolutional layer; no change for a
+    fully connected one (the trainer's rule on ``batch · n · n`` applies around it)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        pool = _blas_counts()
+        if max(pool) < 2:
+            pytest.skip("BLAS runs on one thread here")
+        with small().step_blas_threads():
+            assert _blas_counts() == [1] * len(pool)
+        assert _blas_counts() == pool
+        with ImplicitNetwork(4, 400, 2).step_blas_threads():
+            assert _blas_counts() == pool
+
+
+@pytest.mark.parametrize("interval_eps", [0.0, 0.1])
+def test_training_steps_run_under_the_layers_blas_policy(monkeypatch, interval_eps):
+    """The trainer computes a step's gradients (clean and interval) on one BLAS thread for a
+    convolutional layer, and its epoch record (validation) outside that policy."""
+    import solvers.training._trainer as trainer
+    from threadpoolctl import threadpool_limits
+
+    net = ConvImplicitNetwork((1, 32, 32), 4, 3, 4, 4, dtype=np.float32, solver=SolverConfig(engine="numba"))
+    assert 20 * net.n_hidden ** 2 >= SMALL_GEMM_WORK  # so the trainer's own rule keeps BLAS's pool
+    seen = {"step": [], "interval": [], "record": []}
+
+    def recording(key, f):
+        def wrapped(*args, **kwargs):
+            seen[key].append(max(_blas_counts()))
+            return f(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(net, "compute_gradients", recording("step", net.compute_gradients))
+    monkeypatch.setattr(trainer, "interval_loss_and_grad", recording("interval", trainer.interval_loss_and_grad))
+    monkeypatch.setattr(trainer, "_epoch_record", recording("record", trainer._epoch_record))
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (40, net.n_in))
+    with threadpool_limits(limits=2, user_api="blas"):
+        if max(_blas_counts()) < 2:
+            pytest.skip("BLAS runs on one thread here")
+        train(net, X, np.arange(40) % 4, TrainConfig(epochs=1, batch_size=20, interval_eps=interval_eps),
+              progress=False)
+    assert seen["step"] == [1, 1]
+    assert seen["interval"] == ([1, 1] if interval_eps else [])
+    assert seen["record"] == [2]
 
 
 def test_training_refuses_constraints_that_are_matrix_only():

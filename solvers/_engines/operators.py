@@ -172,10 +172,10 @@ def _wide_registers() -> bool:
 
 
 #: Whether :func:`_correlate_rows` takes eight output channels per pass (:func:`_taps8`, two
-#: blocks of weights) instead of four: with 32 vector registers the 32 weights, eight
-#: accumulators and four inputs of a pass fit, and each input value loaded feeds eight channels;
-#: with 16 (AVX2) the weights spill and the four-channel pass is the faster one. Fixed per
-#: target, as numba's cache is.
+#: blocks of weights) instead of four: with 32 vector registers most of a pass's 32 weights stay
+#: in registers beside its eight accumulators and four inputs, and each input value loaded feeds
+#: eight channels; with 16 (AVX2) most weights spill and the four-channel pass is the faster
+#: one. Fixed per target, as numba's cache is.
 _PAIRED = _wide_registers()
 
 
@@ -483,8 +483,9 @@ def taps(K, H, W, circular):
 
 #: The scratch of the convolution passes: ``xp`` the padded planes of one input image, then
 #: ``L`` zeros (read by the taps that fill the last group, and by the last plane's taps past its
-#: end: the span is rounded up); ``acc`` eight output planes (:func:`_taps8`); ``sd`` the sum and difference
-#: images of a split product and their two products (4 rows; no entries otherwise).
+#: end: the span is rounded up); ``acc`` eight output planes (:func:`_taps8`); ``sd`` the sum
+#: and difference images of a split product and their two products (4 rows; no entries
+#: otherwise).
 ConvScratch = collections.namedtuple("ConvScratch", ["xp", "acc", "sd"])
 
 

@@ -6,10 +6,12 @@ block's still-active rows (:mod:`.operators`), and one pass per sample that eval
 residual, classifies the sample (:func:`.kernels.classify`, the one stopping rule) and takes
 the method's step. A dense matrix's product is one GEMM on the block before the pass, over
 rows kept packed in copies (finished samples are written out and the active rows compacted,
-so a batch does not pay for its converged members); a convolution's is taken row by row
-inside the pass, on the iterates kept in the output itself (:func:`iterates`): each row's
-product is still in the cache when its residual and step read it, and no copy of the batch
-is made.
+so a batch does not pay for its converged members); a convolution's block is iterated one
+sample at a time, its product taken inside the pass on the iterate kept in the output itself
+(:func:`iterates`), so that no copy of the batch is made. The averaged steps on a convolution
+keep the sample's iteration in the layout of the convolution's passes instead
+(:class:`.operators.ConvRows`): one sweep after the passes computes the residual and the
+next iterate where the next passes read it (:func:`row_residual`).
 
 Everything that changes the code is a namedtuple whose *type* numba specialises on: the
 operator (:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` or
@@ -53,7 +55,25 @@ from .kernels import (
     copy_rows,
     solve_small,
 )
-from .operators import apply, apply_T, by_row, conv, dense, resolvent, rowwise, workspace
+from .operators import (
+    Conv,
+    apply,
+    apply_T,
+    by_row,
+    conv,
+    conv_geometry,
+    conv_rows,
+    dense,
+    pack_output,
+    pack_padded,
+    padded_product,
+    resolvent,
+    rowwise,
+    unpack_output,
+    unpack_padded,
+    workspace,
+    wrap_padded,
+)
 from .task import Task
 
 __all__ = [
@@ -481,6 +501,215 @@ def _move_state(step, state, j, s):
     return lambda step, state, j, s: None
 
 
+# -- the row's iteration: the generic one, or a convolution's kept in its padded layout -------
+
+row_space = compiled_only("row_space", "The scratch of a row method that keeps its iteration in the operator's layout.")
+
+
+row_start = compiled_only("row_start", "Lay a block's (one) row out in the row method's scratch.")
+
+
+row_residual = compiled_only("row_residual", "The row's product and residual: ``(‖t − x‖, ‖x‖, z)``.")
+
+
+row_advance = compiled_only("row_advance", "The step of a row that goes on.")
+
+
+row_finish = compiled_only("row_finish", "Write out what the driver keeps of a finished row.")
+
+
+def _padded(op, step) -> bool:
+    """Whether the averaged steps on a convolution run in its padded layout
+    (:class:`.operators.ConvRows`): the product reads the iterate where the step wrote it and
+    the step reads the product where the passes left it, so no copy is made per iteration."""
+    return _cls(op) is Conv and _cls(step) in (Averaged, AveragedUnits)
+
+
+@overload(row_space)
+def _row_space(op, step):
+    if _padded(op, step):
+        return lambda op, step: conv_rows(op)
+    return lambda op, step: ()
+
+
+@overload(row_start)
+def _row_start(op, problem, step, Xa, Wa, Da, rs):
+    """The padded layout: the start (or ``λ ⊙ d``) in ``rs.X[0]``, the right-hand side, the
+    adjoint's ``λ`` and scales and the per-unit steps at the output positions."""
+    if not _padded(op, step):
+        return lambda op, problem, step, Xa, Wa, Da, rs: None
+    forward = _cls(problem) is Forward
+    units = _cls(step) is AveragedUnits
+
+    def padded(op, problem, step, Xa, Wa, Da, rs):
+        rs.cur[0] = 0
+        pack_output(op, Wa[0], rs.Wo)
+        if units:
+            pack_output(op, step.alpha, rs.Ao)
+        if forward:
+            pack_padded(op, Xa[0], rs.X[0])
+            return
+        Wp, P, L, o = conv_geometry(op)
+        lam = rs.Lam[0]
+        pack_output(op, Xa[0], lam)
+        pack_output(op, Da[0], rs.Do)
+        for c in range(lam.shape[0]):
+            v = rs.X[0, c * P + o:c * P + o + L]
+            for i in range(L):
+                v[i] = lam[c, i] * rs.Do[c, i]
+        wrap_padded(op, rs.X[0])
+    return padded
+
+
+@overload(row_residual, jit_options={"fastmath": FASTMATH})
+def _row_residual(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs):
+    """Generic: the row's product (:func:`row_product`) and :func:`residual`. Padded: the
+    passes on the current buffer and one sweep over the output positions that computes
+    ``z``, the residual and the next iterate (into the other buffer) together."""
+    if not _padded(op, step):
+        def generic(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs):
+            z = row_product(op, problem, Xa, Da, S, Z, row, s, first, ws)
+            res, xn = residual(problem, act, z, Wa[row], Xa[row], T[0])
+            return res, xn, z
+        return generic
+    forward = _cls(problem) is Forward
+
+    def padded(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs):
+        cur = rs.cur[0]
+        if first:
+            rs.acc[:] = 0.0
+        else:
+            padded_product(op, not forward, rs.X[cur], rs.acc, rs)
+        if forward:
+            res, xn = _sweep_inf(op, act, step, rs, cur)
+        else:
+            res, xn = _sweep_l1(op, step, rs, cur)
+        return res, xn, rs.acc
+    return padded
+
+
+unit_step = compiled_only("unit_step", "The step size at output position ``i`` of channel ``c``.")
+
+
+@overload(unit_step)
+def _unit_step(step, Ao, c, i):
+    """:class:`Averaged`'s ``alpha``, or :class:`AveragedUnits`' laid out in ``Ao``."""
+    if _cls(step) is AveragedUnits:
+        return lambda step, Ao, c, i: Ao[c, i]
+    return lambda step, Ao, c, i: step.alpha
+
+
+as_dtype = compiled_only("as_dtype", "``v`` rounded to the dtype of the array ``like``.")
+
+
+@overload(as_dtype)
+def _as_dtype(v, like):
+    dt = like.dtype
+    return lambda v, like: dt(v)
+
+
+# The sweeps below split their work into loops that each store into one array: a loop that
+# stores into several arrays read by it needs more run-time overlap checks than the
+# vectoriser makes, and runs one element at a time.
+
+@njit(cache=True, fastmath=FASTMATH)
+def _sweep_inf(op, act, step, rs, cur):
+    """The forward sweep: ``z = acc + w`` (kept in ``acc``), ``t = σ(z)`` (in the dtype, as
+    :func:`residual` stores it), ``(‖t − x‖_∞, ‖x‖_∞)`` over the pixels and ``x⁺ = x + α (t − x)``
+    (flushed, as :func:`row_step`) into the other buffer, 0 at the positions that are not
+    pixels (zero padding's border stays 0; a circular border is wrapped after the step)."""
+    Wp, P, L, o = conv_geometry(op)
+    X, Xn = rs.X[cur], rs.X[1 - cur]
+    m = rs.valid
+    rb = _float_bits(X[0])
+    rb -= rb
+    xb = rb
+    nb = rb  # 0 in the integer type: a select between it and d keeps the maximum a reduction
+    for c in range(rs.acc.shape[0]):
+        a = rs.acc[c]
+        w = rs.Wo[c]
+        x = X[c * P + o:c * P + o + L]
+        xn = Xn[c * P + o:c * P + o + L]
+        for i in range(L):
+            a[i] = a[i] + w[i]
+        for i in range(L):
+            t = as_dtype(sigma(act, a[i]), a)
+            d = _float_bits(abs(t - x[i]))
+            rb = max(rb, d if m[i] != 0.0 else nb)
+            xb = max(xb, _float_bits(abs(x[i])))
+            v = x[i] + unit_step(step, rs.Ao, c, i) * (t - x[i])
+            v = 0.0 if abs(v) < FLUSH else v
+            xn[i] = v if m[i] != 0.0 else m[i]
+    return float(_bits_float(rb, X[0])), float(_bits_float(xb, X[0]))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _sweep_l1(op, step, rs, cur):
+    """The adjoint sweep: ``z = acc + g`` (kept in ``acc``), ``(‖z − λ‖_1, ‖λ‖_1)`` over the
+    pixels, ``λ⁺ = λ + α (z − λ)`` (flushed) into the other ``λ`` and ``λ⁺ ⊙ d`` into the other
+    buffer of padded planes, both 0 at the positions that are not pixels."""
+    Wp, P, L, o = conv_geometry(op)
+    Lc, Ln, Vn = rs.Lam[cur], rs.Lam[1 - cur], rs.X[1 - cur]
+    m = rs.valid
+    r = 0.0
+    xn = 0.0
+    for c in range(rs.acc.shape[0]):
+        a = rs.acc[c]
+        g = rs.Wo[c]
+        d = rs.Do[c]
+        lam, nxt = Lc[c], Ln[c]
+        v = Vn[c * P + o:c * P + o + L]
+        for i in range(L):
+            a[i] = a[i] + g[i]
+        for i in range(L):
+            r += abs(a[i] - lam[i]) if m[i] != 0.0 else 0.0
+            xn += abs(lam[i])
+        for i in range(L):
+            u = lam[i] + unit_step(step, rs.Ao, c, i) * (a[i] - lam[i])
+            u = 0.0 if abs(u) < FLUSH else u
+            nxt[i] = u if m[i] != 0.0 else m[i]
+        for i in range(L):
+            v[i] = nxt[i] * d[i]
+    return r, xn
+
+
+@overload(row_advance)
+def _row_advance(op, step, act, state, g, x, t, z, r, rs):
+    """Generic: the method's :func:`row_step`. Padded: the next buffer becomes the current
+    one, its circular border wrapped."""
+    if not _padded(op, step):
+        return lambda op, step, act, state, g, x, t, z, r, rs: row_step(step, act, state, g, x, t, z, r)
+
+    def padded(op, step, act, state, g, x, t, z, r, rs):
+        cur = 1 - rs.cur[0]
+        rs.cur[0] = cur
+        wrap_padded(op, rs.X[cur])
+    return padded
+
+
+@overload(row_finish)
+def _row_finish(op, problem, step, out, g, z, rs):
+    """Generic: the row's last ``z`` when the driver keeps them (its iterate is already in
+    ``out.X``). Padded: the current iterate (the forward ``x`` or the adjoint's ``λ``) and
+    ``z`` out of the padded layout."""
+    if not _padded(op, step):
+        def generic(op, problem, step, out, g, z, rs):
+            if out.Z.shape[0] > 0:
+                copy_row(out.Z[g], z)
+        return generic
+    forward = _cls(problem) is Forward
+
+    def padded(op, problem, step, out, g, z, rs):
+        cur = rs.cur[0]
+        if forward:
+            unpack_padded(op, rs.X[cur], out.X[g])
+        else:
+            unpack_output(op, rs.Lam[cur], out.X[g])
+        if out.Z.shape[0] > 0:
+            unpack_output(op, rs.acc, out.Z[g])
+    return padded
+
+
 @njit(cache=True, inline="always")
 def _move_row(M, a, b):
     for i in range(M.shape[1]):
@@ -610,16 +839,35 @@ def solve_block(op, problem, act, step, stop, X0, out):
     Every work array is the block's own, allocated here (on the thread that uses it): two
     threads writing neighbouring entries of one shared array would bounce its cache lines.
     The problem's arrays and ``X0`` (no rows: start at 0) are only read; ``out`` is written
-    once per finished sample (``out.hist`` once per iteration when recording), or, for an
-    operator applied by row, holds the iterates (:func:`iterates`). Per iteration: the
-    block's product (:func:`block_product`), then one pass over the active rows that takes
-    each row's product (:func:`row_product`), its residual, its status and its step; then the
-    finished samples are dropped from the active ones.
+    once per finished sample (``out.hist`` once per iteration when recording). An operator
+    applied to the block is iterated on the whole block (:func:`_iterate`); one applied by row,
+    one sample at a time, each from its first iteration to its last, so that the sample's
+    iteration stays in the cache and its method may keep it in the operator's own layout
+    (:func:`row_space`).
     """
+    ws = workspace(op)
+    rs = row_space(op, step)
+    rows = out.X.shape[0]
+    size = 1 if by_row(op) else max(rows, 1)  # the block at once, or one sample at a time
+    last = 0
+    for lo in range(0, rows, size):
+        hi = min(lo + size, rows)
+        last = max(last, _iterate(op, block_of(problem, lo, hi), act, step, stop, rows_of(X0, lo, hi),
+                                  output_of(out, lo, hi), ws, rs))
+    return last
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _iterate(op, problem, act, step, stop, X0, out, ws, rs):
+    """The loop driver of :func:`solve_block` on the rows of ``out`` (``ws``, ``rs``: the
+    operator's and the row method's scratch). Per iteration: the block's product
+    (:func:`block_product`), then one pass over the active rows that takes each row's product,
+    its residual (:func:`row_residual`), its status and its step (:func:`row_advance`), or
+    writes out a finished row (:func:`row_finish`); then the finished samples are dropped from
+    the active ones."""
     rows, n = out.X.shape
     rowwise = by_row(op)
     Xa, Wa, Da, Z, S = iterates(op, problem, X0, out)
-    ws = workspace(op)
     T = np.empty((1, n), Xa.dtype)  # σ(z) of the row in the pass
     idx = np.arange(rows)
     r_first = np.zeros(rows)
@@ -633,6 +881,7 @@ def solve_block(op, problem, act, step, stop, X0, out):
         if not zero:
             break
     state = init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws)
+    row_start(op, problem, step, Xa, Wa, Da, rs)
     skip = zero and skips_first_product(step)
     na = rows
     k = 0
@@ -644,8 +893,7 @@ def solve_block(op, problem, act, step, stop, X0, out):
         for s in range(na):
             g = idx[s]
             row = _row_of(rowwise, idx, s)
-            z = row_product(op, problem, Xa, Da, S, Z, row, s, first, ws)
-            res, xn = residual(problem, act, z, Wa[row], Xa[row], T[0])
+            res, xn, z = row_residual(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs)
             r_cur[s] = res
             if k == 0:
                 r_first[g] = res
@@ -653,9 +901,9 @@ def solve_block(op, problem, act, step, stop, X0, out):
             flag[s] = f
             if f == RUNNING:
                 going += 1
-                row_step(step, act, state, g, Xa[row], T[0], z, res)
-            elif out.Z.shape[0] > 0:
-                copy_row(out.Z[g], z)
+                row_advance(op, step, act, state, g, Xa[row], T[0], z, res, rs)
+            else:
+                row_finish(op, problem, step, out, g, z, rs)
         if going > 0:
             after_pass(step, op, problem, state, Xa, Wa, idx, rowwise, flag, na, ws)
         j = 0

@@ -28,7 +28,8 @@ from numba.extending import overload
 from .kernels import compiled_only
 
 __all__ = ["Dense", "dense", "Conv", "conv", "embedded_half", "Taps", "taps", "correlate", "correlate_grad", "apply",
-           "apply_T", "resolvent", "workspace", "by_row", "rowwise"]
+           "apply_T", "resolvent", "workspace", "by_row", "rowwise", "ConvRows", "conv_rows", "conv_geometry",
+           "pack_padded", "wrap_padded", "pack_output", "unpack_output", "unpack_padded", "padded_product"]
 
 #: A dense matrix ``A``: ``AT = Aᵀ`` (C-contiguous, for the forward product), ``A`` (for the
 #: adjoint) and ``MinvT = ((1 + α) I − α A)⁻ᵀ`` (the splittings). A field a solve does not
@@ -199,10 +200,10 @@ def _layout(H, W, p, circular):
 @njit(cache=True, inline="always")
 def _pad_into(x, H, W, p, Wp, circular, xp):
     """Copy the image ``x`` (C·H·W, row-major) into the padded planes ``xp`` (C, P) of
-    :func:`_layout`, image row i at ``(i + p) Wp + p``: the border wraps around (circular) or is
-    left as it is (zeros: never written). Rows are copied through slices, whose indices numba
-    knows are non-negative (an index it cannot prove non-negative is wrapped around per element
-    and the copy is not vectorised)."""
+    :func:`_layout`, image row i at ``(i + p) Wp + p``: the border wraps around (circular,
+    :func:`_wrap`) or is left as it is (zeros: never written). Rows are copied through slices,
+    whose indices numba knows are non-negative (an index it cannot prove non-negative is
+    wrapped around per element and the copy is not vectorised)."""
     for c in range(xp.shape[0]):
         xc = xp[c]
         for i in range(H):
@@ -212,19 +213,27 @@ def _pad_into(x, H, W, p, Wp, circular, xp):
             image = xc[dst + p:dst + p + W]
             for j in range(W):
                 image[j] = row[j]
-            if circular:  # the columns wrap around
-                for j in range(p):
-                    xc[dst + j] = x[src + W - p + j]
-                    xc[dst + p + W + j] = x[src + j]
-        if circular:  # the rows wrap around: padded row i holds image row (i − p) mod H
-            for i in range(p):
-                top = xc[i * Wp:(i + 1) * Wp]
-                top_src = xc[(i + H) * Wp:(i + H + 1) * Wp]
-                bottom = xc[(H + p + i) * Wp:(H + p + i + 1) * Wp]
-                bottom_src = xc[(p + i) * Wp:(p + i + 1) * Wp]
-                for j in range(Wp):
-                    top[j] = top_src[j]
-                    bottom[j] = bottom_src[j]
+        if circular:
+            _wrap(xc, H, W, p, Wp)
+
+
+@njit(cache=True, inline="always")
+def _wrap(xc, H, W, p, Wp):
+    """Fill the circular border of one padded plane ``xc`` from its image: the columns wrap
+    around, then padded row i holds image row (i − p) mod H, corners included."""
+    for i in range(H):
+        dst = (i + p) * Wp
+        for j in range(p):
+            xc[dst + j] = xc[dst + W + j]
+            xc[dst + p + W + j] = xc[dst + p + j]
+    for i in range(p):
+        top = xc[i * Wp:(i + 1) * Wp]
+        top_src = xc[(i + H) * Wp:(i + H + 1) * Wp]
+        bottom = xc[(H + p + i) * Wp:(H + p + i + 1) * Wp]
+        bottom_src = xc[(p + i) * Wp:(p + i + 1) * Wp]
+        for j in range(Wp):
+            top[j] = top_src[j]
+            bottom[j] = bottom_src[j]
 
 
 @njit(cache=True, inline="always")
@@ -483,9 +492,9 @@ def taps(K, H, W, circular):
 
 #: The scratch of the convolution passes: ``xp`` the padded planes of one input image, then
 #: ``L`` zeros (read by the taps that fill the last group, and by the last plane's taps past its
-#: end: the span is rounded up); ``acc`` eight output planes (:func:`_taps8`); ``sd`` the sum
-#: and difference images of a split product and their two products (4 rows; no entries
-#: otherwise).
+#: end: the span is rounded up); ``acc`` one output plane per output channel (:func:`_passes`);
+#: ``sd`` the sum and difference images of a split product and their two products (4 rows; no
+#: entries otherwise).
 ConvScratch = collections.namedtuple("ConvScratch", ["xp", "acc", "sd"])
 
 
@@ -495,58 +504,67 @@ def _scratch(t, dtype, n=0):
     (0: none). Zero padding keeps the border of ``xp`` at zero (it is never written), so the
     scratch serves any number of products."""
     Wp, P, L = _layout(t.H, t.W, t.k // 2, t.circular)
-    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((2 * _BLOCK, L), dtype),
+    return ConvScratch(np.zeros(t.c_in * P + L, dtype), np.empty((t.K1.shape[0], L), dtype),
                        np.empty((4 if n else 0, n // 2), dtype))
 
 
 @njit(cache=True, fastmath={"contract"})
+def _passes(t, xp, acc, paired):
+    """``acc[c, :L] = Σ_taps K[c, tap] · xp[offs[tap] + t]``: every output channel ``c`` of the
+    :class:`Taps` ``t`` over the span ``L`` of :func:`_layout`, from the padded planes ``xp``
+    (followed by ``L`` zeros); output pixel (i, j) at ``i Wp + j``.
+
+    The output channels are taken four at a time (:func:`_taps4`), or eight (two blocks of
+    weights, :func:`_taps8`) when ``paired``, and the taps four at a time; the channels left
+    over (``C_out mod 4``) one at a time (:func:`_taps1`)."""
+    L = acc.shape[1]
+    C_out = t.K1.shape[0]
+    blocks, groups = t.K4.shape[0], t.K4.shape[1]
+    offs = t.offs
+    b = 0
+    while b < blocks:
+        if paired and b + 1 < blocks:
+            eight = acc[_BLOCK * b:_BLOCK * b + 2 * _BLOCK]
+            eight[:] = 0.0
+            for q in range(groups):
+                e = _BLOCK * q
+                _taps8(eight, xp, offs[e:e + _BLOCK], t.K4[b, q], t.K4[b + 1, q], L)
+            b += 2
+            continue
+        four = acc[_BLOCK * b:_BLOCK * b + _BLOCK]
+        four[:] = 0.0
+        for q in range(groups):
+            _taps4(four, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K4[b, q], L)
+        b += 1
+    for c in range(_BLOCK * blocks, C_out):
+        a = acc[c]
+        a[:] = 0.0
+        for q in range(groups):
+            _taps1(a, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K1[c, q], L)
+
+
+@njit(cache=True)
 def _correlate_rows(t, X, out, ws, paired=_PAIRED):
     """``out[s] = K ⋆ X[s]`` per row: the "same" cross-correlation of each image ``X[s]``
     (C_in·H·W, row-major) with the kernel of the :class:`Taps` ``t``, circular or zero padding,
     in the scratch ``ws`` (:func:`_scratch`).
 
     Each image is copied once into the padded layout of :func:`_layout`, where a tap's
-    contribution to a whole output plane is one contiguous multiply-add over ``L`` positions.
-    The output channels are taken four at a time into an accumulator of four planes, or eight
-    (two blocks of weights, :func:`_taps8`) when ``paired`` (by default where the target has
-    the registers for it, :data:`_PAIRED`), and the taps four at a time (:func:`_taps4`); the
-    channels left over (``C_out mod 4``) one at a time (:func:`_taps1`). Each accumulator plane
-    is copied out without its padding columns."""
+    contribution to a whole output plane is one contiguous multiply-add over ``L`` positions
+    (:func:`_passes`, eight output channels per pass when ``paired``, by default where the
+    target has the registers for it, :data:`_PAIRED`). Each output plane is copied out without
+    its padding columns."""
     H, W, circular = t.H, t.W, t.circular
     p = t.k // 2
     Wp, P, L = _layout(H, W, p, circular)
-    C_out = t.K1.shape[0]
-    blocks, groups = t.K4.shape[0], t.K4.shape[1]
-    offs = t.offs
     xp, acc = ws.xp, ws.acc
     planes = xp[: t.c_in * P].reshape(t.c_in, P)
     for s in range(X.shape[0]):
         _pad_into(X[s], H, W, p, Wp, circular, planes)
+        _passes(t, xp, acc, paired)
         o = out[s]
-        b = 0
-        while b < blocks:
-            if paired and b + 1 < blocks:
-                acc[:] = 0.0
-                for q in range(groups):
-                    e = _BLOCK * q
-                    _taps8(acc, xp, offs[e:e + _BLOCK], t.K4[b, q], t.K4[b + 1, q], L)
-                for i in range(2 * _BLOCK):
-                    _plane_from(acc[i], H, W, Wp, o, _BLOCK * b + i)
-                b += 2
-                continue
-            four = acc[:_BLOCK]
-            four[:] = 0.0
-            for q in range(groups):
-                _taps4(four, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K4[b, q], L)
-            for i in range(_BLOCK):
-                _plane_from(four[i], H, W, Wp, o, _BLOCK * b + i)
-            b += 1
-        for c in range(_BLOCK * blocks, C_out):
-            a = acc[0]
-            a[:] = 0.0
-            for q in range(groups):
-                _taps1(a, xp, offs[_BLOCK * q:_BLOCK * q + _BLOCK], t.K1[c, q], L)
-            _plane_from(a, H, W, Wp, o, c)
+        for c in range(acc.shape[0]):
+            _plane_from(acc[c], H, W, Wp, o, c)
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -725,3 +743,110 @@ def _conv_apply_T(op, X, out, ws):
 def _conv_resolvent(op, X, out, ws):
     if _kind(op) is Conv:
         return lambda op, X, out, ws: _inverse_symbol_apply(op.R, op.H, op.W, X, out)
+
+
+# -- a convolution's iteration in its padded layout (the averaged steps, one sample at a time) --
+
+#: The scratch of :mod:`.numba_engine`'s averaged steps on a :class:`Conv`, which keep one
+#: sample's iteration in the layout of the passes (:func:`_layout`) from its first product to
+#: its last instead of copying each iterate in and each product out: ``X`` two buffers (the
+#: current iterate and the next) of the padded planes the product reads (the forward iterate
+#: ``x``, or the adjoint's ``λ ⊙ d``), each followed by ``L`` zeros; ``Lam`` the adjoint's two
+#: ``λ``, ``acc`` the product (then ``z``), ``Wo`` the right-hand side, ``Do`` the adjoint's
+#: scales and ``Ao`` the per-unit steps, all at the output positions of :func:`_layout` (C, L),
+#: every position that is not a pixel held at 0; ``valid`` 1 at the pixels and 0 elsewhere
+#: (L,), in the dtype; ``sd`` the padded sum and difference planes of a split product (no
+#: entries otherwise); ``cur`` the index of the current buffer.
+ConvRows = collections.namedtuple("ConvRows", ["X", "Lam", "acc", "Wo", "Do", "Ao", "valid", "sd", "cur"])
+
+
+@njit(cache=True)
+def conv_rows(op):
+    """The :class:`ConvRows` of the :class:`Conv` ``op``, zeroed (zero padding's borders and the
+    positions that are not pixels stay 0)."""
+    H, W, p = op.H, op.W, op.K.shape[2] // 2
+    Wp, P, L = _layout(H, W, p, op.circular)
+    C, dt = op.K.shape[0], op.K.dtype
+    Cs = op.split
+    valid = np.zeros(L, dt)
+    for i in range(H):
+        valid[i * Wp:i * Wp + W] = 1.0
+    return ConvRows(np.zeros((2, C * P + L), dt), np.zeros((2, C, L), dt), np.zeros((C, L), dt),
+                    np.zeros((C, L), dt), np.zeros((C, L), dt), np.zeros((C, L), dt), valid,
+                    np.zeros((2 if Cs else 0, Cs * P + L), dt), np.zeros(1, np.int64))
+
+
+@njit(cache=True)
+def conv_geometry(op):
+    """``(Wp, P, L, o)`` of a :class:`Conv`'s padded layout (:func:`_layout`); ``o`` the offset
+    of output position 0 (pixel (0, 0)) in a padded plane."""
+    p = op.K.shape[2] // 2
+    Wp, P, L = _layout(op.H, op.W, p, op.circular)
+    return Wp, P, L, p * Wp + p
+
+
+@njit(cache=True)
+def pack_padded(op, x, xin):
+    """The padded planes ``xin`` of the image ``x`` (C·H·W) with its border (:func:`_pad_into`)."""
+    Wp, P, L, o = conv_geometry(op)
+    C = op.K.shape[1]
+    _pad_into(x, op.H, op.W, o // Wp, Wp, op.circular, xin[:C * P].reshape(C, P))
+
+
+@njit(cache=True)
+def wrap_padded(op, xin):
+    """Refill the circular border of every plane of ``xin`` from its image (nothing for zeros)."""
+    if op.circular:
+        Wp, P, L, o = conv_geometry(op)
+        for c in range(op.K.shape[1]):
+            _wrap(xin[c * P:(c + 1) * P], op.H, op.W, o // Wp, Wp)
+
+
+@njit(cache=True)
+def pack_output(op, v, dst):
+    """``dst`` (C, L) at the output positions ← the image ``v`` (C·H·W)."""
+    Wp, P, L, o = conv_geometry(op)
+    _plane_into(v, op.H, op.W, Wp, dst)
+
+
+@njit(cache=True)
+def unpack_output(op, src, row):
+    """The image ``row`` (C·H·W) ← the output positions of ``src`` (C, L)."""
+    Wp, P, L, o = conv_geometry(op)
+    for c in range(src.shape[0]):
+        _plane_from(src[c], op.H, op.W, Wp, row, c)
+
+
+@njit(cache=True)
+def unpack_padded(op, xin, row):
+    """The image ``row`` (C·H·W) ← the padded planes ``xin``."""
+    Wp, P, L, o = conv_geometry(op)
+    for c in range(op.K.shape[1]):
+        _plane_from(xin[c * P + o:], op.H, op.W, Wp, row, c)
+
+
+@njit(cache=True)
+def padded_product(op, adjoint, xin, acc, rs):
+    """``acc`` (C, L) ← the product of the padded planes ``xin`` (``K``, or ``Kᵀ`` when
+    ``adjoint``), as :func:`_conv_product` computes it: a split operator's passes run on the
+    padded sum and difference planes (``rs.sd``), whose borders are the sums and differences
+    of the borders."""
+    t = _taps_of(op, op.KT4, op.KT1) if adjoint else _taps_of(op, op.K4, op.K1)
+    if not op.split:
+        _passes(t, xin, acc, _PAIRED)
+        return
+    d = _taps_of(op, op.DT4, op.DT1) if adjoint else _taps_of(op, op.D4, op.D1)
+    Wp, P, L, o = conv_geometry(op)
+    m = op.split * P
+    total, diff = rs.sd[0], rs.sd[1]
+    for i in range(m):
+        total[i] = xin[i] + xin[m + i]
+        diff[i] = xin[i] - xin[m + i]
+    a, b = acc[:op.split], acc[op.split:]
+    _passes(t, total, a, _PAIRED)
+    _passes(d, diff, b, _PAIRED)
+    for c in range(op.split):
+        for i in range(L):
+            u, v = a[c, i], b[c, i]
+            a[c, i] = u + v
+            b[c, i] = u - v

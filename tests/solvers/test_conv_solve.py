@@ -267,6 +267,48 @@ def test_embedded_solves_on_the_split_product_equal_the_dense_solves(rng, paddin
     np.testing.assert_allclose(lam, lam_d, atol=1e-11)
 
 
+AVERAGED_CASES = [  # (padding, C, k, image, split, activation, alpha)
+    ("circular", 16, 3, (12, 10), False, "relu", None),
+    ("zeros", 16, 3, (12, 10), False, "relu", "per_unit"),
+    ("circular", 5, 3, (4, 4), False, "leaky_relu", "per_unit"),
+    ("zeros", 5, 3, (4, 4), False, "tanh", None),
+    ("zeros", 3, 5, (5, 7), False, "relu", None),
+    ("circular", 3, 3, (6, 5), True, "relu", None),
+    ("zeros", 3, 3, (6, 5), True, "relu", "per_unit"),
+]
+
+
+@pytest.mark.parametrize("padding, C, k, shape, split, act, alpha", AVERAGED_CASES)
+def test_averaged_solves_follow_the_specification_iteration_by_iteration(rng, padding, C, k, shape, split, act,
+                                                                          alpha):
+    """The numba engine's averaged iterations on a convolution (kept in the passes' padded
+    layout) take the numpy specification's residual at every iteration, forward and adjoint,
+    from zero and from a start, with one step or one per unit, for channels in and out of
+    blocks of four, images not much larger than the kernel, zero and circular padding and the
+    embedded network's split kernel."""
+    op = conv_instance(rng, padding, C=C, k=k, shape=shape, mu=0.8, diag_min=-0.5)
+    if split:
+        op = embedded(op)
+    W = rng.standard_normal((4, op.n))
+    x0 = np.where(rng.random((4, op.n)) < 0.5, 0.0, rng.standard_normal((4, op.n)))
+    for start in (None, x0):
+        kw = dict(alpha=alpha, activation=act, x0=start, atol=1e-10, record=True)
+        fast = solvers.solve(op, W, engine="numba", **kw)
+        spec = solvers.solve(op, W, engine="numpy", **kw)
+        np.testing.assert_array_equal(fast.iterations, spec.iterations)
+        np.testing.assert_allclose(fast.history, spec.history, rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(fast.x, spec.x, atol=1e-11)
+    G = rng.standard_normal((4, op.n))
+    Z = spec.x @ op.to_dense().T + W
+    for start in (None, x0):
+        kw = dict(alpha=alpha, activation=act, lam0=start, atol=1e-10, record=True)
+        lam, fast = solvers.solve_adjoint(op, Z, G, engine="numba", **kw)
+        lam_spec, spec_a = solvers.solve_adjoint(op, Z, G, engine="numpy", **kw)
+        np.testing.assert_array_equal(fast.iterations, spec_a.iterations)
+        np.testing.assert_allclose(fast.history, spec_a.history, rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(lam, lam_spec, atol=1e-11)
+
+
 @pytest.mark.parametrize("shape", [(4, 5), (3, 3), (6, 6), (5, 2)])
 def test_the_fft_resolvent_is_the_inverse_of_M(rng, shape):
     k = 1 if min(shape) < 3 else 3

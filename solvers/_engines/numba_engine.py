@@ -11,7 +11,7 @@ sample at a time, its product taken inside the pass on the iterate kept in the o
 (:func:`iterates`), so that no copy of the batch is made. The averaged steps on a convolution
 keep the sample's iteration in the layout of the convolution's passes instead
 (:class:`.operators.ConvRows`): one sweep after the passes computes the residual and the
-next iterate where the next passes read it (:func:`row_residual`).
+next iterate where the next passes read it (:func:`residual`).
 
 Everything that changes the code is a namedtuple whose *type* numba specialises on: the
 operator (:class:`.operators.Dense`, :class:`.operators.Conv`), the problem (:class:`Forward` or
@@ -312,15 +312,24 @@ def _block_product(op, problem, Xa, Da, S, Z, na, zero, ws):
 
 
 @overload(row_product)
-def _row_product(op, problem, Xa, Da, S, Z, row, s, zero, ws):
+def _row_product(op, problem, step, Xa, Da, S, Z, row, s, zero, ws, rs):
     """The product of active row ``s`` (row ``row`` of the iterates): for an operator applied
     by row, computed now into ``Z[0]`` (while it is in the cache for the residual and the
-    step); otherwise the block's ``Z[s]``."""
+    step), or in the padded layout (:func:`_padded`) from the current buffer into ``rs.acc``;
+    otherwise the block's ``Z[s]``."""
     if not rowwise(op):
-        return lambda op, problem, Xa, Da, S, Z, row, s, zero, ws: Z[s]
+        return lambda op, problem, step, Xa, Da, S, Z, row, s, zero, ws, rs: Z[s]
     forward = _cls(problem) is Forward
+    if _padded(op, step):
+        def padded(op, problem, step, Xa, Da, S, Z, row, s, zero, ws, rs):
+            if zero:
+                rs.acc[:] = 0.0
+            else:
+                padded_product(op, not forward, rs.X[rs.cur[0]], rs.acc, rs)
+            return rs.acc
+        return padded
 
-    def one_row(op, problem, Xa, Da, S, Z, row, s, zero, ws):
+    def one_row(op, problem, step, Xa, Da, S, Z, row, s, zero, ws, rs):
         if zero:
             Z[0] = 0.0
         elif forward:
@@ -340,10 +349,20 @@ def _scaled_row(x, d, out):
 
 
 @overload(residual)
-def _residual(problem, act, z_row, w_row, x_row, t_row):
-    if _cls(problem) is Forward:
-        return lambda problem, act, z_row, w_row, x_row, t_row: _residual_inf(act, z_row, w_row, x_row, t_row)
-    return lambda problem, act, z_row, w_row, x_row, t_row: _residual_l1(z_row, w_row, x_row, t_row)
+def _residual(op, problem, act, step, z_row, w_row, x_row, t_row, rs):
+    """The row's residual; in the padded layout (:func:`_padded`) one sweep over the output
+    positions that computes ``z``, the residual and the next iterate (into the other buffer)
+    together (``z_row``: the product in ``rs.acc``)."""
+    forward = _cls(problem) is Forward
+    if _padded(op, step):
+        if forward:
+            return lambda op, problem, act, step, z_row, w_row, x_row, t_row, rs: _sweep_inf(op, act, step, rs,
+                                                                                              rs.cur[0])
+        return lambda op, problem, act, step, z_row, w_row, x_row, t_row, rs: _sweep_l1(op, step, rs, rs.cur[0])
+    if forward:
+        return lambda op, problem, act, step, z_row, w_row, x_row, t_row, rs: _residual_inf(act, z_row, w_row, x_row,
+                                                                                             t_row)
+    return lambda op, problem, act, step, z_row, w_row, x_row, t_row, rs: _residual_l1(z_row, w_row, x_row, t_row)
 
 
 # -- the methods' steps ------------------------------------------------------------------------
@@ -371,26 +390,27 @@ def _splitting(step):
 
 
 @overload(init_state)
-def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
+def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws, rs):
     """The method's own work arrays: ``()`` for the averaged and forward–backward steps; the
     splitting variable ``u0 = (1 − α) x0 + α (A x0 + w)`` (at the rows of the iterates) and two
     scratch blocks for the splittings; Anderson's history, kept at the block's sample index
-    (compaction never moves it). Called before any row has stopped (active row ``s`` is row
-    ``s`` of the iterates)."""
+    (compaction never moves it); in the padded layout (:func:`_padded`), the block's one row laid
+    out in ``rs`` (:func:`_padded_start`). Called before any row has stopped (active row ``s`` is
+    row ``s`` of the iterates)."""
     if _splitting(step):
-        def splitting(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
+        def splitting(step, op, problem, Xa, Wa, Da, S, Z, zero, ws, rs):
             rows, n = Xa.shape
             a = step.alpha
             block_product(op, problem, Xa, Da, S, Z, rows, zero, ws)
             U = np.empty_like(Xa)
             for s in range(rows):
-                z = row_product(op, problem, Xa, Da, S, Z, s, s, zero, ws)
+                z = row_product(op, problem, step, Xa, Da, S, Z, s, s, zero, ws, rs)
                 for i in range(n):
                     U[s, i] = (1.0 - a) * Xa[s, i] + a * (z[i] + Wa[s, i])
             return U, np.empty_like(Xa), np.empty_like(Xa)
         return splitting
     if _cls(step) is Anderson:
-        def anderson(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
+        def anderson(step, op, problem, Xa, Wa, Da, S, Z, zero, ws, rs):
             rows, n = Xa.shape
             m = step.memory
             dt = Xa.dtype
@@ -399,7 +419,9 @@ def _init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws):
                     np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros((rows, m, m)),
                     np.zeros((rows, m)), np.zeros((rows, m, m)))
         return anderson
-    return lambda step, op, problem, Xa, Wa, Da, S, Z, zero, ws: ()
+    if _padded(op, step):
+        return _padded_start(problem, step)
+    return lambda step, op, problem, Xa, Wa, Da, S, Z, zero, ws, rs: ()
 
 
 @overload(skips_first_product)
@@ -432,34 +454,42 @@ def _row_of(rowwise, idx, s):
 
 
 @overload(row_step, jit_options={"fastmath": FASTMATH})
-def _row_step(step, act, state, g, x, t, z, r):
-    """The step of one active row (sample ``g``) from its ``x``, ``t = T(x) = σ(z)`` and ``z``."""
+def _row_step(op, step, act, state, g, x, t, z, r, rs):
+    """The step of one active row (sample ``g``) from its ``x``, ``t = T(x) = σ(z)`` and ``z``; in
+    the padded layout (:func:`_padded`), where the residual's sweep has written the next iterate,
+    the next buffer becomes the current one, its circular border wrapped."""
     kind = _cls(step)
+    if _padded(op, step):
+        def padded(op, step, act, state, g, x, t, z, r, rs):
+            cur = 1 - rs.cur[0]
+            rs.cur[0] = cur
+            wrap_padded(op, rs.X[cur])
+        return padded
     if kind is Averaged:
-        def averaged(step, act, state, g, x, t, z, r):
+        def averaged(op, step, act, state, g, x, t, z, r, rs):
             a = step.alpha
             for i in range(x.shape[0]):
                 v = x[i] + a * (t[i] - x[i])
                 x[i] = 0.0 if abs(v) < FLUSH else v  # never subnormal (kernels.FLUSH); NaN stays
         return averaged
     if kind is AveragedUnits:
-        def averaged_units(step, act, state, g, x, t, z, r):
+        def averaged_units(op, step, act, state, g, x, t, z, r, rs):
             a = step.alpha
             for i in range(x.shape[0]):
                 v = x[i] + a[i] * (t[i] - x[i])
                 x[i] = 0.0 if abs(v) < FLUSH else v
         return averaged_units
     if kind is ForwardBackward:
-        def forward_backward(step, act, state, g, x, t, z, r):
+        def forward_backward(op, step, act, state, g, x, t, z, r, rs):
             a = step.alpha
             for i in range(x.shape[0]):
                 x[i] = prox(act, a, (1.0 - a) * x[i] + a * z[i])
         return forward_backward
     if kind is Anderson:
-        def anderson(step, act, state, g, x, t, z, r):
+        def anderson(op, step, act, state, g, x, t, z, r, rs):
             _anderson_step(x, t, g, r, step.alpha, step.accept, step.memory, *state)
         return anderson
-    return lambda step, act, state, g, x, t, z, r: None  # splittings: after the pass
+    return lambda op, step, act, state, g, x, t, z, r, rs: None  # splittings: after the pass
 
 
 @overload(after_pass)
@@ -506,15 +536,6 @@ def _move_state(step, state, j, s):
 row_space = compiled_only("row_space", "The scratch of a row method that keeps its iteration in the operator's layout.")
 
 
-row_start = compiled_only("row_start", "Lay a block's (one) row out in the row method's scratch.")
-
-
-row_residual = compiled_only("row_residual", "The row's product and residual: ``(‖t − x‖, ‖x‖, z)``.")
-
-
-row_advance = compiled_only("row_advance", "The step of a row that goes on.")
-
-
 row_finish = compiled_only("row_finish", "Write out what the driver keeps of a finished row.")
 
 
@@ -532,23 +553,21 @@ def _row_space(op, step):
     return lambda op, step: ()
 
 
-@overload(row_start)
-def _row_start(op, problem, step, Xa, Wa, Da, rs):
-    """The padded layout: the start (or ``λ ⊙ d``) in ``rs.X[0]``, the right-hand side, the
-    adjoint's ``λ`` and scales and the per-unit steps at the output positions."""
-    if not _padded(op, step):
-        return lambda op, problem, step, Xa, Wa, Da, rs: None
+def _padded_start(problem, step):
+    """:func:`init_state` in the padded layout: the block's one row laid out in ``rs``: the start
+    (or ``λ ⊙ d``) in ``rs.X[0]``, the right-hand side, the adjoint's ``λ`` and scales and the
+    per-unit steps at the output positions."""
     forward = _cls(problem) is Forward
     units = _cls(step) is AveragedUnits
 
-    def padded(op, problem, step, Xa, Wa, Da, rs):
+    def padded(step, op, problem, Xa, Wa, Da, S, Z, zero, ws, rs):
         rs.cur[0] = 0
         pack_output(op, Wa[0], rs.Wo)
         if units:
             pack_output(op, step.alpha, rs.Ao)
         if forward:
             pack_padded(op, Xa[0], rs.X[0])
-            return
+            return ()
         Wp, P, L, o = conv_geometry(op)
         lam = rs.Lam[0]
         pack_output(op, Xa[0], lam)
@@ -558,33 +577,7 @@ def _row_start(op, problem, step, Xa, Wa, Da, rs):
             for i in range(L):
                 v[i] = lam[c, i] * rs.Do[c, i]
         wrap_padded(op, rs.X[0])
-    return padded
-
-
-@overload(row_residual, jit_options={"fastmath": FASTMATH})
-def _row_residual(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs):
-    """Generic: the row's product (:func:`row_product`) and :func:`residual`. Padded: the
-    passes on the current buffer and one sweep over the output positions that computes
-    ``z``, the residual and the next iterate (into the other buffer) together."""
-    if not _padded(op, step):
-        def generic(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs):
-            z = row_product(op, problem, Xa, Da, S, Z, row, s, first, ws)
-            res, xn = residual(problem, act, z, Wa[row], Xa[row], T[0])
-            return res, xn, z
-        return generic
-    forward = _cls(problem) is Forward
-
-    def padded(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs):
-        cur = rs.cur[0]
-        if first:
-            rs.acc[:] = 0.0
-        else:
-            padded_product(op, not forward, rs.X[cur], rs.acc, rs)
-        if forward:
-            res, xn = _sweep_inf(op, act, step, rs, cur)
-        else:
-            res, xn = _sweep_l1(op, step, rs, cur)
-        return res, xn, rs.acc
+        return ()
     return padded
 
 
@@ -671,20 +664,6 @@ def _sweep_l1(op, step, rs, cur):
         for i in range(L):
             v[i] = nxt[i] * d[i]
     return r, xn
-
-
-@overload(row_advance)
-def _row_advance(op, step, act, state, g, x, t, z, r, rs):
-    """Generic: the method's :func:`row_step`. Padded: the next buffer becomes the current
-    one, its circular border wrapped."""
-    if not _padded(op, step):
-        return lambda op, step, act, state, g, x, t, z, r, rs: row_step(step, act, state, g, x, t, z, r)
-
-    def padded(op, step, act, state, g, x, t, z, r, rs):
-        cur = 1 - rs.cur[0]
-        rs.cur[0] = cur
-        wrap_padded(op, rs.X[cur])
-    return padded
 
 
 @overload(row_finish)
@@ -861,10 +840,10 @@ def solve_block(op, problem, act, step, stop, X0, out):
 def _iterate(op, problem, act, step, stop, X0, out, ws, rs):
     """The loop driver of :func:`solve_block` on the rows of ``out`` (``ws``, ``rs``: the
     operator's and the row method's scratch). Per iteration: the block's product
-    (:func:`block_product`), then one pass over the active rows that takes each row's product,
-    its residual (:func:`row_residual`), its status and its step (:func:`row_advance`), or
-    writes out a finished row (:func:`row_finish`); then the finished samples are dropped from
-    the active ones."""
+    (:func:`block_product`), then one pass over the active rows that takes each row's product
+    (:func:`row_product`), its residual, its status and its step (:func:`row_step`), or writes
+    out a finished row (:func:`row_finish`); then the finished samples are dropped from the
+    active ones."""
     rows, n = out.X.shape
     rowwise = by_row(op)
     Xa, Wa, Da, Z, S = iterates(op, problem, X0, out)
@@ -880,8 +859,7 @@ def _iterate(op, problem, act, step, stop, X0, out, ws, rs):
                 zero = False
         if not zero:
             break
-    state = init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws)
-    row_start(op, problem, step, Xa, Wa, Da, rs)
+    state = init_state(step, op, problem, Xa, Wa, Da, S, Z, zero, ws, rs)
     skip = zero and skips_first_product(step)
     na = rows
     k = 0
@@ -893,7 +871,8 @@ def _iterate(op, problem, act, step, stop, X0, out, ws, rs):
         for s in range(na):
             g = idx[s]
             row = _row_of(rowwise, idx, s)
-            res, xn, z = row_residual(op, problem, act, step, Xa, Wa, Da, S, Z, T, row, s, first, ws, rs)
+            z = row_product(op, problem, step, Xa, Da, S, Z, row, s, first, ws, rs)
+            res, xn = residual(op, problem, act, step, z, Wa[row], Xa[row], T[0], rs)
             r_cur[s] = res
             if k == 0:
                 r_first[g] = res
@@ -901,7 +880,7 @@ def _iterate(op, problem, act, step, stop, X0, out, ws, rs):
             flag[s] = f
             if f == RUNNING:
                 going += 1
-                row_advance(op, step, act, state, g, Xa[row], T[0], z, res, rs)
+                row_step(op, step, act, state, g, Xa[row], T[0], z, res, rs)
             else:
                 row_finish(op, problem, step, out, g, z, rs)
         if going > 0:

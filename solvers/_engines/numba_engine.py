@@ -531,7 +531,7 @@ def _move_state(step, state, j, s):
     return lambda step, state, j, s: None
 
 
-# -- the row's iteration: the generic one, or a convolution's kept in its padded layout -------
+# -- a convolution's averaged iteration kept in its padded layout ----------------------------
 
 row_space = compiled_only("row_space", "The scratch of a row method that keeps its iteration in the operator's layout.")
 

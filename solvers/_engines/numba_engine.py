@@ -824,16 +824,28 @@ def solve_block(op, problem, act, step, stop, X0, out):
     iteration stays in the cache and its method may keep it in the operator's own layout
     (:func:`row_space`).
     """
-    ws = workspace(op)
-    rs = row_space(op, step)
-    rows = out.X.shape[0]
-    size = 1 if by_row(op) else max(rows, 1)  # the block at once, or one sample at a time
-    last = 0
-    for lo in range(0, rows, size):
-        hi = min(lo + size, rows)
-        last = max(last, _iterate(op, block_of(problem, lo, hi), act, step, stop, rows_of(X0, lo, hi),
-                                  output_of(out, lo, hi), ws, rs))
-    return last
+    return iterate_block(op, problem, act, step, stop, X0, out, workspace(op), row_space(op, step))
+
+
+iterate_block = compiled_only("iterate_block", "The block's iteration: at once, or one sample at a time.")
+
+
+@overload(iterate_block, jit_options={"fastmath": FASTMATH})
+def _iterate_block(op, problem, act, step, stop, X0, out, ws, rs):
+    """:func:`_iterate` on the whole block (an operator applied to the block), or on each of
+    its samples in turn (one applied by row); chosen by type, so that a block solve compiles
+    no loop over sub-blocks."""
+    if not rowwise(op):
+        return lambda op, problem, act, step, stop, X0, out, ws, rs: _iterate(op, problem, act, step, stop, X0,
+                                                                              out, ws, rs)
+
+    def each_row(op, problem, act, step, stop, X0, out, ws, rs):
+        last = 0
+        for lo in range(out.X.shape[0]):
+            last = max(last, _iterate(op, block_of(problem, lo, lo + 1), act, step, stop, rows_of(X0, lo, lo + 1),
+                                      output_of(out, lo, lo + 1), ws, rs))
+        return last
+    return each_row
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")

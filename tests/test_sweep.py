@@ -245,3 +245,14 @@ def test_a_failed_run_is_reported_and_its_log_says_why(tmp_path):
     assert reason.startswith("failed: ") and "empty" in reason, reason
     assert code == 1 and "1 run failed (not recorded; a rerun tries it again):" in err
     assert reason[len("failed: "):] in err
+
+
+def test_two_local_clusters_run_side_by_side():
+    """A second sweep on the same machine starts its own cluster beside the first (Dask's default
+    HTTP port 8787 would be taken: a warning, an error under this suite's filter)."""
+    from solvers.training._runner import _client
+
+    with _client(None, 1) as first, _client(None, 1) as second:
+        ports = {c.cluster.scheduler.http_server.port for c in (first, second)}
+        assert len(ports) == 2 and 8787 not in ports
+        assert first.submit(abs, -2).result() == 2 and second.submit(abs, -3).result() == 3

@@ -142,8 +142,11 @@ def _client(scheduler, workers):
            "DASK_LOGGING__DISTRIBUTED": "error"}
     if os.environ.get("NUMBA_CACHE_DIR"):
         env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port rather than
+    # Dask's default 8787, which a second cluster on this machine (another sweep) would find taken.
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1", env=env) as cluster, Client(cluster) as client:
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, host="127.0.0.1", env=env) as cluster, \
+            Client(cluster) as client:
         yield client
 
 

@@ -104,13 +104,14 @@ def test_ctrl_c_keeps_the_finished_runs_and_a_rerun_does_only_the_rest(tmp_path,
         return real_train(net, X, y, config, **kwargs)
 
     monkeypatch.setattr(rp, "train", train)
+    handler = signal.getsignal(signal.SIGINT)  # Python's own, or SIG_IGN when started in the background
     with pytest.raises(ReproduceInterrupted) as info:
         reproduce(models=[PLAIN], seeds=2, out_dir=tmp_path, **TINY)
     assert isinstance(info.value, KeyboardInterrupt) and "\n" not in str(info.value)
     assert str(info.value) == (f"2 finished runs recorded in {tmp_path / 'results.jsonl'}; the same command again "
                                "does the rest")
     assert len(records(tmp_path)) == 2 and not (tmp_path / "results.csv").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
 
     calls.clear()
     monkeypatch.setattr(rp, "train", real_train)
